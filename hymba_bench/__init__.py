@@ -1,0 +1,42 @@
+"""hymba-bench: build and measure hybrid attention + SSM language models (the Hymba roadmap)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hymba_bench.config import ConfigError, LayerSpec, ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from hymba_bench.model.lm import HybridLM
+
+__version__ = "0.1.0"
+
+
+def build_model(name: str, profile: str = "tiny", *, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None, variant_files: list[Any] | None = None,
+                **overrides: Any) -> HybridLM:
+    """Build a registered variant as a PyTorch module.
+
+    `device="meta"` builds without allocating weights (for parameter counts of large models).
+    Keyword overrides replace any `ModelConfig` field, e.g. `build_model("llama", n_layers=4)`.
+    """
+    import torch
+
+    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.registry import resolve
+
+    config = resolve(name, profile, variant_files, **overrides).config
+    with torch.device(device or "cpu"):
+        model = HybridLM(config)
+    return model.to(dtype) if dtype is not None else model
+
+
+def build_config(name: str, profile: str = "tiny", **overrides: Any) -> ModelConfig:
+    from hymba_bench.registry import resolve
+
+    return resolve(name, profile, **overrides).config
+
+
+__all__ = ["ConfigError", "LayerSpec", "ModelConfig", "build_config", "build_model"]

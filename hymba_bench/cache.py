@@ -1,0 +1,141 @@
+"""The inference cache, preallocated from the layer plan, and its analytic size.
+
+Per layer, by its role in `ModelConfig.layers`:
+- global attention, own KV:  K (B, n_kv, M + S, d_qk), V (B, n_kv, M + S, d_v), S = max real tokens
+- sliding attention, own KV: the M meta-token slots plus a ring of min(W, S) slots; a real token at
+  absolute position p >= M lives in slot M + (p - M) % W
+- KV consumers (`shared:i`): nothing; they read layer i's buffers
+- Mamba / hybrid SSM: conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state)
+
+`cache_bytes` is the formula; `InferenceCache.nbytes()` sums what was allocated; tests hold them
+equal for every variant. `cache_mb_paper` is the paper's Table 1 convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hymba_bench.config import LayerSpec, ModelConfig
+
+
+def kv_slots(cfg: ModelConfig, spec: LayerSpec, seq_len: int) -> int:
+    if spec.attention == "sliding":
+        assert spec.window is not None
+        return cfg.meta_tokens + min(spec.window, seq_len)
+    return cfg.meta_tokens + seq_len
+
+
+def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype = torch.float16) -> int:
+    """Exact bytes the inference cache allocates for `batch` sequences of up to `seq_len` tokens."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for spec in cfg.kv_layers:
+        total += batch * cfg.n_kv_heads * kv_slots(cfg, spec, seq_len) * (cfg.d_qk + cfg.d_v)
+    for _ in cfg.ssm_layers:
+        total += batch * cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
+    return total * elem
+
+
+def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
+    """Table 1's convention: FP16, batch 1, MB = 10^6 bytes, meta tokens not counted."""
+    total = 0
+    for spec in cfg.kv_layers:
+        tokens = min(spec.window, seq_len) if spec.attention == "sliding" else seq_len
+        total += 2 * tokens * cfg.n_kv_heads * (cfg.d_qk + cfg.d_v)
+    for _ in cfg.ssm_layers:
+        total += 2 * cfg.d_inner * (cfg.d_state + cfg.d_conv - 1)
+    return total / 1e6
+
+
+@dataclass
+class LayerCache:
+    k: Tensor | None = None  # (B, n_kv, slots, d_qk), RoPE already applied
+    v: Tensor | None = None  # (B, n_kv, slots, d_v)
+    conv: Tensor | None = None  # (B, d_inner, d_conv - 1)
+    ssm: Tensor | None = None  # (B, d_inner, d_state)
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.k, self.v, self.conv, self.ssm) if t is not None]
+
+
+class InferenceCache:
+    """State for prefill-then-step decoding of `batch` equal-length sequences."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_seq_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.batch = batch
+        self.max_seq_len = max_seq_len
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.pos = 0  # absolute positions filled so far, meta tokens included
+        self.layers: list[LayerCache] = []
+        for spec in cfg.layers:
+            entry = LayerCache()
+            if spec.owns_kv:
+                slots = kv_slots(cfg, spec, max_seq_len)
+                entry.k = torch.zeros(batch, cfg.n_kv_heads, slots, cfg.d_qk, dtype=dtype, device=device)
+                entry.v = torch.zeros(batch, cfg.n_kv_heads, slots, cfg.d_v, dtype=dtype, device=device)
+            if spec.has_ssm:
+                entry.conv = torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device)
+                entry.ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=dtype, device=device)
+            self.layers.append(entry)
+
+    @property
+    def real_tokens(self) -> int:
+        return max(0, self.pos - self.cfg.meta_tokens)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for e in self.layers for t in e.tensors())
+
+    def reset(self) -> None:
+        self.pos = 0
+        for entry in self.layers:
+            for t in entry.tensors():
+                t.zero_()
+
+    # ------------------------------------------------------------------ KV slot bookkeeping
+    def slot_of(self, spec: LayerSpec, position: int) -> int:
+        m = self.cfg.meta_tokens
+        if spec.attention == "sliding" and position >= m:
+            assert spec.window is not None
+            return m + (position - m) % min(spec.window, self.max_seq_len)
+        return position
+
+    def slot_positions(self, spec: LayerSpec, end: int) -> Tensor:
+        """Absolute position held by each KV slot once positions 0..end-1 are written (-1: empty)."""
+        m = self.cfg.meta_tokens
+        if spec.attention != "sliding":
+            pos = torch.arange(end, device=self.device)
+            return pos
+        assert spec.window is not None
+        ring = min(spec.window, self.max_seq_len)
+        meta = torch.arange(m, device=self.device)
+        meta = torch.where(meta < end, meta, torch.full_like(meta, -1))
+        j = torch.arange(ring, device=self.device)
+        last = end - 1 - m - j  # how far past slot j's first position the newest write is
+        latest = m + j + ring * torch.div(last, ring, rounding_mode="floor")
+        latest = torch.where(last >= 0, latest, torch.full_like(latest, -1))
+        return torch.cat([meta, latest])
+
+    def write_prefill(self, spec: LayerSpec, k: Tensor, v: Tensor) -> None:
+        """Store a fresh prefill's K/V (B, n_kv, L, d) for positions 0..L-1 (meta tokens first)."""
+        entry = self.layers[spec.index]
+        assert entry.k is not None and entry.v is not None
+        length = k.shape[2]
+        if spec.attention != "sliding":
+            entry.k[:, :, :length] = k
+            entry.v[:, :, :length] = v
+            return
+        m = self.cfg.meta_tokens
+        entry.k[:, :, :m] = k[:, :, :m]
+        entry.v[:, :, :m] = v[:, :, :m]
+        ring = entry.k.shape[2] - m
+        first = max(m, length - ring)  # only the newest `ring` real tokens survive
+        positions = torch.arange(first, length, device=k.device)
+        slots = m + (positions - m) % ring
+        entry.k[:, :, slots] = k[:, :, first:length]
+        entry.v[:, :, slots] = v[:, :, first:length]

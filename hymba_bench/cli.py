@@ -1,0 +1,161 @@
+"""The `hymba-bench` command line: a thin layer over the library.
+
+Heavy imports (torch, the model, the measurements) happen inside the commands that need them, so
+`hymba-bench list` answers instantly and imports no kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hymba_bench.errors import HymbaBenchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Build and measure the Hymba design roadmap and other hybrid attention + SSM designs.",
+)
+console = Console()
+
+VariantFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--variant-file", help="A user design file (YAML); repeatable."),
+]
+
+
+@app.command("list")
+def list_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    variant_file: VariantFiles = None,
+) -> None:
+    """List the registered variants."""
+    from hymba_bench.registry import variants
+
+    table = variants(variant_file)
+    rows = [{"name": v.name, "description": v.description} for v in table.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    out = Table("name", "description", title="hymba-bench variants")
+    for row in rows:
+        out.add_row(row["name"], row["description"])
+    console.print(out)
+
+
+def describe(name: str, profile: str, seq_len: int | None,
+             variant_files: list[Path] | None = None) -> dict[str, Any]:
+    """Everything `show` prints: the layer plan, the parameter count and the cache at batch 1."""
+    import torch
+
+    from hymba_bench.cache import InferenceCache, cache_mb_paper
+    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.registry import resolve
+
+    resolved = resolve(name, profile, variant_files)
+    cfg = resolved.config
+    if seq_len is not None and seq_len <= 0:
+        raise HymbaBenchError(f"--seq-len: expected a positive integer, got {seq_len}")
+    seq = seq_len or resolved.info["cache_seq_len"]
+    with torch.device("meta"):  # count parameters without allocating them
+        params = HybridLM(cfg).num_parameters()
+    cache = InferenceCache(cfg, batch=1, max_seq_len=seq, dtype=torch.float16, device="cpu")
+    return {
+        "name": cfg.name,
+        "profile": resolved.profile.name,
+        "description": cfg.description,
+        "params": params,
+        "meta_tokens": cfg.meta_tokens,
+        "layers": [spec.as_dict() for spec in cfg.layers],
+        "cache": {
+            "seq_len": seq,
+            "batch": 1,
+            "dtype": "float16",
+            "bytes": cache.nbytes(),
+            "mb_paper": round(cache_mb_paper(cfg, seq), 4),
+        },
+        "config": cfg.to_dict(),
+    }
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="A registered variant name.")],
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    seq_len: Annotated[int | None, typer.Option(help="Context for the cache size.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    variant_file: VariantFiles = None,
+) -> None:
+    """Show a variant's layer plan, parameter count and cache size."""
+    info = describe(name, profile, seq_len, variant_file)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    cache = info["cache"]
+    console.print(f"[bold]{info['name']}[/] ({info['profile']}): {info['description']}")
+    console.print(f"parameters: {info['params']:,}   meta tokens: {info['meta_tokens']}")
+    console.print(
+        f"cache at {cache['seq_len']} tokens, batch 1, fp16: {cache['bytes']:,} bytes allocated; "
+        f"{cache['mb_paper']:.1f} MB in the paper's convention (10^6 B, meta tokens not counted)"
+    )
+    table = Table("layer", "mixer", "attention", "window", "kv")
+    for layer in info["layers"]:
+        table.add_row(str(layer["index"]), layer["mixer"], layer["attention"] or "-",
+                      str(layer["window"] or "-"), layer["kv"] or "-")
+    console.print(table)
+
+
+@app.command("bench-scan")
+def bench_scan_cmd(
+    length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,
+    channels: Annotated[int, typer.Option(help="SSM channels (d_inner).")] = 512,
+    state: Annotated[int, typer.Option(help="SSM state size.")] = 16,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats (median reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Benchmark the fast CPU selective scan against the per-step reference loop."""
+    from hymba_bench.bench import bench_scan
+
+    for key, value in (("--length", length), ("--channels", channels), ("--state", state),
+                       ("--batch", batch)):
+        if value <= 0:
+            raise HymbaBenchError(f"{key}: expected a positive integer, got {value}")
+    with console.status("timing selective_scan (reference loop is slow) ..."):
+        result = bench_scan(batch, channels, state, length, repeats)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    shape = result["shape"]
+    console.print(f"selective_scan fp32, batch {shape['batch']}, {shape['channels']} channels, "
+                  f"state {shape['state']}, length {shape['length']} on {result['machine']['cpu']} "
+                  f"({result['machine']['threads']} threads)")
+    table = Table("path", "median s", "min s", "max s")
+    for label, key in (("selective_scan_chunked (fast)", "fast_s"), ("selective_scan_ref", "ref_s")):
+        t = result[key]
+        table.add_row(label, f"{t['median_s']:.3f}", f"{t['min_s']:.3f}", f"{t['max_s']:.3f}")
+    console.print(table)
+    console.print(f"speedup {result['speedup']:.1f}x, max relative difference {result['max_rel_err']:.1e}")
+
+
+def main() -> None:
+    """Console entry point: library errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except HymbaBenchError as exc:
+        print(f"hymba-bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("hymba-bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The model configuration: one dataclass, validated, with the per-layer plan derived from it.
+
+Everything structural about a design (which mixer each layer has, which attention layers are
+global, which layers reuse another layer's KV, how many meta tokens) is decided here, once, so
+the model, the cache and the cache-size formula all read the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from hymba_bench.errors import HymbaBenchError
+
+MIXERS = ("attention", "mamba", "hybrid")
+FFNS = ("dense", "none")
+
+
+class ConfigError(HymbaBenchError):
+    """A configuration that cannot be built; the message names the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    index: int
+    mixer: str  # attention | mamba | hybrid
+    attention: str | None  # global | sliding | None (no attention in this layer)
+    window: int | None  # sliding window W, None for global / no attention
+    kv: str | None  # "own" | "shared:<i>" | None (no attention)
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention is not None
+
+    @property
+    def has_ssm(self) -> bool:
+        return self.mixer in ("mamba", "hybrid")
+
+    @property
+    def owns_kv(self) -> bool:
+        return self.kv == "own"
+
+    @property
+    def kv_source(self) -> int | None:
+        """Index of the layer whose K/V this layer attends over (itself when it owns them)."""
+        if self.kv is None:
+            return None
+        return self.index if self.kv == "own" else int(self.kv.split(":")[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "mixer": self.mixer,
+            "attention": self.attention,
+            "window": self.window,
+            "kv": self.kv,
+        }
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    description: str = ""
+    design_reason: str = ""
+    # sizes
+    vocab_size: int = 512
+    d_model: int = 64
+    n_layers: int = 8
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_qk: int = 16
+    d_v: int | None = None  # None: d_inner // n_heads if any layer is hybrid, else d_qk
+    intermediate_size: int = 176
+    ffn: str = "dense"
+    # structure
+    layout: list[str] = field(default_factory=lambda: ["attention"])  # repeated cyclically
+    sliding_window: int | None = None
+    global_layers: list[int] | None = None  # None: first/middle/last attention layer
+    kv_share: int = 1  # group size for cross-layer KV sharing among sliding layers
+    meta_tokens: int = 0
+    # SSM (Mamba-1)
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None  # None: ceil(d_model / 16), as in mamba-ssm
+    ssm_norms: bool = True  # RMSNorm on dt, B and C (Hymba)
+    # misc
+    rope_theta: float = 10000.0
+    rope_scaling: float = 1.0  # NTK-aware factor: theta * s^(d/(d-2))
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    max_seq_len: int = 2048  # training context length
+    # derived in __post_init__
+    d_inner: int = field(init=False)
+    layers: list[LayerSpec] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+        self.d_inner = self.expand * self.d_model
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.d_model / 16)
+        mixers = [self.layout[i % len(self.layout)] for i in range(self.n_layers)]
+        if self.d_v is None:
+            self.d_v = self.d_inner // self.n_heads if "hybrid" in mixers else self.d_qk
+        if "hybrid" in mixers and self.n_heads * self.d_v != self.d_inner:
+            raise ConfigError(
+                f"d_v: hybrid layers need n_heads * d_v == d_inner ({self.d_inner}), "
+                f"got {self.n_heads} * {self.d_v}"
+            )
+        self.layers = _plan_layers(self, mixers)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        def require_int(key: str, minimum: int, allow_none: bool = False) -> None:
+            value = getattr(self, key)
+            if value is None and allow_none:
+                return
+            if not _is_int(value) or value < minimum:
+                what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                raise ConfigError(f"{key}: expected {what}{' or null' if allow_none else ''}, "
+                                  f"got {value!r}")
+
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_qk",
+                    "intermediate_size", "kv_share", "d_state", "d_conv", "expand", "max_seq_len"):
+            require_int(key, 1)
+        for key in ("d_v", "dt_rank", "sliding_window"):
+            require_int(key, 1, allow_none=True)
+        require_int("meta_tokens", 0)
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_kv_heads: must divide n_heads ({self.n_heads}), got {self.n_kv_heads}"
+            )
+        if self.d_qk % 2:
+            raise ConfigError(f"d_qk: RoPE needs an even head dimension, got {self.d_qk}")
+        if not isinstance(self.layout, list) or not self.layout:
+            raise ConfigError(f"layout: expected a non-empty list of mixers, got {self.layout!r}")
+        for mixer in self.layout:
+            if mixer not in MIXERS:
+                raise ConfigError(f"layout: unknown mixer {mixer!r}, expected one of {list(MIXERS)}")
+        if self.ffn not in FFNS:
+            raise ConfigError(f"ffn: expected one of {list(FFNS)}, got {self.ffn!r}")
+        if self.global_layers is not None:
+            if not isinstance(self.global_layers, list) or not all(
+                _is_int(i) for i in self.global_layers
+            ):
+                raise ConfigError(
+                    f"global_layers: expected a list of layer indices, got {self.global_layers!r}"
+                )
+            for i in self.global_layers:
+                if not 0 <= i < self.n_layers:
+                    raise ConfigError(
+                        f"global_layers: index {i} out of range for {self.n_layers} layers"
+                    )
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def kv_layers(self) -> list[LayerSpec]:
+        """Layers that hold their own K/V in the cache."""
+        return [spec for spec in self.layers if spec.owns_kv]
+
+    @property
+    def ssm_layers(self) -> list[LayerSpec]:
+        return [spec for spec in self.layers if spec.has_ssm]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments (no derived fields): `ModelConfig(**cfg.to_dict())` round-trips."""
+        out = asdict(self)
+        for f in fields(self):
+            if not f.init:
+                out.pop(f.name)
+        return out
+
+    @classmethod
+    def init_keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.init]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
+    attn_idx = [i for i, m in enumerate(mixers) if m in ("attention", "hybrid")]
+    window = cfg.sliding_window
+    if window is None:
+        if cfg.global_layers:
+            raise ConfigError("global_layers: only meaningful with a sliding_window")
+        global_set = set(attn_idx)
+    else:
+        if cfg.global_layers is None:
+            # The released Hymba keeps full attention in the first, middle and last layers.
+            picks = {0, (len(attn_idx) - 1) // 2, len(attn_idx) - 1} if attn_idx else set()
+            global_set = {attn_idx[p] for p in picks}
+        else:
+            for i in cfg.global_layers:
+                if i not in attn_idx:
+                    raise ConfigError(
+                        f"global_layers: layer {i} is a {mixers[i]} layer and has no attention"
+                    )
+            global_set = set(cfg.global_layers)
+
+    kind = {i: ("global" if i in global_set else "sliding") for i in attn_idx}
+    kv = {i: "own" for i in attn_idx}
+    if cfg.kv_share > 1:
+        # Runs of consecutive (among attention layers) sliding layers; a global layer ends a run.
+        runs: list[list[int]] = []
+        for i in attn_idx:
+            if kind[i] == "sliding":
+                if runs and runs[-1] and kind[runs[-1][-1]] == "sliding" and \
+                        attn_idx.index(runs[-1][-1]) == attn_idx.index(i) - 1:
+                    runs[-1].append(i)
+                else:
+                    runs.append([i])
+        if not runs:
+            raise ConfigError("kv_share: cross-layer KV sharing needs sliding-window layers")
+        for run in runs:
+            for group in _split_groups(run, cfg.kv_share):
+                for consumer in group[1:]:
+                    kv[consumer] = f"shared:{group[0]}"
+
+    return [
+        LayerSpec(
+            index=i,
+            mixer=m,
+            attention=kind.get(i),
+            window=window if kind.get(i) == "sliding" else None,
+            kv=kv.get(i),
+        )
+        for i, m in enumerate(mixers)
+    ]
+
+
+def _split_groups(run: list[int], size: int) -> list[list[int]]:
+    """Split a run into groups of `size`; the remainder joins the first group.
+
+    This reproduces the released 1.5B grouping, where the 15-layer run 16..30 becomes
+    [16, 17, 18] followed by pairs.
+    """
+    n_groups = max(1, len(run) // size)
+    first = len(run) - size * (n_groups - 1)
+    groups = [run[:first]]
+    groups += [run[j:j + size] for j in range(first, len(run), size)]
+    return groups

@@ -1,0 +1,90 @@
+"""Grouped-query attention over fresh, cached or another layer's K/V.
+
+`attend` is shared by plain attention layers and the attention heads of hybrid layers. K/V
+producers publish what they attend over in `shared` (keyed by layer index) so that consumer layers
+(`kv: shared:<i>`) reuse it in the same forward pass, with or without a cache.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hymba_bench.cache import InferenceCache
+from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.masks import visible
+from hymba_bench.model.layers import Rotary
+
+# layer index -> (K, V, key positions or None when every key is visible)
+SharedKV = dict[int, tuple[Tensor, Tensor, Tensor | None]]
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, L, heads*d) -> (B, heads, L, d)"""
+    b, length, _ = x.shape
+    return x.view(b, length, heads, -1).transpose(1, 2)
+
+
+def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, positions: Tensor,
+           n_meta: int, cache: InferenceCache | None, shared: SharedKV) -> Tensor:
+    """q: (B, Hq, L, d_qk), k/v: (B, Hkv, L, d) rotated, None for consumers -> (B, L, Hq*d_v)."""
+    length = q.shape[2]
+    if spec.owns_kv:
+        assert k is not None and v is not None
+        if cache is None:
+            k_pos: Tensor | None = positions
+        elif cache.pos == 0:
+            cache.write_prefill(spec, k, v)
+            k_pos = positions
+        else:  # one decode step: write the new token, then attend over the buffer in place
+            entry = cache.layers[spec.index]
+            assert entry.k is not None and entry.v is not None
+            slot = cache.slot_of(spec, cache.pos)
+            entry.k[:, :, slot] = k[:, :, 0]
+            entry.v[:, :, slot] = v[:, :, 0]
+            end = cache.pos + 1
+            if spec.attention == "sliding":
+                k, v, k_pos = entry.k, entry.v, cache.slot_positions(spec, end)
+            else:
+                k, v, k_pos = entry.k[:, :, :end], entry.v[:, :, :end], None
+        shared[spec.index] = (k, v, k_pos)
+    else:
+        k, v, k_pos = shared[spec.kv_source]  # type: ignore[index]
+    mask = None if k_pos is None else visible(positions, k_pos, spec.window, n_meta)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    b = out.shape[0]
+    return out.transpose(1, 2).reshape(b, length, -1)
+
+
+class Attention(nn.Module):
+    """A plain attention layer (Llama naming: q_proj, k_proj, v_proj, o_proj)."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.cfg = cfg
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_qk, bias=False)
+        if spec.owns_kv:  # KV consumers have no K/V projection at all
+            self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_qk, bias=False)
+            self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_v, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
+        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling)
+
+    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
+                shared: SharedKV) -> Tensor:
+        q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), positions)
+        k = v = None
+        if self.spec.owns_kv:
+            k = self.rotary(split_heads(self.k_proj(x), self.cfg.n_kv_heads), positions)
+            v = split_heads(self.v_proj(x), self.cfg.n_kv_heads)
+        out = attend(q, k, v, self.spec, positions, self.cfg.meta_tokens, cache, shared)
+        return self.o_proj(out)
+
+
+def qkv_widths(cfg: ModelConfig, spec: LayerSpec) -> tuple[int, int, int]:
+    kv = spec.owns_kv
+    return (cfg.n_heads * cfg.d_qk,
+            cfg.n_kv_heads * cfg.d_qk if kv else 0,
+            cfg.n_kv_heads * cfg.d_v if kv else 0)  # type: ignore[operator]
+
+

@@ -1,0 +1,79 @@
+"""The hybrid-head mixer and the pre-norm decoder layer."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hymba_bench.cache import InferenceCache
+from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.model.attention import Attention, SharedKV, attend, qkv_widths, split_heads
+from hymba_bench.model.layers import RMSNorm, Rotary, SwiGLU
+from hymba_bench.model.ssm import Mamba, SSMCore
+
+
+class HybridHeads(SSMCore):
+    """Parallel attention and SSM heads over one input projection (Hymba).
+
+    in_proj gives, in order: Q, K, V (absent for KV consumers), the SSM input x and the gate z.
+    Output: out_proj((RMSNorm_a(attn) + RMSNorm_s(ssm)) / 2); the norms' weights are the paper's
+    beta scales, which rebalance the SSM output (larger in magnitude) against attention's.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
+        super().__init__(cfg)
+        self.cfg, self.spec = cfg, spec
+        q, k, v = qkv_widths(cfg, spec)
+        self.widths = [q, k, v, cfg.d_inner, cfg.d_inner]
+        self.in_proj = nn.Linear(cfg.d_model, sum(self.widths), bias=False)
+        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling)
+        self.attn_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
+        self.ssm_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
+                shared: SharedKV, step: bool) -> Tensor:
+        q, k, v, xs, z = self.in_proj(x).split(self.widths, dim=-1)
+        cfg = self.cfg
+        q = self.rotary(split_heads(q, cfg.n_heads), positions)
+        kh = vh = None
+        if self.spec.owns_kv:
+            kh = self.rotary(split_heads(k, cfg.n_kv_heads), positions)
+            vh = split_heads(v, cfg.n_kv_heads)
+        attn = attend(q, kh, vh, self.spec, positions, cfg.meta_tokens, cache, shared)
+        entry = cache.layers[self.spec.index] if cache is not None else None
+        ssm = self.ssm(xs, z, entry, step)
+        return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)
+
+
+class DecoderLayer(nn.Module):
+    """x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer: nn.Module
+        if spec.mixer == "attention":
+            self.mixer = Attention(cfg, spec)
+        elif spec.mixer == "mamba":
+            self.mixer = Mamba(cfg)
+        else:
+            self.mixer = HybridHeads(cfg, spec)
+        self.ffn: SwiGLU | None = None
+        if cfg.ffn == "dense":
+            self.post_mixer_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.ffn = SwiGLU(cfg.d_model, cfg.intermediate_size)
+
+    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
+                shared: SharedKV, step: bool) -> Tensor:
+        h = self.input_layernorm(x)
+        if self.spec.mixer == "attention":
+            h = self.mixer(h, positions, cache, shared)
+        elif self.spec.mixer == "mamba":
+            h = self.mixer(h, cache.layers[self.spec.index] if cache is not None else None, step)
+        else:
+            h = self.mixer(h, positions, cache, shared, step)
+        x = x + h
+        if self.ffn is not None:
+            x = x + self.ffn(self.post_mixer_layernorm(x))
+        return x

@@ -1,0 +1,84 @@
+"""The language model: embedding, meta tokens, the layer stack, final norm, tied head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hymba_bench.cache import InferenceCache
+from hymba_bench.config import ModelConfig
+from hymba_bench.model.attention import SharedKV
+from hymba_bench.model.blocks import DecoderLayer
+from hymba_bench.model.layers import RMSNorm
+from hymba_bench.model.ssm import SSMCore
+
+
+class HybridLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # Learned meta tokens: prepended at prefill, RoPE positions 0..M-1, outputs dropped.
+        self.meta_tokens = nn.Parameter(torch.empty(cfg.meta_tokens, cfg.d_model)) \
+            if cfg.meta_tokens else None
+        self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for spec in cfg.layers)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+        for module in self.modules():
+            if isinstance(module, SSMCore):
+                module.reset_ssm_parameters()
+        if self.meta_tokens is not None:
+            nn.init.normal_(self.meta_tokens, std=std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def allocate_cache(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> InferenceCache:
+        p = self.embed_tokens.weight
+        return InferenceCache(self.cfg, batch, max_seq_len, dtype or p.dtype, device or p.device)
+
+    def forward(self, input_ids: Tensor, cache: InferenceCache | None = None) -> Tensor:
+        """input_ids (B, L) -> logits (B, L, vocab) for the real tokens only.
+
+        With a cache: the first call is the prefill (meta tokens prepended), later calls continue
+        from `cache.pos`; several tokens after the prefill run as successive one-token steps.
+        """
+        if cache is not None and cache.pos > 0 and input_ids.shape[1] > 1:
+            steps = [self.forward(input_ids[:, i:i + 1], cache) for i in range(input_ids.shape[1])]
+            return torch.cat(steps, dim=1)
+        start = cache.pos if cache is not None else 0
+        x = self.embed_tokens(input_ids)  # (B, L, D)
+        n_meta = 0
+        if start == 0 and self.meta_tokens is not None:
+            n_meta = self.meta_tokens.shape[0]
+            x = torch.cat([self.meta_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        length = x.shape[1]
+        if cache is not None and cache.real_tokens + input_ids.shape[1] > cache.max_seq_len:
+            raise ValueError(
+                f"cache holds {cache.max_seq_len} tokens; {cache.real_tokens} used, "
+                f"{input_ids.shape[1]} more requested"
+            )
+        positions = torch.arange(start, start + length, device=x.device)
+        step = cache is not None and start > 0
+        shared: SharedKV = {}
+        for layer in self.layers:
+            x = layer(x, positions, cache, shared, step)
+        if cache is not None:
+            cache.pos += length
+        x = self.norm(x[:, n_meta:])
+        return self.lm_head(x)

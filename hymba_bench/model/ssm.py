@@ -1,0 +1,97 @@
+"""The Mamba-1 mixer core, shared by pure Mamba layers and the SSM heads of hybrid layers.
+
+Parameter names follow mamba-ssm's `Mamba` (conv1d, x_proj, dt_proj, A_log, D, in_proj, out_proj)
+so weights move between the two; Hymba adds RMSNorms on dt, B and C.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hymba_bench import ops
+from hymba_bench.cache import LayerCache
+from hymba_bench.config import ModelConfig
+from hymba_bench.model.layers import RMSNorm
+
+
+class SSMCore(nn.Module):
+    """Everything of a Mamba-1 mixer between the input projection and the output projection."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
+        assert r is not None
+        self.d_state, self.dt_rank = n, r
+        self.conv1d = nn.Conv1d(d, d, cfg.d_conv, groups=d, padding=cfg.d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, d, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
+        self.D = nn.Parameter(torch.ones(d))
+        self.ssm_norms = cfg.ssm_norms
+        if cfg.ssm_norms:
+            self.dt_layernorm = RMSNorm(r, cfg.norm_eps)
+            self.B_layernorm = RMSNorm(n, cfg.norm_eps)
+            self.C_layernorm = RMSNorm(n, cfg.norm_eps)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        """mamba-ssm's initialisation: dt log-uniform in [dt_min, dt_max] through an inverse softplus."""
+        d = self.dt_proj.out_features
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(d, 1))
+        self.D.fill_(1.0)
+
+    def _dt_bc(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """xc: (..., d_inner) -> dt (..., d_inner) without bias, B (..., N), C (..., N)."""
+        dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.ssm_norms:
+            dt, b, c = self.dt_layernorm(dt), self.B_layernorm(b), self.C_layernorm(c)
+        return F.linear(dt, self.dt_proj.weight), b, c
+
+    def ssm(self, xs: Tensor, z: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+        """xs, z: (B, L, d_inner) -> gated SSM output (B, L, d_inner)."""
+        A = -torch.exp(self.A_log.float())  # (D, N)
+        weight = self.conv1d.weight.squeeze(1)  # (D, K)
+        if step:
+            assert cache is not None and cache.conv is not None and cache.ssm is not None
+            xc = ops.causal_conv1d_update(xs[:, 0], cache.conv, weight, self.conv1d.bias, "silu")
+            dt, b, c = self._dt_bc(xc)  # (B, D), (B, N), (B, N)
+            y = ops.selective_state_update(cache.ssm, xc, dt, A, b, c, self.D, z[:, 0],
+                                           dt_bias=self.dt_proj.bias, dt_softplus=True)
+            return y[:, None]
+        x = xs.transpose(1, 2)  # (B, D, L)
+        xc = ops.causal_conv1d(x, weight, self.conv1d.bias, "silu")
+        dt, b, c = self._dt_bc(xc.transpose(1, 2))
+        out = ops.selective_scan(xc, dt.transpose(1, 2), A, b.transpose(1, 2), c.transpose(1, 2),
+                                 self.D.float(), z.transpose(1, 2), self.dt_proj.bias.float(),
+                                 delta_softplus=True, return_last_state=cache is not None)
+        if cache is not None:
+            assert cache.conv is not None and cache.ssm is not None
+            y, last = out
+            cache.conv.copy_(ops.conv_state_from_prefix(x, weight.shape[1]))
+            cache.ssm.copy_(last)
+        else:
+            y = out
+        return y.transpose(1, 2)  # (B, L, D)
+
+
+class Mamba(SSMCore):
+    """A pure Mamba-1 mixer: in_proj -> (x, z) -> SSM -> out_proj."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.d_inner = cfg.d_inner
+        self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=False)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        return self.out_proj(self.ssm(xs, z, cache, step))

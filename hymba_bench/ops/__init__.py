@@ -1,0 +1,90 @@
+"""Kernels and the one place that chooses between fast and reference paths.
+
+Every op has a pure-PyTorch implementation that runs anywhere and a `*_ref` twin with the same
+signature. On CUDA, with the optional `cuda` extra installed, the mamba-ssm / causal-conv1d
+kernels are used instead. `backend_report(device)` says which ran, for the results file.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hymba_bench.ops.conv import (
+    causal_conv1d as causal_conv1d_torch,
+)
+from hymba_bench.ops.conv import (
+    causal_conv1d_ref,
+    causal_conv1d_update,
+    conv_state_from_prefix,
+)
+from hymba_bench.ops.scan import (
+    selective_scan_chunked,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+try:  # optional CUDA kernels: absent is fine, used only on CUDA tensors
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_cuda
+except ImportError:
+    _scan_cuda = None
+try:
+    from mamba_ssm.ops.triton.selective_state_update import (
+        selective_state_update as _state_update_cuda,
+    )
+except ImportError:
+    _state_update_cuda = None
+try:
+    from causal_conv1d import causal_conv1d_fn as _conv_cuda
+except ImportError:
+    _conv_cuda = None
+
+
+def _on_cuda(t: Tensor, kernel: object) -> bool:
+    return t.is_cuda and kernel is not None
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Tensor | None = None, z: Tensor | None = None,
+                   delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    fn = _scan_cuda if _on_cuda(u, _scan_cuda) else selective_scan_chunked
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None,
+                           dt_bias: Tensor | None = None, dt_softplus: bool = False) -> Tensor:
+    fn = _state_update_cuda if _on_cuda(x, _state_update_cuda) else selective_state_update_ref
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  activation: str | None = None) -> Tensor:
+    fn = _conv_cuda if _on_cuda(x, _conv_cuda) else causal_conv1d_torch
+    return fn(x, weight, bias, activation)
+
+
+def backend_report(device: torch.device | str) -> dict[str, str]:
+    """Which implementation each op uses on `device`: recorded beside every measurement."""
+    cuda = torch.device(device).type == "cuda"
+    return {
+        "selective_scan": "mamba_ssm" if cuda and _scan_cuda else "torch-chunked",
+        "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
+        "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
+        "attention": "torch-sdpa",
+    }
+
+
+__all__ = [
+    "backend_report",
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "causal_conv1d_update",
+    "conv_state_from_prefix",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
+]

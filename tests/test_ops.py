@@ -1,0 +1,127 @@
+"""Fast kernels equal their reference twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hymba_bench import ops
+from hymba_bench.ops import scan as scan_mod
+
+
+def scan_inputs(batch: int, d: int, n: int, length: int, bc: str, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    shapes = {"const": (d, n), "var": (batch, n, length), "group": (batch, 2, n, length)}
+    return dict(
+        u=r(batch, d, length), delta=r(batch, d, length) * 0.5,
+        A=-torch.exp(r(d, n) * 0.5), B=r(*shapes[bc]), C=r(*shapes[bc]),
+    )
+
+
+@given(batch=st.integers(1, 3), d=st.sampled_from([2, 4, 6]), n=st.integers(1, 8),
+       length=st.integers(1, 300), bc=st.sampled_from(["const", "var", "group"]),
+       use_d=st.booleans(), use_z=st.booleans(), use_bias=st.booleans(),
+       softplus=st.booleans(), seed=st.integers(0, 2**16))
+def test_selective_scan_equals_ref(batch, d, n, length, bc, use_d, use_z, use_bias,
+                                   softplus, seed) -> None:
+    x = scan_inputs(batch, d, n, length, bc, seed)
+    if not softplus:
+        x["delta"] = x["delta"].abs()
+    kw = dict(
+        D=torch.randn(d) if use_d else None,
+        z=torch.randn(batch, d, length) if use_z else None,
+        delta_bias=torch.randn(d) * 0.1 if use_bias else None,
+        delta_softplus=softplus, return_last_state=True,
+    )
+    y, last = ops.selective_scan_chunked(**x, **kw)
+    y_ref, last_ref = ops.selective_scan_ref(**x, **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(last, last_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_selective_scan_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """State carries across chunks: a chunk of 7 over 50 steps equals the reference."""
+    monkeypatch.setattr(scan_mod, "CHUNK", 7)
+    x = scan_inputs(2, 4, 3, 50, "var", 1)
+    torch.testing.assert_close(ops.selective_scan_chunked(**x, delta_softplus=True),
+                               ops.selective_scan_ref(**x, delta_softplus=True),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_selective_scan_grad_equals_ref_grad() -> None:
+    x = scan_inputs(2, 4, 3, 40, "var", 2)
+    grads = []
+    for fn in (ops.selective_scan_chunked, ops.selective_scan_ref):
+        leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+        fn(**leaves, delta_softplus=True).square().sum().backward()
+        grads.append([leaves[k].grad for k in sorted(leaves)])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_half_precision_inputs_compute_in_fp32() -> None:
+    x = scan_inputs(1, 4, 4, 30, "var", 3)
+    half = {k: v.half() for k, v in x.items()}
+    y = ops.selective_scan_chunked(**half, delta_softplus=True)
+    assert y.dtype == torch.float16
+    ref = ops.selective_scan_ref(**{k: v.float() for k, v in half.items()}, delta_softplus=True)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+@given(batch=st.integers(1, 3), d=st.integers(1, 6), n=st.integers(1, 6),
+       length=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_state_update_steps_equal_scan(batch, d, n, length, seed) -> None:
+    x = scan_inputs(batch, d, n, length, "var", seed)
+    Dp, z, bias = torch.randn(d), torch.randn(batch, d, length), torch.randn(d) * 0.1
+    y_ref, last = ops.selective_scan_ref(**x, D=Dp, z=z, delta_bias=bias, delta_softplus=True,
+                                         return_last_state=True)
+    state = torch.zeros(batch, d, n)
+    ys = [ops.selective_state_update(state, x["u"][:, :, t], x["delta"][:, :, t], x["A"],
+                                     x["B"][:, :, t], x["C"][:, :, t], Dp, z[:, :, t],
+                                     dt_bias=bias, dt_softplus=True) for t in range(length)]
+    torch.testing.assert_close(torch.stack(ys, 2), y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state, last, rtol=1e-4, atol=1e-5)
+
+
+@given(batch=st.integers(1, 3), d=st.integers(1, 5), k=st.integers(1, 5),
+       length=st.integers(1, 30), bias=st.booleans(), act=st.sampled_from([None, "silu"]),
+       seed=st.integers(0, 2**16))
+def test_causal_conv1d_equals_ref_and_steps(batch, d, k, length, bias, act, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(batch, d, length, generator=g), torch.randn(d, k, generator=g)
+    b = torch.randn(d, generator=g) if bias else None
+    out = ops.causal_conv1d(x, w, b, act)
+    torch.testing.assert_close(out, ops.causal_conv1d_ref(x, w, b, act), rtol=1e-5, atol=1e-5)
+    # stepping from a prefix's state reproduces the rest
+    split = length // 2
+    state = ops.conv_state_from_prefix(x[:, :, :split], k).clone()
+    assert state.shape == (batch, d, k - 1)
+    steps = [ops.causal_conv1d_update(x[:, :, t], state, w, b, act) for t in range(split, length)]
+    if steps:
+        torch.testing.assert_close(torch.stack(steps, 2), out[:, :, split:], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_conv1d_matches_torch_conv_module() -> None:
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    x = torch.randn(2, 6, 20)
+    expected = F.silu(conv(x)[..., :20])
+    got = ops.causal_conv1d(x, conv.weight.squeeze(1), conv.bias, "silu")
+    torch.testing.assert_close(got, expected)
+
+
+def test_backend_report_on_cpu() -> None:
+    report = ops.backend_report("cpu")
+    assert report["selective_scan"] == "torch-chunked"
+    assert set(report) >= {"selective_scan", "causal_conv1d", "attention"}
+
+
+@pytest.mark.gpu
+def test_cuda_scan_equals_ref() -> None:
+    x = {k: v.cuda() for k, v in scan_inputs(2, 64, 16, 512, "var", 4).items()}
+    y = ops.selective_scan(**x, delta_softplus=True)
+    torch.testing.assert_close(y, ops.selective_scan_ref(**x, delta_softplus=True),
+                               rtol=1e-3, atol=1e-3)
