@@ -33,7 +33,7 @@ def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype =
     elem = torch.empty((), dtype=dtype).element_size()
     total = 0
     for spec in cfg.kv_layers:
-        total += batch * cfg.n_kv_heads * kv_slots(cfg, spec, seq_len) * (cfg.d_qk + cfg.d_v)
+        total += batch * spec.n_kv_heads * kv_slots(cfg, spec, seq_len) * (cfg.d_qk + cfg.d_v)
     for _ in cfg.ssm_layers:
         total += batch * cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
     return total * elem
@@ -44,7 +44,7 @@ def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
     total = 0
     for spec in cfg.kv_layers:
         tokens = min(spec.window, seq_len) if spec.attention == "sliding" else seq_len
-        total += 2 * tokens * cfg.n_kv_heads * (cfg.d_qk + cfg.d_v)
+        total += 2 * tokens * spec.n_kv_heads * (cfg.d_qk + cfg.d_v)
     for _ in cfg.ssm_layers:
         total += 2 * cfg.d_inner * (cfg.d_state + cfg.d_conv - 1)
     return total / 1e6
@@ -77,8 +77,9 @@ class InferenceCache:
             entry = LayerCache()
             if spec.owns_kv:
                 slots = kv_slots(cfg, spec, max_seq_len)
-                entry.k = torch.zeros(batch, cfg.n_kv_heads, slots, cfg.d_qk, dtype=dtype, device=device)
-                entry.v = torch.zeros(batch, cfg.n_kv_heads, slots, cfg.d_v, dtype=dtype, device=device)
+                shape = (batch, spec.n_kv_heads, slots)
+                entry.k = torch.zeros(*shape, cfg.d_qk, dtype=dtype, device=device)
+                entry.v = torch.zeros(*shape, cfg.d_v, dtype=dtype, device=device)
             if spec.has_ssm:
                 entry.conv = torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device)
                 entry.ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=dtype, device=device)

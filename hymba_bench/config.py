@@ -28,6 +28,7 @@ class LayerSpec:
     attention: str | None  # global | sliding | None (no attention in this layer)
     window: int | None  # sliding window W, None for global / no attention
     kv: str | None  # "own" | "shared:<i>" | None (no attention)
+    n_kv_heads: int = 0  # KV heads of this layer's attention (0: no attention)
 
     @property
     def has_attention(self) -> bool:
@@ -68,7 +69,8 @@ class ModelConfig:
     d_model: int = 64
     n_layers: int = 8
     n_heads: int = 4
-    n_kv_heads: int = 2
+    n_kv_heads: int = 2  # KV heads of hybrid layers (and of attention layers, unless below)
+    attn_kv_heads: int | None = None  # KV heads of pure attention layers; None: n_kv_heads
     d_qk: int = 16
     d_v: int | None = None  # None: d_inner // n_heads if any layer is hybrid, else d_qk
     intermediate_size: int = 176
@@ -124,13 +126,13 @@ class ModelConfig:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_qk",
                     "intermediate_size", "kv_share", "d_state", "d_conv", "expand", "max_seq_len"):
             require_int(key, 1)
-        for key in ("d_v", "dt_rank", "sliding_window"):
+        for key in ("d_v", "dt_rank", "sliding_window", "attn_kv_heads"):
             require_int(key, 1, allow_none=True)
         require_int("meta_tokens", 0)
-        if self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"n_kv_heads: must divide n_heads ({self.n_heads}), got {self.n_kv_heads}"
-            )
+        for key in ("n_kv_heads", "attn_kv_heads"):
+            value = getattr(self, key)
+            if value is not None and self.n_heads % value:
+                raise ConfigError(f"{key}: must divide n_heads ({self.n_heads}), got {value}")
         if self.d_qk % 2:
             raise ConfigError(f"d_qk: RoPE needs an even head dimension, got {self.d_qk}")
         if not isinstance(self.layout, list) or not self.layout:
@@ -203,15 +205,18 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
     kind = {i: ("global" if i in global_set else "sliding") for i in attn_idx}
     kv = {i: "own" for i in attn_idx}
     if cfg.kv_share > 1:
-        # Runs of consecutive (among attention layers) sliding layers; a global layer ends a run.
+        # Runs of sliding layers consecutive among the attention layers and of one mixer (so
+        # their K/V have one shape); a global layer ends a run.
         runs: list[list[int]] = []
+        previous: int | None = None
         for i in attn_idx:
             if kind[i] == "sliding":
-                if runs and runs[-1] and kind[runs[-1][-1]] == "sliding" and \
-                        attn_idx.index(runs[-1][-1]) == attn_idx.index(i) - 1:
+                if previous is not None and kind[previous] == "sliding" \
+                        and mixers[previous] == mixers[i]:
                     runs[-1].append(i)
                 else:
                     runs.append([i])
+            previous = i
         if not runs:
             raise ConfigError("kv_share: cross-layer KV sharing needs sliding-window layers")
         for run in runs:
@@ -226,6 +231,8 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
             attention=kind.get(i),
             window=window if kind.get(i) == "sliding" else None,
             kv=kv.get(i),
+            n_kv_heads=0 if i not in kind else
+            (cfg.attn_kv_heads or cfg.n_kv_heads) if m == "attention" else cfg.n_kv_heads,
         )
         for i, m in enumerate(mixers)
     ]

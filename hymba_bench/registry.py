@@ -34,6 +34,7 @@ META_KEYS = {
     "table_section": "ablation or scaling",
     "size": "base or large: which of the profile's sizes to use",
     "in_all": "false keeps the variant out of `--variants all`",
+    "fixed_size": "true: the file gives every size itself and no profile resizes it",
     "context_extension": "multiply the training context (and NTK-scale RoPE) by this factor",
     "cache_seq_len": "context at which to report the cache (default: the profile's)",
     "order": "position in listings and tables (Table 1 order for the roadmap rows)",
@@ -214,14 +215,18 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
     if size not in prof.sizes:
         raise RegistryError(f"{origin.get('size', variant.path)}: size: expected one of "
                             f"{sorted(prof.sizes)}, got {size!r}")
-    kwargs: dict[str, Any] = dict(prof.sizes[size])
+    sizes = dict(prof.sizes[size])
+    # A size may carry its own window / meta-token count (the 1.5B rows use W = 1024).
+    window = sizes.pop("window", prof.window)
+    n_meta = sizes.pop("meta_tokens", prof.meta_tokens)
+    kwargs: dict[str, Any] = {} if merged.get("fixed_size") is True else sizes
     for key in ModelConfig.init_keys():
         if key in merged:
             kwargs[key] = merged[key]
     if kwargs.get("sliding_window") is True:
-        kwargs["sliding_window"] = prof.window
+        kwargs["sliding_window"] = window
     if kwargs.get("meta_tokens") is True:
-        kwargs["meta_tokens"] = prof.meta_tokens
+        kwargs["meta_tokens"] = n_meta
     if kwargs.get("sliding_window") is False:
         kwargs["sliding_window"] = None
     if kwargs.get("meta_tokens") is False:

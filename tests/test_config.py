@@ -67,7 +67,7 @@ def test_kv_consumers_have_no_kv_projection() -> None:
     cfg = model.cfg
     for spec, layer in zip(cfg.layers, model.layers, strict=True):
         rows = layer.mixer.in_proj.weight.shape[0]
-        kv = cfg.n_kv_heads * (cfg.d_qk + cfg.d_v)
+        kv = spec.n_kv_heads * (cfg.d_qk + cfg.d_v)
         assert rows == cfg.n_heads * cfg.d_qk + (kv if spec.owns_kv else 0) + 2 * cfg.d_inner
 
 
@@ -94,3 +94,20 @@ def test_unknown_names_suggest_close_ones() -> None:
 def test_overrides_win() -> None:
     cfg = resolve("llama", n_layers=3).config
     assert cfg.n_layers == 3
+
+
+def test_paper_300m_rows_f_is_the_released_15b() -> None:
+    """Row F at the 300M profile steps up to the released 1.5B shape, as in the paper."""
+    f = resolve("f-size", "paper-300m").config
+    h = resolve("hymba-1.5b", "tiny").config
+    assert [s.as_dict() for s in f.layers] == [s.as_dict() for s in h.layers]
+    with torch.device("meta"):
+        assert HybridLM(f).num_parameters() == HybridLM(h).num_parameters()
+    assert cache_mb_paper(f, 8192) == cache_mb_paper(h, 8192)
+
+
+def test_hybrid_and_attention_layers_take_their_own_kv_heads() -> None:
+    llama = resolve("llama", "paper-300m").config
+    hybrid = resolve("b-parallel", "paper-300m").config
+    assert {s.n_kv_heads for s in llama.layers} == {8}
+    assert {s.n_kv_heads for s in hybrid.layers} == {2}

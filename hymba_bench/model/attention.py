@@ -65,8 +65,8 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_qk, bias=False)
         if spec.owns_kv:  # KV consumers have no K/V projection at all
-            self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_qk, bias=False)
-            self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_v, bias=False)
+            self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=False)
+            self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=False)  # type: ignore[operator]
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling)
 
@@ -75,8 +75,8 @@ class Attention(nn.Module):
         q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), positions)
         k = v = None
         if self.spec.owns_kv:
-            k = self.rotary(split_heads(self.k_proj(x), self.cfg.n_kv_heads), positions)
-            v = split_heads(self.v_proj(x), self.cfg.n_kv_heads)
+            k = self.rotary(split_heads(self.k_proj(x), self.spec.n_kv_heads), positions)
+            v = split_heads(self.v_proj(x), self.spec.n_kv_heads)
         out = attend(q, k, v, self.spec, positions, self.cfg.meta_tokens, cache, shared)
         return self.o_proj(out)
 
@@ -84,7 +84,7 @@ class Attention(nn.Module):
 def qkv_widths(cfg: ModelConfig, spec: LayerSpec) -> tuple[int, int, int]:
     kv = spec.owns_kv
     return (cfg.n_heads * cfg.d_qk,
-            cfg.n_kv_heads * cfg.d_qk if kv else 0,
-            cfg.n_kv_heads * cfg.d_v if kv else 0)  # type: ignore[operator]
+            spec.n_kv_heads * cfg.d_qk if kv else 0,
+            spec.n_kv_heads * cfg.d_v if kv else 0)  # type: ignore[operator]
 
 

@@ -37,8 +37,8 @@ class HybridHeads(SSMCore):
         q = self.rotary(split_heads(q, cfg.n_heads), positions)
         kh = vh = None
         if self.spec.owns_kv:
-            kh = self.rotary(split_heads(k, cfg.n_kv_heads), positions)
-            vh = split_heads(v, cfg.n_kv_heads)
+            kh = self.rotary(split_heads(k, self.spec.n_kv_heads), positions)
+            vh = split_heads(v, self.spec.n_kv_heads)
         attn = attend(q, kh, vh, self.spec, positions, cfg.meta_tokens, cache, shared)
         entry = cache.layers[self.spec.index] if cache is not None else None
         ssm = self.ssm(xs, z, entry, step)
