@@ -13,6 +13,7 @@ equal for every variant. `cache_mb_paper` is the paper's Table 1 convention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,42 @@ class InferenceCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for e in self.layers for t in e.tensors())
+
+    def tile(self, batch: int) -> InferenceCache:
+        """A cache for `batch` sequences, each a copy of this batch-1 cache's state."""
+        if self.batch != 1:
+            raise ValueError("tile() copies a batch-1 cache")
+        out = InferenceCache(self.cfg, batch, self.max_seq_len, self.dtype, self.device)
+        out.pos = self.pos
+        for src, dst in zip(self.layers, out.layers, strict=True):
+            for s, d in zip(src.tensors(), dst.tensors(), strict=True):
+                d.copy_(s.expand_as(d))
+        return out
+
+    def checkpoint(self, steps: int) -> Callable[[], None]:
+        """Save what the next `steps` decode steps overwrite; calling the result undoes them.
+
+        Global K/V past `pos` need no saving (nothing reads past `pos`); sliding-window rings
+        lose the slots the new tokens land in; SSM and conv states are small and copied whole.
+        """
+        pos = self.pos
+        saved: list[tuple[Tensor, Tensor, Tensor]] = []
+        for spec, entry in zip(self.cfg.layers, self.layers, strict=True):
+            if spec.attention == "sliding" and entry.k is not None and entry.v is not None:
+                slots = torch.tensor(sorted({self.slot_of(spec, p) for p in range(pos, pos + steps)}),
+                                     device=self.device)
+                saved += [(entry.k, slots, entry.k[:, :, slots].clone()),
+                          (entry.v, slots, entry.v[:, :, slots].clone())]
+        states = [(t, t.clone()) for e in self.layers for t in (e.conv, e.ssm) if t is not None]
+
+        def restore() -> None:
+            self.pos = pos
+            for buf, slots, values in saved:
+                buf[:, :, slots] = values
+            for t, copy in states:
+                t.copy_(copy)
+
+        return restore
 
     def reset(self) -> None:
         self.pos = 0

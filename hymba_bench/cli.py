@@ -112,6 +112,112 @@ def show(
     console.print(table)
 
 
+@app.command()
+def run(
+    variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = "all",
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
+        "runs/latest"),
+    skip: Annotated[list[str] | None, typer.Option(
+        help="Stage to skip: accuracy, throughput or cache; repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a run: measure only what is missing.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    variant_file: VariantFiles = None,
+    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
+    context: Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")] = None,
+    gen_tokens: Annotated[int | None, typer.Option(help="Timed decode steps.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+) -> None:
+    """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
+    from hymba_bench.runner import RunOptions, parse_variants
+    from hymba_bench.runner import run as run_all
+
+    files = variant_file or []
+    opts = RunOptions(variants=parse_variants(variants, files), profile=profile, out=out,
+                      skip=set(_split(skip)), resume=resume, device=_device(device),
+                      variant_files=files,
+                      bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
+                             "repeats": repeats})
+    try:
+        run_all(opts, console)
+    except KeyboardInterrupt:
+        kept = len(_load(out)) if (out / "results.jsonl").exists() else 0
+        raise HymbaBenchError(f"interrupted; {kept} records kept in {out / 'results.jsonl'}; "
+                              "rerun with --resume to finish") from None
+
+
+@app.command()
+def sweep(
+    variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = (
+        "llama,mamba,b-parallel,c-local-global,e-meta-tokens"),
+    seq_lens: Annotated[str, typer.Option(help="Context lengths, comma-separated.")] = (
+        "256,512,1024,2048,4096,8192"),
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    out: Annotated[Path, typer.Option(help="Sweep directory (sweep.jsonl, PNG plots).")] = Path(
+        "runs/sweep"),
+    resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    variant_file: VariantFiles = None,
+    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
+    gen_tokens: Annotated[int | None, typer.Option(help="Timed decode steps.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+) -> None:
+    """Decode throughput and cache size against context length, as results and PNG plots."""
+    from hymba_bench.runner import parse_variants
+    from hymba_bench.sweep import SweepOptions, parse_seq_lens
+    from hymba_bench.sweep import sweep as run_sweep
+
+    files = variant_file or []
+    opts = SweepOptions(variants=parse_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
+                        profile=profile, out=out, resume=resume, device=_device(device),
+                        variant_files=files,
+                        bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats})
+    try:
+        run_sweep(opts, console)
+    except KeyboardInterrupt:
+        raise HymbaBenchError(f"interrupted; what was measured is kept in {out / 'sweep.jsonl'}; "
+                              "rerun with --resume to finish") from None
+
+
+@app.command()
+def table(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
+    format: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
+    extended: Annotated[bool, typer.Option(help="Ours beside the paper's figures, with ratios.")] = False,
+) -> None:
+    """Render a run's results again as Table 1."""
+    from hymba_bench.table import extended_table, roadmap_table
+
+    if format not in ("md", "csv", "json"):
+        raise HymbaBenchError(f"--format: expected md, csv or json, got {format!r}")
+    if not (run_dir / "results.jsonl").is_file():
+        raise HymbaBenchError(f"{run_dir}: no results.jsonl here (is it a run directory?)")
+    records = _load(run_dir)
+    built = extended_table(records) if extended else roadmap_table(records)
+    print({"md": built.to_markdown, "csv": built.to_csv, "json": built.to_json}[format](), end="")
+
+
+def _load(run_dir: Path) -> list[dict[str, Any]]:
+    from hymba_bench.results import ResultsFile
+
+    return ResultsFile(run_dir / "results.jsonl").load()
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept both `--skip a --skip b` and `--skip a,b`."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        if name.split(":")[0] not in ("cpu", "cuda"):
+            raise HymbaBenchError(f"--device: expected cpu, cuda or auto, got {name!r}")
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @app.command("bench-scan")
 def bench_scan_cmd(
     length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,

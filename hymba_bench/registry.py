@@ -66,6 +66,7 @@ class Profile:
     cache_seq_len: int
     sizes: dict[str, dict[str, Any]]
     path: Path
+    bench: dict[str, dict[str, Any]] = field(default_factory=dict)  # throughput settings per device
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def profiles() -> dict[str, Profile]:
                 name=data["name"], description=data.get("description", ""),
                 window=int(data["window"]), meta_tokens=int(data["meta_tokens"]),
                 cache_seq_len=int(data["cache_seq_len"]), sizes=data["sizes"], path=path,
+                bench=data.get("bench", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"{path}: bad profile: {exc}") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hymba_bench.cache import InferenceCache
@@ -63,3 +63,20 @@ def test_ring_buffer_holds_exactly_the_visible_keys(window: int, meta: int, real
 def test_negative_positions_are_empty_slots() -> None:
     mask = visible(torch.tensor([5]), torch.tensor([-1, 0, 5]), None, 0)
     assert mask.tolist() == [[False, True, True]]
+
+
+@given(window=st.integers(1, 40), meta=st.integers(0, 6), length=st.integers(520, 800),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=8)
+def test_blocked_sliding_prefill_equals_full_mask(window: int, meta: int, length: int,
+                                                  seed: int) -> None:
+    from hymba_bench import ops
+    from hymba_bench.model.attention import _sliding_prefill
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 4, length, 8, generator=g)
+    k, v = torch.randn(1, 2, length, 8, generator=g), torch.randn(1, 2, length, 16, generator=g)
+    pos = torch.arange(length)
+    expected = ops.attention_ref(q, k, v, visible(pos, pos, window, meta))
+    torch.testing.assert_close(_sliding_prefill(q, k, v, pos, window, meta), expected,
+                               rtol=1e-4, atol=1e-5)

@@ -125,3 +125,26 @@ def test_cuda_scan_equals_ref() -> None:
     y = ops.selective_scan(**x, delta_softplus=True)
     torch.testing.assert_close(y, ops.selective_scan_ref(**x, delta_softplus=True),
                                rtol=1e-3, atol=1e-3)
+
+
+@given(batch=st.integers(1, 3), hkv=st.integers(1, 3), group=st.integers(1, 3),
+       lq=st.integers(1, 12), extra=st.integers(0, 12), e=st.sampled_from([4, 8]),
+       ev=st.sampled_from([4, 8, 16]), masked=st.booleans(), seed=st.integers(0, 2**16))
+def test_attention_equals_ref(batch, hkv, group, lq, extra, e, ev, masked, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    lk = lq + extra
+    q = torch.randn(batch, hkv * group, lq, e, generator=g)
+    k = torch.randn(batch, hkv, lk, e, generator=g)
+    v = torch.randn(batch, hkv, lk, ev, generator=g)
+    mask = None
+    if masked:  # random mask with at least one visible key per query
+        mask = torch.rand(lq, lk, generator=g) < 0.5
+        mask[torch.arange(lq), torch.randint(0, lk, (lq,), generator=g)] = True
+    torch.testing.assert_close(ops.attention(q, k, v, mask), ops.attention_ref(q, k, v, mask),
+                               rtol=1e-4, atol=1e-5)
+    if lq > 1:
+
+        causal = ops.attention(q, k[:, :, :lq], v[:, :, :lq], causal=True)
+        tril = torch.ones(lq, lq, dtype=torch.bool).tril()
+        torch.testing.assert_close(causal, ops.attention_ref(q, k[:, :, :lq], v[:, :, :lq], tril),
+                                   rtol=1e-4, atol=1e-5)

@@ -7,9 +7,10 @@ producers publish what they attend over in `shared` (keyed by layer index) so th
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
+from hymba_bench import ops
 from hymba_bench.cache import InferenceCache
 from hymba_bench.config import LayerSpec, ModelConfig
 from hymba_bench.masks import visible
@@ -50,10 +51,37 @@ def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, posit
         shared[spec.index] = (k, v, k_pos)
     else:
         k, v, k_pos = shared[spec.kv_source]  # type: ignore[index]
-    mask = None if k_pos is None else visible(positions, k_pos, spec.window, n_meta)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    if k_pos is positions and spec.attention == "sliding":  # fresh prefill, local attention
+        out = _sliding_prefill(q, k, v, positions, spec.window, n_meta)  # type: ignore[arg-type]
+    elif k_pos is positions:  # fresh prefill, global: the mask is exactly causal
+        out = ops.attention(q, k, v, causal=True)
+    else:
+        mask = None if k_pos is None else visible(positions, k_pos, spec.window, n_meta)
+        out = ops.attention(q, k, v, mask)
     b = out.shape[0]
     return out.transpose(1, 2).reshape(b, length, -1)
+
+
+def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window: int,
+                     n_meta: int) -> Tensor:
+    """Sliding-window attention over a fresh sequence in query blocks: O(L (W + M)), not O(L^2).
+
+    A block of queries [s, e) can only see the meta tokens and keys [s - W + 1, e); each block
+    attends over just those, with the mask from `visible` restricted to them.
+    """
+    length = q.shape[2]
+    block = max(window, 256)
+    if length <= 2 * block:
+        return ops.attention(q, k, v, visible(positions, positions, window, n_meta))
+    outs = []
+    for s in range(0, length, block):
+        e = min(s + block, length)
+        lo = max(n_meta, s - window + 1)
+        keys = torch.cat([positions[:n_meta], positions[lo:e]])
+        kb = torch.cat([k[:, :, :n_meta], k[:, :, lo:e]], dim=2)
+        vb = torch.cat([v[:, :, :n_meta], v[:, :, lo:e]], dim=2)
+        outs.append(ops.attention(q[:, :, s:e], kb, vb, visible(positions[s:e], keys, window, n_meta)))
+    return torch.cat(outs, dim=2)
 
 
 class Attention(nn.Module):

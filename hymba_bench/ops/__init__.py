@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hymba_bench.ops.attention import attention, attention_ref
 from hymba_bench.ops.conv import (
     causal_conv1d as causal_conv1d_torch,
 )
@@ -72,11 +73,13 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
         "selective_scan": "mamba_ssm" if cuda and _scan_cuda else "torch-chunked",
         "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
         "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
-        "attention": "torch-sdpa",
+        "attention": "grouped-matmul decode, torch-sdpa prefill",
     }
 
 
 __all__ = [
+    "attention",
+    "attention_ref",
     "backend_report",
     "causal_conv1d",
     "causal_conv1d_ref",

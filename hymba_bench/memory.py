@@ -1,0 +1,99 @@
+"""Peak memory during a measurement.
+
+GPU: NVML's device-wide used memory, sampled by a background thread (what `nvidia-smi` shows,
+including the CUDA context and allocator slack), beside torch's own allocator peak.
+CPU: growth of the process's resident set over the block, sampled the same way from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+import torch
+
+try:
+    import pynvml
+except ImportError:  # nvidia-ml-py is a core dependency, but keep CPU-only installs working
+    pynvml = None
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, read: Callable[[], int | None], interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.read, self.interval = read, interval
+        self.peak = read() or 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            value = self.read()
+            if value is not None and value > self.peak:
+                self.peak = value
+
+    def stop(self) -> int:
+        self.stop_event.set()
+        self.join()
+        value = self.read()
+        return max(self.peak, value or 0)
+
+
+def _nvml_reader(device: torch.device) -> Callable[[], int | None] | None:
+    if pynvml is None:
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:  # no driver / no permission: fall back to torch's allocator
+        return None
+    return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as peak: ...` then `peak.peak_bytes` and `peak.source`."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.peak_bytes = 0
+        self.torch_peak_bytes = 0
+        self.source = "none"
+        self._sampler: _Sampler | None = None
+        self._base = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            reader = _nvml_reader(self.device)
+            self.source = "nvml" if reader else "torch.cuda"
+        else:
+            reader: Callable[[], int | None] | None = _rss_bytes if _rss_bytes() is not None else None
+            self.source = "rss-growth" if reader else "none"
+            self._base = _rss_bytes() or 0
+        if reader is not None:
+            self._sampler = _Sampler(reader)
+            self._sampler.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        sampled = self._sampler.stop() if self._sampler is not None else 0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.torch_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            self.peak_bytes = sampled if self.source == "nvml" else self.torch_peak_bytes
+        else:
+            self.peak_bytes = max(0, sampled - self._base)

@@ -1,0 +1,128 @@
+"""The results file: one JSON object per measurement, appended the moment it exists.
+
+Each line holds `variant`, `metric`, `value`, `unit` and the context it was measured in (profile,
+device, dtype, backend, batch, sequence length, threads, git commit, versions, timestamp), so a
+table can be rebuilt from the file alone and an interrupted run loses at most the measurement in
+flight. A torn last line (a kill mid-write) is ignored on reading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hymba_bench.errors import HymbaBenchError
+
+UNITS = {
+    "params": "count",
+    "cache_bytes": "bytes",
+    "cache_bytes_analytic": "bytes",
+    "cache_mb": "MB (10^6 B, paper convention)",
+    "prefill_tok_s": "tokens/s",
+    "decode_tok_s": "tokens/s",
+    "peak_memory_bytes": "bytes",
+}
+
+
+class ResultsFile:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._checked = False
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line left unfinished by a kill, so the next record starts on its own line."""
+        if not self.path.exists():
+            return
+        with self.path.open("r+b") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self._checked:
+            self._drop_torn_tail()
+            self._checked = True
+        line = json.dumps(record, sort_keys=True, default=str)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        records = []
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):  # torn by an interrupt: drop it, it is re-measured
+                    continue
+                raise HymbaBenchError(f"{self.path}:{number}: not a JSON line") from None
+        return records
+
+    def done(self) -> set[tuple[str, str, str]]:
+        """(variant, metric, profile) triples already measured."""
+        return {(r["variant"], r["metric"], r.get("profile", "")) for r in self.load()}
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from hymba_bench.bench import machine
+
+    return str(machine()["cpu"])
+
+
+def base_context(device: Any) -> dict[str, Any]:
+    """What every record of a run shares: machine, versions, commit."""
+    import torch
+
+    import hymba_bench
+    from hymba_bench.ops import backend_report
+
+    return {
+        "device": device_name(device),
+        "device_type": str(torch.device(device).type),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hymba_bench": hymba_bench.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "backend": backend_report(device),
+    }
+
+
+def make_record(variant: str, metric: str, value: float | int | str, base: dict[str, Any], /,
+                **extra: Any) -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "metric": metric,
+        "value": value,
+        "unit": UNITS.get(metric, ""),
+        **base,
+        **extra,
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,251 @@
+"""`hymba-bench run`: every variant through every stage, each figure written as soon as it exists.
+
+Stages, in order: `cache` (parameters, allocated vs analytic cache bytes, paper-convention MB),
+`throughput` (prefill and decode tokens/s, peak memory), `accuracy` (lm-eval; see below).
+With `resume`, a (variant, metric) already in results.jsonl is not measured again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve
+from hymba_bench.results import ResultsFile, base_context, make_record
+from hymba_bench.table import extended_table, roadmap_table
+
+STAGES = ("cache", "throughput", "accuracy")
+STAGE_METRICS = {
+    "cache": ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb"),
+    "throughput": ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes"),
+    "accuracy": ("commonsense_pct", "recall_pct"),
+}
+ACCURACY_PENDING = ("accuracy not measured: the lm-eval adapter and proxy training are not "
+                    "part of this version")
+
+
+class MeasurementError(HymbaBenchError):
+    """A measurement contradicts itself (e.g. allocated cache bytes differ from the formula)."""
+
+
+@dataclass
+class RunOptions:
+    variants: list[str]
+    profile: str = "tiny"
+    out: Path = Path("runs/latest")
+    skip: set[str] = field(default_factory=set)
+    resume: bool = False
+    device: str = "cpu"
+    variant_files: list[Path] = field(default_factory=list)
+    bench: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's bench block
+
+
+def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
+    """'all' or 'a,b,c' -> validated names (unknown names raise with the valid ones listed)."""
+    if spec.strip() == "all":  # the registered roadmap plus any user design files
+        return names(variant_files, only_all=True)
+    chosen = [s.strip() for s in spec.split(",") if s.strip()]
+    if not chosen:
+        raise HymbaBenchError("--variants: expected 'all' or a comma-separated list of names")
+    for name in chosen:
+        get_variant(name, variant_files)
+    return chosen
+
+
+def prepare_out_dir(out: Path, resume: bool, filename: str = "results.jsonl") -> ResultsFile:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
+    results = ResultsFile(out / filename)
+    if results.load() and not resume:
+        raise HymbaBenchError(f"{results.path} already holds results; pass --resume to continue "
+                              "it, or choose another --out")
+    return results
+
+
+def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, dict[str, Any]]]:
+    import torch
+
+    from hymba_bench.cache import InferenceCache, cache_bytes, cache_mb_paper
+    from hymba_bench.model.lm import HybridLM
+
+    cfg, seq = rv.config, rv.info["cache_seq_len"]
+    with torch.device("meta"):
+        params = HybridLM(cfg).num_parameters()
+    extra = {"seq_len": seq, "batch": 1, "dtype": "float16"}
+    cache = InferenceCache(cfg, 1, seq, torch.float16, "cpu")
+    measured, analytic = cache.nbytes(), cache_bytes(cfg, 1, seq, torch.float16)
+    if measured != analytic:
+        raise MeasurementError(f"{cfg.name}: allocated cache holds {measured} bytes but the "
+                               f"formula gives {analytic}")
+    out: dict[str, tuple[float, dict[str, Any]]] = {
+        "params": (params, {}),
+        "cache_bytes": (measured, extra),
+        "cache_bytes_analytic": (analytic, extra),
+        "cache_mb": (cache_mb_paper(cfg, seq), extra),
+    }
+    del cache
+    if device.startswith("cuda"):
+        out["cache_bytes_device"] = (_device_cache_bytes(cfg, seq, device), extra)
+    return out
+
+
+def _device_cache_bytes(cfg: Any, seq: int, device: str) -> int:
+    """The cache's footprint on the GPU as the allocator sees it (block rounding included)."""
+    import torch
+
+    from hymba_bench.cache import InferenceCache
+
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    cache = InferenceCache(cfg, 1, seq, torch.float16, device)
+    torch.cuda.synchronize(device)
+    used = torch.cuda.memory_allocated(device) - before
+    del cache
+    return int(used)
+
+
+def measure_throughput(rv: ResolvedVariant, device: str, record: Callable[..., None],
+                       wanted: set[str], log: Callable[[str], None],
+                       overrides: dict[str, Any] | None = None) -> None:
+    import torch
+
+    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.throughput import (
+        decode_throughput,
+        halve_on_oom,
+        prefill_throughput,
+        settings_from_profile,
+    )
+
+    dev = torch.device(device)
+    if not rv.profile.bench:
+        raise HymbaBenchError(f"{rv.profile.path}: bench: the profile has no throughput settings")
+    settings = settings_from_profile(rv.profile.bench, dev, overrides)
+    torch.manual_seed(0)
+    with dev:
+        model = HybridLM(rv.config)
+    model = model.to(settings.torch_dtype).eval()
+    common = {"context": settings.context, "seq_len": settings.context,
+              "gen_tokens": settings.gen_tokens, "dtype": settings.dtype,
+              "warmup": settings.warmup, "repeats": settings.repeats}
+
+    def halved(old: int, new: int) -> None:
+        log(f"{rv.config.name}: out of memory at batch {old}, retrying at {new}")
+
+    if "prefill_tok_s" in wanted:
+        res, batch = halve_on_oom(lambda b: prefill_throughput(model, settings, b),
+                                  settings.prefill_batch, halved)
+        record("prefill_tok_s", res.tok_s, batch=batch, requested_batch=settings.prefill_batch,
+               timing=res.timing.as_dict(), spread=res.timing.spread, **common)
+    if wanted & {"decode_tok_s", "peak_memory_bytes"}:
+        dec, batch = halve_on_oom(lambda b: decode_throughput(model, settings, b),
+                                  settings.batch, halved)
+        extra = {"batch": batch, "requested_batch": settings.batch, **common}
+        record("decode_tok_s", dec.tok_s, timing=dec.timing.as_dict(), spread=dec.timing.spread,
+               **extra)
+        record("peak_memory_bytes", dec.peak_memory_bytes, memory_source=dec.memory_source,
+               stage_measured="decode", **extra)
+
+
+def run(opts: RunOptions, console: Console | None = None) -> Path:
+    console = console or Console()
+    for stage in opts.skip:
+        if stage not in STAGES:
+            raise HymbaBenchError(f"--skip: unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    get_profile(opts.profile)
+    resolved = [resolve(name, opts.profile, opts.variant_files) for name in opts.variants]
+    if opts.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise HymbaBenchError("--device cuda: no CUDA device is visible to torch")
+    results = prepare_out_dir(opts.out, opts.resume)
+    done = results.done() if opts.resume else set()
+    context = base_context(opts.device)
+    for stage in sorted(opts.skip):
+        results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
+                                   stage=stage, profile=opts.profile))
+    stages = [s for s in STAGES if s not in opts.skip]
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("measuring", total=len(resolved) * len(stages))
+        for rv in resolved:
+            name = rv.config.name
+            vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
+                    "table_section": rv.info["table_section"],
+                    "design_reason": rv.info["design_reason"],
+                    "order": rv.variant.keys.get("order", 1000),
+                    "variant_file": str(rv.variant.path)}
+
+            def record(metric: str, value: float, name: str = name, vctx: dict = vctx,
+                       **extra: Any) -> None:
+                results.append(make_record(name, metric, value, vctx, **extra))
+
+            for stage in stages:
+                progress.update(task, description=f"{name}: {stage}")
+                wanted = {m for m in STAGE_METRICS[stage] if (name, m, opts.profile) not in done}
+                if stage == "cache" and wanted:
+                    for metric, (value, extra) in measure_cache(rv, opts.device).items():
+                        if metric in wanted or metric not in STAGE_METRICS["cache"]:
+                            record(metric, value, **extra)
+                elif stage == "throughput" and wanted:
+                    measure_throughput(rv, opts.device, record, wanted, progress.console.print,
+                                       opts.bench)
+                elif stage == "accuracy" and wanted:
+                    record("note", ACCURACY_PENDING, stage="accuracy", profile=opts.profile)
+                progress.advance(task)
+    write_tables(opts.out, console)
+    return opts.out
+
+
+def write_tables(out: Path, console: Console | None = None) -> None:
+    records = ResultsFile(out / "results.jsonl").load()
+    table = roadmap_table(records)
+    (out / "roadmap.csv").write_text(table.to_csv())
+    (out / "roadmap.md").write_text(table.to_markdown())
+    ext = extended_table(records)
+    (out / "roadmap_extended.csv").write_text(ext.to_csv())
+    (out / "roadmap_extended.md").write_text(ext.to_markdown())
+    if console is not None:
+        print_table(table, console, title=f"Table 1 layout ({out / 'roadmap.md'})")
+        compact = ["Configuration", "Decode (tok/s)", "Decode vs Llama", "Paper throughput vs Llama",
+                   "Cache (MB)", "Cache vs Llama", "Paper cache vs Llama"]
+        print_table(ext, console, title=f"Beside the paper ({out / 'roadmap_extended.md'})",
+                    columns=compact)
+
+
+def print_table(table: Any, console: Console, title: str = "",
+                columns: list[str] | None = None) -> None:
+    from rich.table import Table as RichTable
+
+    frame = table.display_frame()
+    if columns is not None:
+        frame = frame[columns]
+    rt = RichTable(*frame.columns, title=title, show_lines=False)
+    for idx, row in enumerate(frame.itertuples(index=False)):
+        cells = [str(c) for c in row]
+        if idx in table.section_rows:
+            rt.add_row(f"[bold]{cells[0]}[/]", *[""] * (len(cells) - 1))
+        else:
+            rt.add_row(*cells)
+    console.print(rt)
+    for i, note in enumerate(table.footnotes, 1):
+        console.print(f"[dim]{i}. {note}[/]")
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("HYMBA_BENCH_OUT", "runs/latest"))

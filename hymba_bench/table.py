@@ -1,0 +1,233 @@
+"""Table 1's layout: results records -> pandas tables -> CSV / Markdown / JSON.
+
+`roadmap_table` has exactly the paper's columns, its row labels and section rows; a cell with no
+measurement is "—" and a footnote says why. `extended_table` puts the paper's own figures and the
+ratios to Llama beside ours.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import pandas as pd
+
+from hymba_bench.errors import HymbaBenchError
+
+COLUMNS = [
+    "Configuration",
+    "Commonsense Reasoning (%)",
+    "Recall (%)",
+    "Throughput (token/sec)",
+    "Cache Size (MB)",
+    "Design Reason",
+]
+# which metric fills which column, and which run stage produces it
+CELLS = {
+    "Commonsense Reasoning (%)": ("commonsense_pct", "accuracy"),
+    "Recall (%)": ("recall_pct", "accuracy"),
+    "Throughput (token/sec)": ("decode_tok_s", "throughput"),
+    "Cache Size (MB)": ("cache_mb", "cache"),
+}
+SECTIONS = {
+    "ablation": "Ablations ({profile} profile)",
+    "scaling": "Scaling ({profile} profile, larger size)",
+    "other": "Other designs ({profile} profile)",
+}
+EMPTY = "—"
+BASELINE = "llama"
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame  # numeric cells, NaN where empty; section rows have only Configuration
+    footnotes: list[str] = field(default_factory=list)
+    section_rows: list[int] = field(default_factory=list)
+
+    def display_frame(self) -> pd.DataFrame:
+        out = self.frame.astype(object).copy()
+        for idx in range(len(out)):
+            is_section = idx in self.section_rows
+            for col in out.columns:
+                value = out.iat[idx, out.columns.get_loc(col)]
+                if isinstance(value, float) and math.isnan(value):
+                    out.iat[idx, out.columns.get_loc(col)] = "" if is_section else EMPTY
+                elif isinstance(value, float):
+                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value)
+        return out
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        self.display_frame().to_csv(buf, index=False)
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        frame = self.display_frame()
+        header = "| " + " | ".join(frame.columns) + " |"
+        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+        lines = [header, rule]
+        for idx, row in enumerate(frame.itertuples(index=False)):
+            cells = [str(c) for c in row]
+            if idx in self.section_rows:
+                cells[0] = f"**{cells[0]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"{i}. {note}" for i, note in enumerate(self.footnotes, 1)]
+        return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+    def to_json(self) -> str:
+        rows = []
+        for idx, row in self.frame.iterrows():
+            rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                         for k, v in row.items()} | {"section_row": idx in self.section_rows})
+        return json.dumps({"rows": rows, "footnotes": self.footnotes}, indent=2)
+
+
+def _fmt(column: str, value: float) -> str:
+    if " vs " in column:
+        return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.3g}x"
+    if "Params" in column or "bytes" in column:
+        return f"{value:,.0f}"
+    if "Cache" in column:
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return f"{value:.1f}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Long format, the last record of each (variant, metric) winning; notes kept apart."""
+    rows = [r for r in records if r.get("metric") != "note"]
+    if not rows:
+        raise HymbaBenchError("no measurements in the results file")
+    frame = pd.DataFrame(rows)
+    return frame.drop_duplicates(subset=["variant", "metric"], keep="last").reset_index(drop=True)
+
+
+def _variants_info(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = ["variant", "table_label", "table_section", "design_reason", "order", "profile"]
+    for key in keys:
+        if key not in frame:
+            frame[key] = None
+    info = frame[keys].drop_duplicates("variant", keep="last").copy()
+    info["order"] = info["order"].fillna(1000)
+    return info.sort_values(["order", "variant"], kind="stable").reset_index(drop=True)
+
+
+def _notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(variant or '*', stage) -> why that stage has no figures."""
+    out = {}
+    for r in records:
+        if r.get("metric") == "note":
+            out[(r["variant"], r["stage"])] = str(r["value"])
+    return out
+
+
+def _conventions(frame: pd.DataFrame) -> list[str]:
+    notes = []
+    decode = frame[frame.metric == "decode_tok_s"]
+    if len(decode):
+        r = decode.iloc[-1]
+        notes.append(
+            f"Throughput (token/sec): decode (generation) tokens/s = batch x generated tokens / "
+            f"decode time, with the cache already holding {int(r.get('context', 0))} tokens; batch "
+            f"{int(r.get('batch', 0))}, {int(r.get('gen_tokens', 0))} generated tokens, {r.get('dtype')}, "
+            f"median of {int(r.get('repeats', 0))} repeats, on {r.get('device')}. "
+            "Prefill tokens/s are in the extended table."
+        )
+    cache = frame[frame.metric == "cache_mb"]
+    if len(cache):
+        seq = sorted({int(s) for s in cache["seq_len"].dropna()})
+        notes.append(
+            "Cache Size (MB): the paper's convention, FP16, batch 1, MB = 10^6 bytes, meta tokens "
+            f"not counted, at {', '.join(map(str, seq))} tokens; exact allocated bytes (meta tokens "
+            "included) are in the extended table and results.jsonl."
+        )
+    return notes
+
+
+def roadmap_table(records: list[dict[str, Any]]) -> Table:
+    frame = records_frame(records)
+    info = _variants_info(frame)
+    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+    notes = _notes(records)
+    profile = str(info["profile"].dropna().iloc[0]) if info["profile"].notna().any() else "?"
+    rows: list[dict[str, Any]] = []
+    section_rows: list[int] = []
+    footnotes: list[str] = []
+    reasons: dict[str, int] = {}
+    for section in SECTIONS:
+        members = info[info["table_section"].fillna("other") == section]
+        if members.empty:
+            continue
+        section_rows.append(len(rows))
+        rows.append({"Configuration": SECTIONS[section].format(profile=profile)})
+        for _, v in members.iterrows():
+            row: dict[str, Any] = {"Configuration": v["table_label"] or v["variant"],
+                                   "Design Reason": v["design_reason"] or ""}
+            for column, (metric, stage) in CELLS.items():
+                value = values.at[v["variant"], metric] \
+                    if metric in values.columns and v["variant"] in values.index else math.nan
+                if isinstance(value, float) and math.isnan(value):
+                    why = notes.get((v["variant"], stage)) or notes.get(("*", stage)) \
+                        or f"{stage} not measured in this run"
+                    reasons.setdefault(f"{column}: {why}", len(reasons))
+                row[column] = float(value)
+            rows.append(row)
+    for text in reasons:
+        footnotes.append(f"{EMPTY} in {text}")
+    footnotes += _conventions(frame)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return Table(table, footnotes, section_rows)
+
+
+def paper_reference() -> pd.DataFrame:
+    """Table 1 as published (A100, 300M/1.5B), from the copy shipped with the package."""
+    text = resources.files("hymba_bench.data").joinpath("hymba_table1.csv").read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+def extended_table(records: list[dict[str, Any]]) -> Table:
+    """Ours beside the paper's, with ratios to Llama on both sides."""
+    frame = records_frame(records)
+    info = _variants_info(frame)
+    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+    paper = paper_reference().set_index("configuration")
+
+    def get(variant: str, metric: str) -> float:
+        if metric in values.columns and variant in values.index:
+            return float(values.at[variant, metric])
+        return math.nan
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b and not math.isnan(b) else math.nan
+
+    base_tps, base_mb = get(BASELINE, "decode_tok_s"), get(BASELINE, "cache_mb")
+    p_base = paper.loc["Transformer (Llama)"]
+    rows = []
+    for _, v in info.iterrows():
+        name, label = v["variant"], v["table_label"] or v["variant"]
+        p = paper.loc[label] if label in paper.index else None
+        tps, mb = get(name, "decode_tok_s"), get(name, "cache_mb")
+        rows.append({
+            "Configuration": label,
+            "Params": get(name, "params"),
+            "Decode (tok/s)": tps,
+            "Prefill (tok/s)": get(name, "prefill_tok_s"),
+            "Cache (bytes)": get(name, "cache_bytes"),
+            "Cache (MB)": mb,
+            "Decode vs Llama": ratio(tps, base_tps),
+            "Cache vs Llama": ratio(mb, base_mb),
+            "Paper throughput (tok/s)": float(p["throughput_tok_s"]) if p is not None else math.nan,
+            "Paper throughput vs Llama": ratio(float(p["throughput_tok_s"]),
+                                               float(p_base["throughput_tok_s"]))
+            if p is not None else math.nan,
+            "Paper cache (MB)": float(p["cache_mb"]) if p is not None else math.nan,
+            "Paper cache vs Llama": ratio(float(p["cache_mb"]), float(p_base["cache_mb"]))
+            if p is not None else math.nan,
+        })
+    notes = ["Paper figures: Table 1 of Dong et al. (2024), one A100, 300M models (rows to E) and "
+             "1.5B (F, G), sequence length 8K, batch 128 halved until it fits."]
+    notes += _conventions(frame)
+    return Table(pd.DataFrame(rows), notes, [])

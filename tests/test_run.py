@@ -1,0 +1,211 @@
+"""The measurement engine: results file, resume, tables, OOM halving, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hymba_bench import results as results_mod
+from hymba_bench import runner
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.results import ResultsFile
+from hymba_bench.runner import RunOptions, run
+from hymba_bench.table import COLUMNS, EMPTY, extended_table, roadmap_table
+from hymba_bench.throughput import BenchSettings, decode_throughput, filled_cache, halve_on_oom
+from tests.helpers import small_model
+
+FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
+ALL_METRICS = set(runner.STAGE_METRICS["cache"]) | set(runner.STAGE_METRICS["throughput"])
+
+
+def quiet_run(tmp_path: Path, variants: list[str], **kw) -> Path:
+    from rich.console import Console
+
+    opts = RunOptions(variants=variants, out=tmp_path / "run", bench=FAST, **kw)
+    return run(opts, Console(file=open("/dev/null", "w")))  # noqa: SIM115
+
+
+def test_results_round_trip_to_table(tmp_path: Path) -> None:
+    out = quiet_run(tmp_path, ["llama", "mamba", "e-meta-tokens"], skip={"accuracy"})
+    records = ResultsFile(out / "results.jsonl").load()
+    measured = {(r["variant"], r["metric"]) for r in records if r["metric"] != "note"}
+    assert measured == {(v, m) for v in ("llama", "mamba", "e-meta-tokens") for m in ALL_METRICS}
+    for r in records:
+        assert {"variant", "metric", "value", "unit", "profile", "device", "threads", "git_commit",
+                "torch", "timestamp", "backend"} <= set(r)
+    table = roadmap_table(records)
+    assert list(table.frame.columns) == COLUMNS
+    labels = list(table.frame["Configuration"])
+    assert labels == ["Ablations (tiny profile)", "Transformer (Llama)",
+                      "State Space Models (Mamba)", "E. + Meta tokens"]
+    decode = {r["variant"]: r["value"] for r in records if r["metric"] == "decode_tok_s"}
+    assert table.frame.loc[1, "Throughput (token/sec)"] == decode["llama"]
+    written = (out / "roadmap.csv").read_text().splitlines()
+    assert written[0] == ",".join(COLUMNS)
+    md = (out / "roadmap.md").read_text()
+    assert EMPTY in md and "accuracy skipped (--skip accuracy)" in md
+    # the table command renders the same run again
+    again = subprocess.run([sys.executable, "-m", "hymba_bench.cli", "table", str(out),
+                            "--format", "csv"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == (out / "roadmap.csv").read_text()
+    as_json = json.loads(subprocess.run(
+        [sys.executable, "-m", "hymba_bench.cli", "table", str(out), "--format", "json"],
+        capture_output=True, text=True, timeout=120).stdout)
+    assert as_json["rows"][1]["Configuration"] == "Transformer (Llama)"
+
+
+def test_cache_records_are_exact(tmp_path: Path) -> None:
+    out = quiet_run(tmp_path, ["d-kv-share"], skip={"accuracy", "throughput"})
+    by_metric = {r["metric"]: r for r in ResultsFile(out / "results.jsonl").load()}
+    assert by_metric["cache_bytes"]["value"] == by_metric["cache_bytes_analytic"]["value"]
+    assert by_metric["cache_bytes"]["seq_len"] == 8192 and by_metric["cache_bytes"]["dtype"] == "float16"
+
+
+def test_resume_after_interrupt_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_append = ResultsFile.append
+    calls = {"n": 0}
+
+    def flaky(self: ResultsFile, record: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:  # Ctrl-C while the 7th measurement is being taken
+            raise KeyboardInterrupt
+        real_append(self, record)
+
+    monkeypatch.setattr(ResultsFile, "append", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_run(tmp_path, ["llama", "c-local-global"], skip={"accuracy"})
+    before = ResultsFile(tmp_path / "run" / "results.jsonl").load()
+    assert len(before) == 6  # everything measured before the interrupt is on disk
+    monkeypatch.setattr(ResultsFile, "append", real_append)
+    with open(tmp_path / "run" / "results.jsonl", "a") as f:
+        f.write('{"variant": "llama", "metr')  # and a line torn by the kill
+    quiet_run(tmp_path, ["llama", "c-local-global"], skip={"accuracy"}, resume=True)
+    after = [r for r in ResultsFile(tmp_path / "run" / "results.jsonl").load() if r["metric"] != "note"]
+    pairs = [(r["variant"], r["metric"]) for r in after]
+    assert len(pairs) == len(set(pairs))  # nothing measured twice
+    assert set(pairs) == {(v, m) for v in ("llama", "c-local-global") for m in ALL_METRICS}
+    assert [r for r in after if r["metric"] != "note"][:5] == [r for r in before if r["metric"] != "note"][:5]
+
+
+def test_existing_results_need_resume(tmp_path: Path) -> None:
+    quiet_run(tmp_path, ["mamba"], skip={"accuracy", "throughput"})
+    with pytest.raises(HymbaBenchError, match="pass --resume"):
+        quiet_run(tmp_path, ["mamba"], skip={"accuracy", "throughput"})
+
+
+def test_cache_mismatch_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hymba_bench.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "cache_bytes", lambda *a, **k: 1)
+    with pytest.raises(runner.MeasurementError, match="formula gives 1"):
+        quiet_run(tmp_path, ["llama"], skip={"accuracy", "throughput"})
+
+
+def test_table_shows_dash_and_reason_for_missing_cells() -> None:
+    base = {"profile": "tiny", "table_section": "ablation", "order": 0, "design_reason": "r"}
+    records = [
+        {"variant": "llama", "metric": "cache_mb", "value": 1.5, "table_label": "Transformer (Llama)",
+         "seq_len": 8192, **base},
+        {"variant": "*", "metric": "note", "value": "throughput skipped (--skip throughput)",
+         "stage": "throughput"},
+    ]
+    table = roadmap_table(records)
+    shown = table.display_frame()
+    assert shown.loc[1, "Throughput (token/sec)"] == EMPTY
+    assert shown.loc[1, "Recall (%)"] == EMPTY
+    assert shown.loc[1, "Cache Size (MB)"] == "1.5"
+    notes = "\n".join(table.footnotes)
+    assert "Throughput (token/sec): throughput skipped (--skip throughput)" in notes
+    assert "Recall (%): accuracy not measured in this run" in notes
+    assert "paper throughput" not in notes.lower()
+    ext = extended_table(records)
+    assert ext.frame.loc[0, "Paper cache (MB)"] == 414.7
+
+
+def test_halve_on_oom() -> None:
+    tried = []
+
+    def fn(batch: int) -> str:
+        tried.append(batch)
+        if batch > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return f"ran {batch}"
+
+    assert halve_on_oom(fn, 128) == ("ran 8", 8)
+    assert tried == [128, 64, 32, 16, 8]
+    with pytest.raises(torch.OutOfMemoryError):
+        halve_on_oom(lambda b: fn(b * 100), 1)
+    with pytest.raises(ValueError, match="not memory"):
+        halve_on_oom(lambda b: (_ for _ in ()).throw(ValueError("not memory")), 128)
+
+
+@pytest.mark.parametrize("name", ["e-meta-tokens", "a-sequential"])
+@torch.no_grad()
+def test_checkpoint_restore_replays_decode_exactly(name: str) -> None:
+    model = small_model(name)
+    cache = filled_cache(model, 3, 40, 20)  # tiled from one prefilled row
+    restore = cache.checkpoint(20)
+    first = torch.randint(0, model.cfg.vocab_size, (3, 1))
+
+    def generate() -> torch.Tensor:
+        token, outs = first, []
+        for _ in range(20):  # 20 steps > the window: every ring slot is overwritten
+            logits = model(token, cache)
+            outs.append(logits)
+            token = logits[:, -1].argmax(-1, keepdim=True)
+        return torch.cat(outs, 1)
+
+    a = generate()
+    restore()
+    torch.testing.assert_close(generate(), a, atol=0, rtol=0)
+    # and the tiled rows decode exactly like a real batch prefilled with the same prompt
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    real = model.allocate_cache(3, 60)
+    model(prompt.expand(3, -1), real)
+    torch.testing.assert_close(model(first, real), model(first, filled_cache(model, 3, 40, 20)),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_decode_throughput_records_batch() -> None:
+    model = small_model("llama")
+    res = decode_throughput(model, BenchSettings(batch=2, context=16, gen_tokens=2, repeats=2), 2)
+    assert res.batch == 2 and res.tok_s > 0 and len(res.timing.samples) == 2
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hymba_bench.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("run", "--variants", "llama,lama"), "unknown variant 'lama'"),
+    (("run", "--profile", "huge"), "unknown profile 'huge'"),
+    (("run", "--variants", "llama", "--out", "/proc/forbidden/run"), "--out: cannot write"),
+    (("run", "--variants", "llama", "--skip", "speed"), "--skip: unknown stage 'speed'"),
+    (("run", "--variants", "llama", "--batch", "0"), "batch: expected a positive integer"),
+    (("table", "/nonexistent/run"), "no results.jsonl here"),
+])
+def test_run_errors_are_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    if "--out" not in args and args[0] == "run":
+        args = (*args, "--out", str(tmp_path / "r"), "--skip", "accuracy")
+    out = cli(*args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_table_unknown_format(tmp_path: Path) -> None:
+    quiet_run(tmp_path, ["mamba"], skip={"accuracy", "throughput"})
+    out = cli("table", str(tmp_path / "run"), "--format", "xlsx")
+    assert out.returncode != 0 and "--format: expected md, csv or json" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_git_commit_is_recorded() -> None:
+    assert results_mod.git_commit()
