@@ -117,7 +117,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
             rows = rows.sort_values("context")
             ax.plot(rows["context"], rows["value"], marker="o", label=variant)
         windows = sorted({int(w) for w in sub.get("window", pd.Series(dtype=float)).dropna()})
-        for w in windows:
+        for w in (w for w in windows if w >= sub["context"].min()):  # only inside the data
             ax.axvline(w, color="grey", linestyle=":", linewidth=1)
             ax.annotate(f"W={w}", (w, 1), xycoords=("data", "axes fraction"), fontsize=8,
                         color="grey", xytext=(2, -12), textcoords="offset points")
