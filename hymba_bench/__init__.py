@@ -39,4 +39,12 @@ def build_config(name: str, profile: str = "tiny", **overrides: Any) -> ModelCon
     return resolve(name, profile, **overrides).config
 
 
-__all__ = ["ConfigError", "LayerSpec", "ModelConfig", "build_config", "build_model"]
+def __getattr__(name: str) -> Any:
+    if name == "HymbaBenchLM":  # lazy: importing lm-eval takes seconds
+        from hymba_bench.lm_eval_adapter import HymbaBenchLM
+
+        return HymbaBenchLM
+    raise AttributeError(f"module 'hymba_bench' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "HymbaBenchLM", "LayerSpec", "ModelConfig", "build_config", "build_model"]

@@ -218,6 +218,45 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@app.command()
+def train(
+    variant: Annotated[str, typer.Argument(help="A registered variant name.")],
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    task: Annotated[str, typer.Option(help="'recall' (synthetic MQAR-style) or 'text:PATH'.")] = "recall",
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
+    seq_len: Annotated[int, typer.Option(min=8, help="Tokens per sequence.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    variant_file: VariantFiles = None,
+) -> None:
+    """Proxy-train a variant (AdamW, warm-up + cosine, clipping); writes a safetensors checkpoint."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from hymba_bench import build_model
+    from hymba_bench.train import TrainSettings
+    from hymba_bench.train import train as run_train
+
+    out = out or Path("runs/checkpoints") / f"{variant}-{profile}-{task.split(':')[0]}"
+    torch.manual_seed(seed)
+    model = build_model(variant, profile, variant_files=variant_file)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
+                             warmup=max(1, steps // 10))
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"train {variant}", total=steps, loss="-")
+        summary = run_train(model, variant, profile, task, settings, out, resume=resume,
+                            on_step=lambda step, loss: progress.update(
+                                bar, completed=step, loss=f"{loss:.3f}"))
+    console.print(f"{summary['steps']} steps, final loss {summary['final_loss']:.4f}; "
+                  f"checkpoint in {out}")
+
+
 @app.command("bench-scan")
 def bench_scan_cmd(
     length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,

@@ -123,30 +123,34 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     shared_c = C.dim() == 3
     C_t = C.float().permute(2, 0, 1)[:, :, None, :].contiguous() if shared_c \
         else _time_major(C.float(), batch, d).contiguous()  # (L, B, 1, N) or (L|1, B|1, N, D|1)
+    if needs_grad:
+        a = torch.exp(delta_t * A_t)  # (L, B, N, D)
+        b = du_t * B_t
+        if shared_c:
+            y, x = _LinearScan.apply(a, b, C_t[:, :, 0, :])  # (L, B, D), (B, N, D)
+        else:  # C per channel (grouped or constant): let autograd record the plain loop
+            x, steps = u.new_zeros(batch, n, d), []
+            for a_s, b_s in zip(a.unbind(0), b.expand_as(a).unbind(0), strict=True):
+                x = torch.addcmul(b_s, a_s, x)
+                steps.append(x)
+            y = (torch.stack(steps) * C_t).sum(2)
+        y = y.permute(1, 2, 0)
+        y = _finish(y, u, D, z, dtype)
+        return (y, x.transpose(1, 2)) if return_last_state else y
     x = u.new_zeros(batch, n, d)
     ys = []
-    if not needs_grad:  # reused across chunks: fresh multi-MB blocks per chunk cost page faults
-        bufs = [u.new_empty(min(CHUNK, length), batch, n, d) for _ in range(3)]
+    # reused across chunks: fresh multi-MB blocks per chunk cost page faults
+    bufs = [u.new_empty(min(CHUNK, length), batch, n, d) for _ in range(3)]
     for t0 in range(0, length, CHUNK):
         t1 = min(t0 + CHUNK, length)
         b_chunk = B_t[t0:t1] if B_t.shape[0] > 1 else B_t
-        if needs_grad:  # autograd cannot record out= writes: keep each step's state
-            dA = torch.exp(delta_t[t0:t1] * A_t)  # (T, B, N, D)
-            dBu = du_t[t0:t1] * b_chunk
-            steps = []
-            with _threads_for(batch * d * n):
-                for dA_s, dBu_s in zip(dA.unbind(0), dBu.unbind(0), strict=True):
-                    x = torch.addcmul(dBu_s, dA_s, x)
-                    steps.append(x)
-            hs = torch.stack(steps)
-        else:
-            dA, dBu, hs = (buf[:t1 - t0] for buf in bufs)
-            torch.mul(delta_t[t0:t1], A_t, out=dA).exp_()
-            torch.mul(du_t[t0:t1], b_chunk, out=dBu)
-            with _threads_for(batch * d * n):
-                for dA_s, dBu_s, h_s in zip(dA.unbind(0), dBu.unbind(0), hs.unbind(0), strict=True):
-                    x = torch.addcmul(dBu_s, dA_s, x, out=h_s)
-            x = x.clone()  # its buffer is overwritten by the next chunk
+        dA, dBu, hs = (buf[:t1 - t0] for buf in bufs)
+        torch.mul(delta_t[t0:t1], A_t, out=dA).exp_()
+        torch.mul(du_t[t0:t1], b_chunk, out=dBu)
+        with _threads_for(batch * d * n):
+            for dA_s, dBu_s, h_s in zip(dA.unbind(0), dBu.unbind(0), hs.unbind(0), strict=True):
+                x = torch.addcmul(dBu_s, dA_s, x, out=h_s)
+        x = x.clone()  # its buffer is overwritten by the next chunk
         if shared_c:  # y[t, b, d] = sum_n C[t, b, n] hs[t, b, n, d]
             ys.append(torch.matmul(C_t[t0:t1], hs)[:, :, 0])  # (T, B, D)
         else:
@@ -155,6 +159,50 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     y = torch.cat(ys, dim=0).permute(1, 2, 0)  # (B, D, L)
     y = _finish(y, u, D, z, dtype)
     return (y, x.transpose(1, 2)) if return_last_state else y
+
+
+class _LinearScan(torch.autograd.Function):
+    """x_t = a_t * x_{t-1} + b_t,  y_t = sum_n C_t[n] x_t[n]  over (L, B, N, D), for training.
+
+    Autograd through a Python loop records two nodes per step; this runs the loop without a
+    graph and back-propagates with the reverse recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}, so
+    each direction is one fused op per step. The stored states cost L x B x N x D floats.
+    """
+
+    @staticmethod
+    def states(a: Tensor, b: Tensor) -> Tensor:
+        hs = torch.empty_like(b)
+        x = torch.zeros_like(b[0])
+        with _threads_for(b[0].numel()), torch.no_grad():
+            for a_s, b_s, h_s in zip(a.unbind(0), b.unbind(0), hs.unbind(0), strict=True):
+                x = torch.addcmul(b_s, a_s, x, out=h_s)
+        return hs
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, b: Tensor,
+                c: Tensor) -> tuple[Tensor, Tensor]:
+        hs = _LinearScan.states(a.detach(), b.detach())
+        ctx.save_for_backward(a, c, hs)
+        y = torch.matmul(c[:, :, None, :], hs)[:, :, 0]  # (L, B, D)
+        return y, hs[-1].clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor,
+                 dlast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, c, hs = ctx.saved_tensors
+        dy = dy.contiguous()
+        inject = c[..., None] * dy[:, :, None, :]  # (L, B, N, D): dL/dx_t from y_t
+        inject[-1] += dlast
+        g = torch.empty_like(hs)
+        acc = torch.zeros_like(hs[0])
+        with _threads_for(acc.numel()), torch.no_grad():
+            for t in range(hs.shape[0] - 1, -1, -1):
+                nxt = a[t + 1] if t + 1 < hs.shape[0] else torch.zeros_like(acc)
+                acc = torch.addcmul(inject[t], nxt, acc, out=g[t])
+        prev = torch.cat([torch.zeros_like(hs[:1]), hs[:-1]])  # x_{t-1}
+        da = g * prev
+        dc = torch.matmul(hs, dy[..., None])[..., 0]  # (L, B, N)
+        return da, g, dc
 
 
 def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,

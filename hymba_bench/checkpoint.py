@@ -1,0 +1,70 @@
+"""Checkpoints: a directory with `model.safetensors` and `config.json` (variant, profile, config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hymba_bench.config import ModelConfig
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.model.lm import HybridLM
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def save_checkpoint(model: HybridLM, path: Path, variant: str, profile: str,
+                    extra: dict[str, Any] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k != "lm_head.weight" or not model.cfg.tie_embeddings}  # tied: stored once
+    tmp = path / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path / WEIGHTS)  # atomic: an interrupted save never leaves a torn checkpoint
+    meta = {"format": "hymba-bench", "variant": variant, "profile": profile,
+            "config": model.cfg.to_dict(), **(extra or {})}
+    (path / CONFIG).write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise HymbaBenchError(f"--checkpoint: {path} is not a directory")
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise HymbaBenchError(f"--checkpoint: {path} has no {CONFIG} and {WEIGHTS}")
+    try:
+        return json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise HymbaBenchError(f"{path / CONFIG}: not valid JSON ({exc.msg})") from None
+
+
+def load_checkpoint(path: Path, variant: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[HybridLM, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained as, and load its weights."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    if meta.get("format") != "hymba-bench":
+        raise HymbaBenchError(f"--checkpoint: {path} is not a hymba-bench checkpoint")
+    if variant is not None and meta.get("variant") != variant:
+        raise HymbaBenchError(f"--checkpoint: {path} holds variant {meta.get('variant')!r}, "
+                              f"not {variant!r}")
+    cfg = ModelConfig(**meta["config"])
+    with torch.device(device):
+        model = HybridLM(cfg)
+    state = load_file(str(Path(path) / WEIGHTS), device=str(device))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: {first}") from None
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    if missing or unexpected:
+        raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return model, meta

@@ -1,0 +1,133 @@
+"""Proxy training: the same small budget for every design, so accuracy comparisons are fair.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, a fixed seed. The checkpoint
+directory holds `model.safetensors`, `config.json` and `trainer_state.pt` (optimizer, schedule,
+step, data RNG), written atomically every `save_every` steps, so `resume` continues where an
+interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hymba_bench.checkpoint import load_checkpoint, save_checkpoint
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.recall import RecallSpec, training_text
+from hymba_bench.tokenizer import ByteTokenizer
+
+STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batches(task: str, settings: TrainSettings, rng: random.Random,
+            recall: RecallSpec | None = None) -> Iterator[torch.Tensor]:
+    """Token batches (B, seq_len + 1) for `recall` or `text:PATH` (its first 90% is for training)."""
+    tok = ByteTokenizer()
+    if task == "recall":
+        spec = recall or RecallSpec()
+        while True:
+            rows = []
+            for _ in range(settings.batch_size):
+                ids = [tok.bos_id, *tok.encode(training_text(rng, spec))]
+                ids = ids[:settings.seq_len + 1]
+                rows.append(ids + [tok.eos_id] * (settings.seq_len + 1 - len(ids)))
+            yield torch.tensor(rows)
+    elif task.startswith("text:"):
+        path = Path(task[5:])
+        if not path.is_file():
+            raise HymbaBenchError(f"--task: no such text file: {path}")
+        data = path.read_bytes()
+        train = data[: int(len(data) * 0.9)]
+        if len(train) <= settings.seq_len + 1:
+            raise HymbaBenchError(f"--task: {path} is too short for seq_len {settings.seq_len}")
+        while True:
+            starts = [rng.randrange(len(train) - settings.seq_len - 1) for _ in range(settings.batch_size)]
+            yield torch.tensor([list(train[s:s + settings.seq_len + 1]) for s in starts])
+    else:
+        raise HymbaBenchError(f"--task: expected 'recall' or 'text:PATH', got {task!r}")
+
+
+def train(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
+          out: Path, resume: bool = False, recall: RecallSpec | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train `model` in place; returns a summary with the loss history."""
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "meta_tokens" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "meta_tokens" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr,
+                            betas=(0.9, 0.95))
+    step, losses = 0, []
+    state_path = Path(out) / STATE
+    if resume and state_path.is_file():
+        loaded, _ = load_checkpoint(out, variant)
+        model.load_state_dict(loaded.state_dict())
+        state = torch.load(state_path, weights_only=False)
+        if state["settings"] != asdict(settings):
+            raise HymbaBenchError(f"--resume: {out} was trained with other settings; "
+                                  "use the same ones or a new --out")
+        opt.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    data = batches(task, settings, rng, recall)
+    model.train()
+    while step < settings.steps:
+        ids = next(data)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings)
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+        if step % settings.save_every == 0 or step == settings.steps:
+            _save(model, variant, profile, task, settings, out, opt, step, losses, rng)
+    model.eval()
+    return {"steps": step, "losses": losses, "final_loss": losses[-1] if losses else math.nan}
+
+
+def _save(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
+          out: Path, opt: torch.optim.Optimizer, step: int, losses: list[float],
+          rng: random.Random) -> None:
+    save_checkpoint(model, out, variant, profile,  # type: ignore[arg-type]
+                    {"task": task, "step": step, "train": asdict(settings)})
+    tmp = Path(out) / (STATE + ".tmp")
+    torch.save({"optimizer": opt.state_dict(), "step": step, "losses": losses,
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "settings": asdict(settings)}, tmp)
+    tmp.replace(Path(out) / STATE)
