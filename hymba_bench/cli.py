@@ -257,6 +257,43 @@ def train(
                   f"checkpoint in {out}")
 
 
+@app.command("eval")
+def eval_cmd(
+    variant: Annotated[str, typer.Argument(help="A registered variant name.")],
+    tasks: Annotated[str, typer.Option(
+        help="Suites: commonsense, recall, recall_synthetic, text_bpb (comma-separated).")] = (
+        "recall_synthetic,text_bpb"),
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint directory.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many items per task.")] = None,
+    text: Annotated[Path | None, typer.Option(help="Text file for text_bpb (held-out tail).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items.")] = 1234,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    variant_file: VariantFiles = None,
+) -> None:
+    """Evaluate a variant (random weights, or --checkpoint) on the accuracy suites via lm-eval."""
+    from hymba_bench.evaluate import evaluate, parse_suites
+    from hymba_bench.lm_eval_adapter import HymbaBenchLM
+
+    suites = parse_suites(tasks)
+    if text is not None and not text.is_file():
+        raise HymbaBenchError(f"--text: no such file {text}")
+    lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
+                      device=_device(device), variant_files=variant_file)
+    metadata = {"seed": seed, "data_dir": "runs/data", "text_path": str(text) if text else None}
+    with console.status(f"evaluating {variant} on {', '.join(suites)} ..."):
+        outcome = evaluate(lm, suites, limit=limit, metadata=metadata)
+    table = Table("metric", "value", "stderr", "items")
+    for key, value in outcome.values.items():
+        se = outcome.stderr.get(key)
+        table.add_row(key, f"{value:.4f}", f"{se:.4f}" if se is not None else "-",
+                      str(outcome.n.get(key, "")))
+    for key, why in outcome.missing.items():
+        table.add_row(key, "—", "-", why)
+    console.print(table)
+
+
 @app.command("bench-scan")
 def bench_scan_cmd(
     length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,
