@@ -294,6 +294,48 @@ def eval_cmd(
     console.print(table)
 
 
+@app.command()
+def baseline(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Baseline JSON to write.")],
+    reference: Annotated[str, typer.Option(help="Design throughput is compared against.")] = "llama",
+) -> None:
+    """Write an efficiency baseline (exact metrics, throughput, machine) from a run."""
+    from hymba_bench.regress import make_baseline
+
+    data = make_baseline(run_dir, reference)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise HymbaBenchError(f"--out: cannot write {out}: {exc.strerror}") from None
+    console.print(f"baseline of {len(data['variants'])} designs written to {out}")
+
+
+@app.command()
+def regress(
+    baseline: Annotated[Path, typer.Option(help="A baseline JSON (hymba-bench baseline).")],
+    current: Annotated[Path, typer.Option(help="The run directory to check.")],
+    tolerance: Annotated[float, typer.Option(help="Allowed drop of throughput vs the reference.")] = 0.15,
+    abs_tolerance: Annotated[float | None, typer.Option(
+        help="Allowed drop of absolute throughput on the same machine (default: --tolerance).")] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", help="Write the Markdown here.")] = None,
+) -> None:
+    """Compare a run with a baseline; exit 1 on a regression, printing a Markdown report."""
+    from hymba_bench.regress import compare, load_baseline, report
+
+    cmp = compare(load_baseline(baseline), current, tolerance, abs_tolerance)
+    text = report(cmp, tolerance, abs_tolerance)
+    print(text, end="")
+    if report_path is not None:
+        try:
+            report_path.write_text(text)
+        except OSError as exc:
+            raise HymbaBenchError(f"--report: cannot write {report_path}: {exc.strerror}") from None
+    if cmp.failed:
+        raise typer.Exit(1)
+
+
 @app.command("bench-scan")
 def bench_scan_cmd(
     length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,
