@@ -27,8 +27,8 @@ STAGE_METRICS = {
     "throughput": ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes"),
     "accuracy": ("commonsense_pct", "recall_pct"),
 }
-ACCURACY_PENDING = ("accuracy not measured: the lm-eval adapter and proxy training are not "
-                    "part of this version")
+ACCURACY_PENDING = ("accuracy not measured by `run` yet (proxy training under a shared budget is "
+                    "not wired in); use `hymba-bench train` and `hymba-bench eval`")
 
 
 class MeasurementError(HymbaBenchError):
