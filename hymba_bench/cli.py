@@ -295,6 +295,38 @@ def eval_cmd(
 
 
 @app.command()
+def compare(
+    designs: Annotated[list[str], typer.Argument(help="Two or more variant names; ratios are to the first.")],
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, compare.md).")] = Path(
+        "runs/compare"),
+    resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    variant_file: VariantFiles = None,
+    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
+    context: Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+) -> None:
+    """Measure designs in one run and print them side by side, as ratios to the first."""
+    from hymba_bench.runner import RunOptions, parse_variants, print_table
+    from hymba_bench.runner import run as run_all
+    from hymba_bench.table import compare_table
+
+    files = variant_file or []
+    names = parse_variants(",".join(designs), files)
+    if len(names) < 2:
+        raise HymbaBenchError("compare: name at least two designs")
+    opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
+                      device=_device(device), variant_files=files,
+                      bench={"batch": batch, "context": context, "repeats": repeats})
+    run_all(opts, console, show_tables=False)
+    built = compare_table(_load(out), names)
+    (out / "compare.md").write_text(built.to_markdown())
+    (out / "compare.csv").write_text(built.to_csv())
+    print_table(built, console, title=f"{' vs '.join(names)} ({out / 'compare.md'})")
+
+
+@app.command()
 def baseline(
     run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
     out: Annotated[Path, typer.Option(help="Baseline JSON to write.")],

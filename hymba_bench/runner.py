@@ -159,7 +159,7 @@ def measure_throughput(rv: ResolvedVariant, device: str, record: Callable[..., N
                stage_measured="decode", **extra)
 
 
-def run(opts: RunOptions, console: Console | None = None) -> Path:
+def run(opts: RunOptions, console: Console | None = None, show_tables: bool = True) -> Path:
     console = console or Console()
     for stage in opts.skip:
         if stage not in STAGES:
@@ -208,7 +208,7 @@ def run(opts: RunOptions, console: Console | None = None) -> Path:
                 elif stage == "accuracy" and wanted:
                     record("note", ACCURACY_PENDING, stage="accuracy", profile=opts.profile)
                 progress.advance(task)
-    write_tables(opts.out, console)
+    write_tables(opts.out, console if show_tables else None)
     return opts.out
 
 

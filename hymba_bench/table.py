@@ -182,6 +182,30 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
     return Table(table, footnotes, section_rows)
 
 
+def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
+    """Designs side by side, each figure also as a ratio to the first design."""
+    frame = records_frame(records)
+    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+
+    def get(variant: str, metric: str) -> float:
+        if metric in values.columns and variant in values.index:
+            return float(values.at[variant, metric])
+        return math.nan
+
+    first = designs[0]
+    rows = []
+    for name in designs:
+        row: dict[str, Any] = {"Design": name, "Params": get(name, "params")}
+        for label, metric in (("Decode (tok/s)", "decode_tok_s"), ("Prefill (tok/s)", "prefill_tok_s"),
+                              ("Cache (bytes)", "cache_bytes")):
+            value, base = get(name, metric), get(first, metric)
+            row[label] = value
+            row[f"{label.split(' (')[0]} vs {first}"] = value / base if base else math.nan
+        row["Cache (MB)"] = get(name, "cache_mb")
+        rows.append(row)
+    return Table(pd.DataFrame(rows), _conventions(frame), [])
+
+
 def paper_reference() -> pd.DataFrame:
     """Table 1 as published (A100, 300M/1.5B), from the copy shipped with the package."""
     text = resources.files("hymba_bench.data").joinpath("hymba_table1.csv").read_text()
