@@ -74,8 +74,7 @@ class HymbaBenchLM(LM):
                 ids[j, :len(inp)] = torch.tensor(inp)
             logprobs = F.log_softmax(self.model(ids.to(self._device)).float(), dim=-1).cpu()
             for j, (i, inp, n) in enumerate(chunk):
-                targets = torch.tensor((pairs[i][0] + pairs[i][1])[len(pairs[i][0] + pairs[i][1]) - n:],
-                                       dtype=torch.long)
+                targets = torch.tensor(pairs[i][1], dtype=torch.long)  # the continuation
                 lp = logprobs[j, len(inp) - n:len(inp)]  # the positions that predict the continuation
                 total = float(lp.gather(-1, targets[:, None]).sum()) if n else 0.0
                 greedy = bool((lp.argmax(-1) == targets).all()) if n else True

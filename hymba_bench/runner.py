@@ -74,28 +74,37 @@ def prepare_out_dir(out: Path, resume: bool, filename: str = "results.jsonl") ->
     return results
 
 
+def allocated_cache_bytes(cfg: Any, seq: int) -> int:
+    """Bytes of a real FP16 batch-1 cache for `seq` tokens; an error if the formula disagrees."""
+    import torch
+
+    from hymba_bench.cache import InferenceCache, cache_bytes
+
+    measured = InferenceCache(cfg, 1, seq, torch.float16, "cpu").nbytes()
+    analytic = cache_bytes(cfg, 1, seq, torch.float16)
+    if measured != analytic:
+        raise MeasurementError(f"{cfg.name}: allocated cache holds {measured} bytes but the "
+                               f"formula gives {analytic}")
+    return measured
+
+
 def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, dict[str, Any]]]:
     import torch
 
-    from hymba_bench.cache import InferenceCache, cache_bytes, cache_mb_paper
+    from hymba_bench.cache import cache_mb_paper
     from hymba_bench.model.lm import HybridLM
 
     cfg, seq = rv.config, rv.info["cache_seq_len"]
     with torch.device("meta"):
         params = HybridLM(cfg).num_parameters()
     extra = {"seq_len": seq, "batch": 1, "dtype": "float16"}
-    cache = InferenceCache(cfg, 1, seq, torch.float16, "cpu")
-    measured, analytic = cache.nbytes(), cache_bytes(cfg, 1, seq, torch.float16)
-    if measured != analytic:
-        raise MeasurementError(f"{cfg.name}: allocated cache holds {measured} bytes but the "
-                               f"formula gives {analytic}")
+    measured = allocated_cache_bytes(cfg, seq)
     out: dict[str, tuple[float, dict[str, Any]]] = {
         "params": (params, {}),
         "cache_bytes": (measured, extra),
-        "cache_bytes_analytic": (analytic, extra),
+        "cache_bytes_analytic": (measured, extra),  # equal, or allocated_cache_bytes raised
         "cache_mb": (cache_mb_paper(cfg, seq), extra),
     }
-    del cache
     if device.startswith("cuda"):
         out["cache_bytes_device"] = (_device_cache_bytes(cfg, seq, device), extra)
     return out

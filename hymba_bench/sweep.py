@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.registry import resolve
 from hymba_bench.results import base_context, make_record
-from hymba_bench.runner import prepare_out_dir
+from hymba_bench.runner import allocated_cache_bytes, prepare_out_dir
 
 
 @dataclass
@@ -46,7 +46,7 @@ def parse_seq_lens(text: str) -> list[int]:
 def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
     import torch
 
-    from hymba_bench.cache import InferenceCache, cache_bytes, cache_mb_paper
+    from hymba_bench.cache import cache_mb_paper
     from hymba_bench.model.lm import HybridLM
     from hymba_bench.throughput import decode_throughput, halve_on_oom, settings_from_profile
 
@@ -69,9 +69,7 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
             for seq in opts.seq_lens:
                 progress.update(task, description=f"{cfg.name} @ {seq}")
                 if (cfg.name, "cache_bytes", seq) not in done:
-                    allocated = InferenceCache(cfg, 1, seq, torch.float16).nbytes()
-                    if allocated != cache_bytes(cfg, 1, seq, torch.float16):
-                        raise HymbaBenchError(f"{cfg.name}: allocated cache differs from the formula")
+                    allocated = allocated_cache_bytes(cfg, seq)
                     results.append(make_record(cfg.name, "cache_bytes", allocated, vctx,
                                                context=seq, seq_len=seq, batch=1))
                     results.append(make_record(cfg.name, "cache_mb", cache_mb_paper(cfg, seq), vctx,
