@@ -29,6 +29,13 @@ VariantFiles = Annotated[
     list[Path] | None,
     typer.Option("--variant-file", help="A user design file (YAML); repeatable."),
 ]
+# Options several commands share, declared once.
+ProfileOpt = Annotated[str, typer.Option(help="Size profile.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")]
+BatchOpt = Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")]
+ContextOpt = Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")]
+GenTokensOpt = Annotated[int | None, typer.Option(help="Timed decode steps.")]
+RepeatsOpt = Annotated[int | None, typer.Option(help="Timed repeats (median reported).")]
 
 
 @app.command("list")
@@ -88,7 +95,7 @@ def describe(name: str, profile: str, seq_len: int | None,
 @app.command()
 def show(
     name: Annotated[str, typer.Argument(help="A registered variant name.")],
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     seq_len: Annotated[int | None, typer.Option(help="Context for the cache size.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     variant_file: VariantFiles = None,
@@ -115,18 +122,18 @@ def show(
 @app.command()
 def run(
     variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = "all",
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
         "runs/latest"),
     skip: Annotated[list[str] | None, typer.Option(
         help="Stage to skip: accuracy, throughput or cache; repeatable.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run: measure only what is missing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
-    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
-    context: Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")] = None,
-    gen_tokens: Annotated[int | None, typer.Option(help="Timed decode steps.")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+    batch: BatchOpt = None,
+    context: ContextOpt = None,
+    gen_tokens: GenTokensOpt = None,
+    repeats: RepeatsOpt = None,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     from hymba_bench.runner import RunOptions, parse_variants
@@ -152,15 +159,15 @@ def sweep(
         "llama,mamba,b-parallel,c-local-global,e-meta-tokens"),
     seq_lens: Annotated[str, typer.Option(help="Context lengths, comma-separated.")] = (
         "256,512,1024,2048,4096,8192"),
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Sweep directory (sweep.jsonl, PNG plots).")] = Path(
         "runs/sweep"),
     resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
-    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
-    gen_tokens: Annotated[int | None, typer.Option(help="Timed decode steps.")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+    batch: BatchOpt = None,
+    gen_tokens: GenTokensOpt = None,
+    repeats: RepeatsOpt = None,
 ) -> None:
     """Decode throughput and cache size against context length, as results and PNG plots."""
     from hymba_bench.runner import parse_variants
@@ -221,7 +228,7 @@ def _device(name: str) -> str:
 @app.command()
 def train(
     variant: Annotated[str, typer.Argument(help="A registered variant name.")],
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     task: Annotated[str, typer.Option(help="'recall' (synthetic MQAR-style) or 'text:PATH'.")] = "recall",
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
@@ -263,13 +270,13 @@ def eval_cmd(
     tasks: Annotated[str, typer.Option(
         help="Suites: commonsense, recall, recall_synthetic, text_bpb (comma-separated).")] = (
         "recall_synthetic,text_bpb"),
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint directory.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many items per task.")] = None,
     text: Annotated[Path | None, typer.Option(help="Text file for text_bpb (held-out tail).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items.")] = 1234,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
 ) -> None:
     """Evaluate a variant (random weights, or --checkpoint) on the accuracy suites via lm-eval."""
@@ -297,15 +304,15 @@ def eval_cmd(
 @app.command()
 def compare(
     designs: Annotated[list[str], typer.Argument(help="Two or more variant names; ratios are to the first.")],
-    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, compare.md).")] = Path(
         "runs/compare"),
     resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")] = "auto",
+    device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
-    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
-    context: Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed repeats (median reported).")] = None,
+    batch: BatchOpt = None,
+    context: ContextOpt = None,
+    repeats: RepeatsOpt = None,
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.runner import RunOptions, parse_variants, print_table
