@@ -6,6 +6,8 @@ Per layer, by its role in `ModelConfig.layers`:
   absolute position p >= M lives in slot M + (p - M) % W
 - KV consumers (`shared:i`): nothing; they read layer i's buffers
 - Mamba / hybrid SSM: conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state)
+- Hyena: short-conv state (B, 3 d_model, k - 1) and the modal state (B, d_model, modes, 2), the
+  real and imaginary parts of one complex accumulator per pole of the long filter
 
 `cache_bytes` is the formula; `InferenceCache.nbytes()` sums what was allocated; tests hold them
 equal for every variant. `cache_mb_paper` is the paper's Table 1 convention.
@@ -37,6 +39,8 @@ def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype =
         total += batch * spec.n_kv_heads * kv_slots(cfg, spec, seq_len) * (cfg.d_qk + cfg.d_v)
     for _ in cfg.ssm_layers:
         total += batch * cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
+    for _ in cfg.hyena_layers:
+        total += batch * cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
     return total * elem
 
 
@@ -48,6 +52,8 @@ def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
         total += 2 * tokens * spec.n_kv_heads * (cfg.d_qk + cfg.d_v)
     for _ in cfg.ssm_layers:
         total += 2 * cfg.d_inner * (cfg.d_state + cfg.d_conv - 1)
+    for _ in cfg.hyena_layers:
+        total += 2 * cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
     return total / 1e6
 
 
@@ -57,9 +63,14 @@ class LayerCache:
     v: Tensor | None = None  # (B, n_kv, slots, d_v)
     conv: Tensor | None = None  # (B, d_inner, d_conv - 1)
     ssm: Tensor | None = None  # (B, d_inner, d_state)
+    modal: Tensor | None = None  # (B, d_model, modes, 2), Hyena's complex state as (re, im)
 
     def tensors(self) -> list[Tensor]:
-        return [t for t in (self.k, self.v, self.conv, self.ssm) if t is not None]
+        return [t for t in (self.k, self.v, self.conv, self.ssm, self.modal) if t is not None]
+
+    def states(self) -> list[Tensor]:
+        """The recurrent states, rewritten whole by every step."""
+        return [t for t in (self.conv, self.ssm, self.modal) if t is not None]
 
 
 class InferenceCache:
@@ -84,6 +95,11 @@ class InferenceCache:
             if spec.has_ssm:
                 entry.conv = torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device)
                 entry.ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=dtype, device=device)
+            if spec.has_hyena:
+                width = 3 * cfg.d_model
+                entry.conv = torch.zeros(batch, width, cfg.hyena_short_conv - 1, dtype=dtype, device=device)
+                entry.modal = torch.zeros(batch, cfg.d_model, cfg.hyena_modes, 2, dtype=dtype,
+                                          device=device)
             self.layers.append(entry)
 
     @property
@@ -118,7 +134,7 @@ class InferenceCache:
                                      device=self.device)
                 saved += [(entry.k, slots, entry.k[:, :, slots].clone()),
                           (entry.v, slots, entry.v[:, :, slots].clone())]
-        states = [(t, t.clone()) for e in self.layers for t in (e.conv, e.ssm) if t is not None]
+        states = [(t, t.clone()) for e in self.layers for t in e.states()]
 
         def restore() -> None:
             self.pos = pos

@@ -21,14 +21,29 @@ def save_checkpoint(model: HybridLM, path: Path, variant: str, profile: str,
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if k != "lm_head.weight" or not model.cfg.tie_embeddings}  # tied: stored once
+    state: dict[str, torch.Tensor] = {}
+    repeated = aliases(model)
+    for key, value in model.state_dict(keep_vars=True).items():
+        if key not in repeated:  # tied / shared weights are stored once, under one name
+            state[key] = value.detach().contiguous().cpu()
     tmp = path / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path / WEIGHTS)  # atomic: an interrupted save never leaves a torn checkpoint
     meta = {"format": "hymba-bench", "variant": variant, "profile": profile,
             "config": model.cfg.to_dict(), **(extra or {})}
     (path / CONFIG).write_text(json.dumps(meta, indent=2))
+
+
+def aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict names that repeat a tensor stored under an earlier name (tied embeddings, the
+    layers that apply Zamba's shared block)."""
+    seen: set[int] = set()
+    out: set[str] = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            out.add(key)
+        seen.add(id(value))
+    return out
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -63,7 +78,7 @@ def load_checkpoint(path: Path, variant: str | None = None,
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
         raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: {first}") from None
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    missing = [k for k in missing if k not in aliases(model)]
     if missing or unexpected:
         raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: missing "
                               f"{missing[:3]}, unexpected {unexpected[:3]}")

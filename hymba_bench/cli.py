@@ -36,6 +36,8 @@ BatchOpt = Annotated[int | None, typer.Option(help="Decode batch (default: the p
 ContextOpt = Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")]
 GenTokensOpt = Annotated[int | None, typer.Option(help="Timed decode steps.")]
 RepeatsOpt = Annotated[int | None, typer.Option(help="Timed repeats (median reported).")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="Local copies of lm-eval's datasets: a Hugging Face datasets cache (see README).")]
 
 
 @app.command("list")
@@ -134,6 +136,9 @@ def run(
     context: ContextOpt = None,
     gen_tokens: GenTokensOpt = None,
     repeats: RepeatsOpt = None,
+    train_steps: Annotated[int | None, typer.Option(
+        min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     from hymba_bench.runner import RunOptions, parse_variants
@@ -144,7 +149,8 @@ def run(
                       skip=set(_split(skip)), resume=resume, device=_device(device),
                       variant_files=files,
                       bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
-                             "repeats": repeats})
+                             "repeats": repeats},
+                      train={"steps": train_steps}, data_dir=data_dir)
     try:
         run_all(opts, console)
     except KeyboardInterrupt:
@@ -278,11 +284,14 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Evaluate a variant (random weights, or --checkpoint) on the accuracy suites via lm-eval."""
+    from hymba_bench.accuracy import use_data_dir
     from hymba_bench.evaluate import evaluate, parse_suites
     from hymba_bench.lm_eval_adapter import HymbaBenchLM
 
+    use_data_dir(data_dir)
     suites = parse_suites(tasks)
     if text is not None and not text.is_file():
         raise HymbaBenchError(f"--text: no such file {text}")

@@ -13,8 +13,8 @@ from typing import Any
 
 from hymba_bench.errors import HymbaBenchError
 
-MIXERS = ("attention", "mamba", "hybrid")
-FFNS = ("dense", "none")
+MIXERS = ("attention", "mamba", "hybrid", "hyena")
+FFNS = ("dense", "moe", "none")
 
 
 class ConfigError(HymbaBenchError):
@@ -24,11 +24,13 @@ class ConfigError(HymbaBenchError):
 @dataclass(frozen=True)
 class LayerSpec:
     index: int
-    mixer: str  # attention | mamba | hybrid
+    mixer: str  # attention | mamba | hybrid | hyena
     attention: str | None  # global | sliding | None (no attention in this layer)
     window: int | None  # sliding window W, None for global / no attention
     kv: str | None  # "own" | "shared:<i>" | None (no attention)
     n_kv_heads: int = 0  # KV heads of this layer's attention (0: no attention)
+    ffn: str = "dense"  # dense | moe | none
+    tied_to: int | None = None  # layer whose weights this layer applies (Zamba's shared block)
 
     @property
     def has_attention(self) -> bool:
@@ -37,6 +39,10 @@ class LayerSpec:
     @property
     def has_ssm(self) -> bool:
         return self.mixer in ("mamba", "hybrid")
+
+    @property
+    def has_hyena(self) -> bool:
+        return self.mixer == "hyena"
 
     @property
     def owns_kv(self) -> bool:
@@ -56,6 +62,8 @@ class LayerSpec:
             "attention": self.attention,
             "window": self.window,
             "kv": self.kv,
+            "ffn": self.ffn,
+            "tied_to": self.tied_to,
         }
 
 
@@ -74,19 +82,29 @@ class ModelConfig:
     d_qk: int = 16
     d_v: int | None = None  # None: d_inner // n_heads if any layer is hybrid, else d_qk
     intermediate_size: int = 176
-    ffn: str = "dense"
+    ffn: str = "dense"  # dense | moe (on every `moe_every`-th layer, dense elsewhere) | none
+    moe_experts: int = 16
+    moe_top_k: int = 2
+    moe_every: int = 2  # MoE on layers i with i % moe_every == moe_every - 1 (Jamba: 1, 3, 5, ...)
+    moe_aux_loss: float = 0.01  # load-balancing loss weight in training
     # structure
     layout: list[str] = field(default_factory=lambda: ["attention"])  # repeated cyclically
     sliding_window: int | None = None
     global_layers: list[int] | None = None  # None: first/middle/last attention layer
-    kv_share: int = 1  # group size for cross-layer KV sharing among sliding layers
+    # cross-layer KV sharing among sliding layers: a group size, or explicit groups of layer indices
+    kv_share: int | list[list[int]] = 1
+    shared_attention: bool = False  # every attention layer applies one set of weights (Zamba)
     meta_tokens: int = 0
+    rope: bool = True  # False: no positional encoding (Jamba)
     # SSM (Mamba-1)
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
     dt_rank: int | None = None  # None: ceil(d_model / 16), as in mamba-ssm
     ssm_norms: bool = True  # RMSNorm on dt, B and C (Hymba)
+    # Hyena (order 2, modal long filter as in StripedHyena)
+    hyena_modes: int = 8  # complex poles per channel: the decode state per channel
+    hyena_short_conv: int = 3  # depthwise short convolution on the three projections
     # misc
     rope_theta: float = 10000.0
     rope_scaling: float = 1.0  # NTK-aware factor: theta * s^(d/(d-2))
@@ -124,11 +142,30 @@ class ModelConfig:
                                   f"got {value!r}")
 
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_qk",
-                    "intermediate_size", "kv_share", "d_state", "d_conv", "expand", "max_seq_len"):
+                    "intermediate_size", "d_state", "d_conv", "expand", "max_seq_len",
+                    "moe_experts", "moe_top_k", "moe_every", "hyena_modes", "hyena_short_conv"):
             require_int(key, 1)
         for key in ("d_v", "dt_rank", "sliding_window", "attn_kv_heads"):
             require_int(key, 1, allow_none=True)
         require_int("meta_tokens", 0)
+        for key in ("rope", "shared_attention", "ssm_norms", "tie_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.moe_aux_loss, int | float) or isinstance(self.moe_aux_loss, bool) \
+                or self.moe_aux_loss < 0:
+            raise ConfigError(f"moe_aux_loss: expected a number >= 0, got {self.moe_aux_loss!r}")
+        if self.moe_top_k > self.moe_experts:
+            raise ConfigError(f"moe_top_k: expected at most moe_experts ({self.moe_experts}), "
+                              f"got {self.moe_top_k}")
+        if isinstance(self.kv_share, list):
+            if not self.kv_share or not all(
+                isinstance(g, list) and len(g) >= 2 and all(_is_int(i) for i in g)
+                for g in self.kv_share
+            ):
+                raise ConfigError("kv_share: expected a group size or a list of groups of two or "
+                                  f"more layer indices, got {self.kv_share!r}")
+        else:
+            require_int("kv_share", 1)
         for key in ("n_kv_heads", "attn_kv_heads"):
             value = getattr(self, key)
             if value is not None and self.n_heads % value:
@@ -164,6 +201,10 @@ class ModelConfig:
     @property
     def ssm_layers(self) -> list[LayerSpec]:
         return [spec for spec in self.layers if spec.has_ssm]
+
+    @property
+    def hyena_layers(self) -> list[LayerSpec]:
+        return [spec for spec in self.layers if spec.has_hyena]
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor arguments (no derived fields): `ModelConfig(**cfg.to_dict())` round-trips."""
@@ -204,25 +245,29 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
 
     kind = {i: ("global" if i in global_set else "sliding") for i in attn_idx}
     kv = {i: "own" for i in attn_idx}
-    if cfg.kv_share > 1:
-        # Runs of sliding layers consecutive among the attention layers and of one mixer (so
-        # their K/V have one shape); a global layer ends a run.
-        runs: list[list[int]] = []
-        previous: int | None = None
-        for i in attn_idx:
-            if kind[i] == "sliding":
-                if previous is not None and kind[previous] == "sliding" \
-                        and mixers[previous] == mixers[i]:
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            previous = i
-        if not runs:
-            raise ConfigError("kv_share: cross-layer KV sharing needs sliding-window layers")
-        for run in runs:
-            for group in _split_groups(run, cfg.kv_share):
-                for consumer in group[1:]:
-                    kv[consumer] = f"shared:{group[0]}"
+    for group in _kv_groups(cfg, mixers, attn_idx, kind):
+        for consumer in group[1:]:
+            kv[consumer] = f"shared:{group[0]}"
+
+    def ffn_of(i: int) -> str:
+        if cfg.ffn == "moe":
+            return "moe" if i % cfg.moe_every == cfg.moe_every - 1 else "dense"
+        return cfg.ffn
+
+    tied: dict[int, int] = {}
+    if cfg.shared_attention:
+        # Zamba: one attention block (attention + FFN, one set of weights) applied at every
+        # attention position; each application still reads and writes its own KV.
+        blocks = [i for i, m in enumerate(mixers) if m == "attention"]
+        if not blocks:
+            raise ConfigError("shared_attention: the layout has no attention layers to share")
+        if len(kv) != len([k for k in kv.values() if k == "own"]):
+            raise ConfigError("shared_attention: cannot be combined with kv_share")
+        for i in blocks[1:]:
+            if ffn_of(i) != ffn_of(blocks[0]):
+                raise ConfigError(f"shared_attention: layers {blocks[0]} and {i} would apply the "
+                                  f"shared block with different FFNs ({ffn_of(blocks[0])}, {ffn_of(i)})")
+            tied[i] = blocks[0]
 
     return [
         LayerSpec(
@@ -233,9 +278,52 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
             kv=kv.get(i),
             n_kv_heads=0 if i not in kind else
             (cfg.attn_kv_heads or cfg.n_kv_heads) if m == "attention" else cfg.n_kv_heads,
+            ffn=ffn_of(i),
+            tied_to=tied.get(i),
         )
         for i, m in enumerate(mixers)
     ]
+
+
+def _kv_groups(cfg: ModelConfig, mixers: list[str], attn_idx: list[int],
+               kind: dict[int, str]) -> list[list[int]]:
+    """Cross-layer KV groups (first member produces, the rest consume), validated."""
+    if isinstance(cfg.kv_share, list):
+        seen: set[int] = set()
+        for group in cfg.kv_share:
+            for i in group:
+                if not 0 <= i < cfg.n_layers:
+                    raise ConfigError(f"kv_share: layer {i} out of range for {cfg.n_layers} layers")
+                if i not in kind:
+                    raise ConfigError(f"kv_share: layer {i} is a {mixers[i]} layer and has no attention")
+                if i in seen:
+                    raise ConfigError(f"kv_share: layer {i} is in more than one group")
+                seen.add(i)
+            if group != sorted(group):
+                raise ConfigError(f"kv_share: group {group} must list layers in increasing order")
+            between = [g for g in kind if group[0] <= g <= group[-1] and kind[g] == "global"]
+            if between:  # a global layer keeps its own full KV; a window's KV cannot stand in
+                raise ConfigError(f"kv_share: group {group} crosses global layer {between[0]}")
+            if len({mixers[i] for i in group}) > 1:
+                raise ConfigError(f"kv_share: group {group} mixes {sorted({mixers[i] for i in group})} "
+                                  "layers, whose K/V differ in shape")
+        return [list(g) for g in cfg.kv_share]
+    if cfg.kv_share == 1:
+        return []
+    # Runs of sliding layers consecutive among the attention layers and of one mixer (so their
+    # K/V have one shape); a global layer ends a run.
+    runs: list[list[int]] = []
+    previous: int | None = None
+    for i in attn_idx:
+        if kind[i] == "sliding":
+            if previous is not None and kind[previous] == "sliding" and mixers[previous] == mixers[i]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        previous = i
+    if not runs:
+        raise ConfigError("kv_share: cross-layer KV sharing needs sliding-window layers")
+    return [group for run in runs for group in _split_groups(run, cfg.kv_share) if len(group) > 1]
 
 
 def _split_groups(run: list[int], size: int) -> list[list[int]]:

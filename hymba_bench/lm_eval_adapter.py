@@ -29,11 +29,14 @@ class HymbaBenchLM(LM):
     def __init__(self, variant: str = "e-meta-tokens", profile: str = "tiny",
                  checkpoint: str | Path | None = None, batch_size: int | str = 8,
                  device: str = "cpu", max_length: int | None = None,
-                 variant_files: list[Path] | None = None, **overrides: Any) -> None:
+                 variant_files: list[Path] | None = None, model: torch.nn.Module | None = None,
+                 **overrides: Any) -> None:
         super().__init__()
         from hymba_bench import build_model
 
-        if checkpoint:
+        if model is not None:  # an already-built (e.g. just trained) model
+            self.model = model  # type: ignore[assignment]
+        elif checkpoint:
             from hymba_bench.checkpoint import load_checkpoint
 
             self.model, _ = load_checkpoint(Path(checkpoint), variant, device)

@@ -14,7 +14,7 @@ from hymba_bench.errors import HymbaBenchError
 from hymba_bench.recall import RecallSpec, write_eval_file
 
 
-def recall_dataset(seed: int = 1234, n_items: int = 200, pairs: int = 16, queries: int = 8,
+def recall_dataset(seed: int = 1234, n_items: int = 200, pairs: int = 8, queries: int = 8,
                    data_dir: str = "runs/data", **_: Any) -> Any:
     """The synthetic associative-recall items, written to `data_dir` and loaded as a dataset."""
     import datasets

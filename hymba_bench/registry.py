@@ -67,6 +67,8 @@ class Profile:
     sizes: dict[str, dict[str, Any]]
     path: Path
     bench: dict[str, dict[str, Any]] = field(default_factory=dict)  # throughput settings per device
+    train: dict[str, Any] = field(default_factory=dict)  # the accuracy stage's proxy-training budget
+    eval: dict[str, Any] = field(default_factory=dict)  # ... and its evaluation settings
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def profiles() -> dict[str, Profile]:
                 name=data["name"], description=data.get("description", ""),
                 window=int(data["window"]), meta_tokens=int(data["meta_tokens"]),
                 cache_seq_len=int(data["cache_seq_len"]), sizes=data["sizes"], path=path,
-                bench=data.get("bench", {}),
+                bench=data.get("bench", {}), train=data.get("train", {}), eval=data.get("eval", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"{path}: bad profile: {exc}") from None

@@ -72,7 +72,12 @@ class ResultsFile:
 
     def done(self) -> set[tuple[str, str, str]]:
         """(variant, metric, profile) triples already measured."""
-        return {(r["variant"], r["metric"], r.get("profile", "")) for r in self.load()}
+        out = set()
+        for r in self.load():
+            # a note standing for a metric that cannot be measured here settles that metric too
+            metric = r.get("metric_missing") or r["metric"]
+            out.add((r["variant"], metric, r.get("profile", "")))
+        return out
 
 
 @lru_cache(maxsize=1)

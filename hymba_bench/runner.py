@@ -1,7 +1,8 @@
 """`hymba-bench run`: every variant through every stage, each figure written as soon as it exists.
 
 Stages, in order: `cache` (parameters, allocated vs analytic cache bytes, paper-convention MB),
-`throughput` (prefill and decode tokens/s, peak memory), `accuracy` (lm-eval; see below).
+`throughput` (prefill and decode tokens/s, peak memory), `accuracy` (proxy training under the
+profile's shared budget, then lm-eval; see `hymba_bench.accuracy`).
 With `resume`, a (variant, metric) already in results.jsonl is not measured again.
 """
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve
+from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
 from hymba_bench.results import ResultsFile, base_context, make_record
 from hymba_bench.table import extended_table, roadmap_table
 
@@ -27,8 +28,6 @@ STAGE_METRICS = {
     "throughput": ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes"),
     "accuracy": ("commonsense_pct", "recall_pct"),
 }
-ACCURACY_PENDING = ("accuracy not measured by `run` yet (proxy training under a shared budget is "
-                    "not wired in); use `hymba-bench train` and `hymba-bench eval`")
 
 
 class MeasurementError(HymbaBenchError):
@@ -45,18 +44,32 @@ class RunOptions:
     device: str = "cpu"
     variant_files: list[Path] = field(default_factory=list)
     bench: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's bench block
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's train block
+    data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
+
+
+GROUPS = ("all", "others")
 
 
 def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
-    """'all' or 'a,b,c' -> validated names (unknown names raise with the valid ones listed)."""
-    if spec.strip() == "all":  # the registered roadmap plus any user design files
-        return names(variant_files, only_all=True)
-    chosen = [s.strip() for s in spec.split(",") if s.strip()]
+    """Names and groups, comma-separated -> validated names (unknown ones raise, listing the valid).
+
+    `all`: the registered roadmap plus any user design files; `others`: the registered designs
+    outside the roadmap (Jamba, Zamba, StripedHyena, Samba).
+    """
+    chosen: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item == "all":
+            chosen += names(variant_files, only_all=True)
+        elif item == "others":
+            chosen += [n for n, v in variants(variant_files).items()
+                       if v.keys.get("table_section") == "other" and v.keys.get("in_all") is False]
+        elif item:
+            get_variant(item, variant_files)
+            chosen.append(item)
     if not chosen:
-        raise HymbaBenchError("--variants: expected 'all' or a comma-separated list of names")
-    for name in chosen:
-        get_variant(name, variant_files)
-    return chosen
+        raise HymbaBenchError("--variants: expected 'all', 'others' or a comma-separated list of names")
+    return list(dict.fromkeys(chosen))
 
 
 def prepare_out_dir(out: Path, resume: bool, filename: str = "results.jsonl") -> ResultsFile:
@@ -187,6 +200,13 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
         results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
                                    stage=stage, profile=opts.profile))
     stages = [s for s in STAGES if s not in opts.skip]
+    budget, paper_data = None, False
+    if "accuracy" in stages:
+        from hymba_bench.accuracy import AccuracyBudget, hub_reachable, use_data_dir
+
+        budget = AccuracyBudget.from_profile(get_profile(opts.profile), opts.train)
+        use_data_dir(opts.data_dir)
+        paper_data = opts.data_dir is not None or hub_reachable()
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())
@@ -215,7 +235,19 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                     measure_throughput(rv, opts.device, record, wanted, progress.console.print,
                                        opts.bench)
                 elif stage == "accuracy" and wanted:
-                    record("note", ACCURACY_PENDING, stage="accuracy", profile=opts.profile)
+                    from hymba_bench.accuracy import measure_accuracy
+
+                    assert budget is not None
+                    steps = progress.add_task(f"{name}: training", total=budget.steps)
+
+                    def on_step(step: int, total: int, loss: float, steps: Any = steps,
+                                name: str = name) -> None:
+                        progress.update(steps, completed=step,
+                                        description=f"{name}: training, loss {loss:.2f}")
+
+                    measure_accuracy(rv, opts.out, opts.device, budget, record, wanted, on_step,
+                                     paper_data)
+                    progress.remove_task(steps)
                 progress.advance(task)
     write_tables(opts.out, console if show_tables else None)
     return opts.out

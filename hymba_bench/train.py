@@ -20,10 +20,13 @@ import torch.nn.functional as F
 
 from hymba_bench.checkpoint import load_checkpoint, save_checkpoint
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.recall import RecallSpec, training_text
+from hymba_bench.recall import RecallSpec, training_example
 from hymba_bench.tokenizer import ByteTokenizer
 
 STATE = "trainer_state.pt"
+# Matrices that are not weights: decaying them would pull SSM decays / filter poles toward
+# arbitrary values (mamba-ssm exempts A_log and D the same way) or shrink the meta tokens.
+NO_DECAY = {"meta_tokens", "A_log", "log_rate", "theta", "residues"}
 
 
 @dataclass
@@ -48,18 +51,28 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 
 def batches(task: str, settings: TrainSettings, rng: random.Random,
-            recall: RecallSpec | None = None) -> Iterator[torch.Tensor]:
-    """Token batches (B, seq_len + 1) for `recall` or `text:PATH` (its first 90% is for training)."""
+            recall: RecallSpec | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(tokens (B, seq_len + 1), scored-target mask or None) for `recall` or `text:PATH`.
+
+    Recall scores only the answers, as MQAR training does: keys and values are random, so the
+    other positions carry no learnable signal and would only add noise. Text uses its first 90%.
+    """
     tok = ByteTokenizer()
     if task == "recall":
         spec = recall or RecallSpec()
         while True:
-            rows = []
+            rows, masks = [], []
             for _ in range(settings.batch_size):
-                ids = [tok.bos_id, *tok.encode(training_text(rng, spec))]
-                ids = ids[:settings.seq_len + 1]
-                rows.append(ids + [tok.eos_id] * (settings.seq_len + 1 - len(ids)))
-            yield torch.tensor(rows)
+                text, answers = training_example(rng, spec)
+                ids = [tok.bos_id, *tok.encode(text)][:settings.seq_len + 1]
+                mask = [False] * len(ids)
+                for a in answers:
+                    if a + 1 < len(ids):
+                        mask[a + 1] = True  # +1: the BOS in front
+                pad = settings.seq_len + 1 - len(ids)
+                rows.append(ids + [tok.eos_id] * pad)
+                masks.append(mask + [False] * pad)
+            yield torch.tensor(rows), torch.tensor(masks)
     elif task.startswith("text:"):
         path = Path(task[5:])
         if not path.is_file():
@@ -70,7 +83,7 @@ def batches(task: str, settings: TrainSettings, rng: random.Random,
             raise HymbaBenchError(f"--task: {path} is too short for seq_len {settings.seq_len}")
         while True:
             starts = [rng.randrange(len(train) - settings.seq_len - 1) for _ in range(settings.batch_size)]
-            yield torch.tensor([list(train[s:s + settings.seq_len + 1]) for s in starts])
+            yield torch.tensor([list(train[s:s + settings.seq_len + 1]) for s in starts]), None
     else:
         raise HymbaBenchError(f"--task: expected 'recall' or 'text:PATH', got {task!r}")
 
@@ -81,8 +94,9 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
     """Train `model` in place; returns a summary with the loss history."""
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "meta_tokens" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "meta_tokens" in n]
+    params = list(model.named_parameters())
+    decay = [p for n, p in params if p.dim() >= 2 and n.rsplit(".", 1)[-1] not in NO_DECAY]
+    no_decay = [p for n, p in params if p.dim() < 2 or n.rsplit(".", 1)[-1] in NO_DECAY]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr,
                             betas=(0.9, 0.95))
@@ -102,13 +116,15 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
     data = batches(task, settings, rng, recall)
     model.train()
     while step < settings.steps:
-        ids = next(data)
+        ids, scored = next(data)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
-        logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        logits = model(ids[:, :-1])  # (B, L, V)
+        targets = ids[:, 1:] if scored is None else ids[:, 1:].masked_fill(~scored[:, 1:], -100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        aux = model.aux_loss() if hasattr(model, "aux_loss") else None  # MoE load balancing
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux is None else loss + aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         step += 1

@@ -42,7 +42,7 @@ def test_show_json_hymba_15b() -> None:
     assert info["meta_tokens"] == 128
     assert sum(layer["kv"] == "own" for layer in info["layers"]) == 17
     assert info["layers"][0] == {"index": 0, "mixer": "hybrid", "attention": "global",
-                                 "window": None, "kv": "own"}
+                                 "window": None, "kv": "own", "ffn": "dense", "tied_to": None}
     assert info["layers"][2]["kv"] == "shared:1"
     cache = info["cache"]
     assert (cache["seq_len"], cache["batch"], cache["dtype"]) == (8192, 1, "float16")

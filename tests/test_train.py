@@ -14,8 +14,8 @@ import torch
 from hymba_bench import build_model
 from hymba_bench.checkpoint import load_checkpoint, save_checkpoint
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.recall import RecallSpec, eval_items, training_text, write_eval_file
-from hymba_bench.train import TrainSettings, lr_at, train
+from hymba_bench.recall import RecallSpec, eval_items, training_example, training_text, write_eval_file
+from hymba_bench.train import TrainSettings, batches, lr_at, train
 
 SMALL = TrainSettings(steps=12, batch_size=4, seq_len=64, lr=3e-3, warmup=2, save_every=6)
 
@@ -26,14 +26,30 @@ def test_recall_items_are_deterministic_and_correct(tmp_path: Path) -> None:
     assert a == b and eval_items(8, 30, spec) != a
     for item in a:
         context, answer = item["context"], item["answer"]
-        pairs, _, asked = context.partition(" |")
-        table = dict(p.split(":") for p in pairs.split())
-        key = asked.split()[-1].rstrip(":")
-        assert table[key] == answer and len(answer) == 2
+        pairs, _, asked = context.partition("|")
+        table = {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
+        assert len(table) == 10 and all(k.islower() and v.isupper() for k, v in table.items())
+        answered = {asked[i]: asked[i + 1] for i in range(0, len(asked) - 1, 2)}
+        assert all(table[k] == v for k, v in answered.items())  # earlier queries shown right
+        assert table[asked[-1]] == answer and len(answer) == 1
     f1 = write_eval_file(tmp_path / "a.jsonl", 7, 30, spec)
     f2 = write_eval_file(tmp_path / "b.jsonl", 7, 30, spec)
     assert f1.read_bytes() == f2.read_bytes()
-    assert len(training_text(random.Random(0), spec)) == spec.rendered_length()
+    text, answers = training_example(random.Random(0), spec)
+    assert len(text) == spec.rendered_length() and len(answers) == 4
+    table = {text[i]: text[i + 1] for i in range(0, 20, 2)}
+    assert all(text[a] == table[text[a - 1]] for a in answers)
+    assert training_text(random.Random(0), spec) == text
+
+
+def test_recall_training_scores_only_the_answers() -> None:
+    spec = RecallSpec(pairs=4, queries=3)
+    ids, mask = next(batches("recall", TrainSettings(batch_size=2, seq_len=spec.rendered_length()),
+                             random.Random(0), spec))
+    assert ids.shape == (2, spec.rendered_length() + 1) and mask.shape == ids.shape
+    assert mask.sum().item() == 2 * 3
+    values = ids[mask]  # every scored target is an uppercase value byte
+    assert ((values >= ord("A")) & (values <= ord("Z"))).all()
 
 
 def test_schedule_warms_up_then_decays() -> None:

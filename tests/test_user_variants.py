@@ -80,7 +80,13 @@ def test_compare_prints_ratios_to_the_first(tmp_path: Path) -> None:
     ({"global_layers": "[0, 12]"}, "global_layers: index 12 out of range for 8 layers"),
     ({"meta_tokens": "lots"}, "meta_tokens: expected an integer >= 0, got 'lots'"),
     ({"name": "llama"}, "name: 'llama' is already registered"),
-    ({"ffn": "moe"}, "ffn: expected one of"),
+    ({"ffn": "sparse"}, "ffn: expected one of ['dense', 'moe', 'none']"),
+    ({"kv_share": "[[2, 3], [6, 7]]"}, "kv_share: group [6, 7] crosses global layer 7"),
+    ({"kv_share": "[[2, 3], [3, 4]]"}, "kv_share: layer 3 is in more than one group"),
+    ({"kv_share": "[[1, 2]]"}, "kv_share: layer 1 is a mamba layer and has no attention"),
+    ({"kv_share": "[[2]]"}, "kv_share: expected a group size or a list of groups"),
+    ({"moe_top_k": "4", "moe_experts": "2"}, "moe_top_k: expected at most moe_experts (2)"),
+    ({"rope": "maybe"}, "rope: expected true or false"),
     ({"windoww": "3"}, "windoww: unknown key"),
 ])
 def test_validation_errors_name_file_and_key(patch: dict[str, str], message: str, tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ def test_causal(name: str) -> None:
     changed = ids.clone()
     changed[:, 41] = (changed[:, 41] + 1) % model.cfg.vocab_size
     a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, :41], b[:, :41], atol=0, rtol=0)
+    # Not bit-exact: a changed token can move MoE routing, regrouping other tokens' expert matmuls.
+    torch.testing.assert_close(a[:, :41], b[:, :41], atol=1e-6, rtol=0)
     assert not torch.allclose(a[:, 41:], b[:, 41:])
 
 

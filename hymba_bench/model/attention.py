@@ -96,7 +96,7 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=False)
             self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=False)  # type: ignore[operator]
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
-        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling)
+        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
 
     def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
                 shared: SharedKV) -> Tensor:

@@ -7,7 +7,9 @@ from torch import Tensor, nn
 from hymba_bench.cache import InferenceCache
 from hymba_bench.config import LayerSpec, ModelConfig
 from hymba_bench.model.attention import Attention, SharedKV, attend, qkv_widths, split_heads
+from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm, Rotary, SwiGLU
+from hymba_bench.model.moe import MoE
 from hymba_bench.model.ssm import Mamba, SSMCore
 
 
@@ -25,7 +27,7 @@ class HybridHeads(SSMCore):
         q, k, v = qkv_widths(cfg, spec)
         self.widths = [q, k, v, cfg.d_inner, cfg.d_inner]
         self.in_proj = nn.Linear(cfg.d_model, sum(self.widths), bias=False)
-        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling)
+        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
         self.attn_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
         self.ssm_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
@@ -46,7 +48,7 @@ class HybridHeads(SSMCore):
 
 
 class DecoderLayer(nn.Module):
-    """x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+    """x + mixer(RMSNorm(x)), then x + FFN(RMSNorm(x)) with a SwiGLU or mixture-of-experts FFN."""
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__()
@@ -57,20 +59,33 @@ class DecoderLayer(nn.Module):
             self.mixer = Attention(cfg, spec)
         elif spec.mixer == "mamba":
             self.mixer = Mamba(cfg)
+        elif spec.mixer == "hyena":
+            self.mixer = Hyena(cfg)
         else:
             self.mixer = HybridHeads(cfg, spec)
-        self.ffn: SwiGLU | None = None
-        if cfg.ffn == "dense":
+        self.ffn: nn.Module | None = None
+        if spec.ffn != "none":
             self.post_mixer_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.ffn = SwiGLU(cfg.d_model, cfg.intermediate_size)
+            self.ffn = SwiGLU(cfg.d_model, cfg.intermediate_size) if spec.ffn == "dense" else \
+                MoE(cfg.d_model, cfg.intermediate_size, cfg.moe_experts, cfg.moe_top_k)
+
+    def tie_to(self, source: DecoderLayer) -> None:
+        """Apply `source`'s weights (Zamba's shared block); this layer keeps its own spec and cache."""
+        for name, module in source.named_children():
+            if name == "mixer":  # the mixer object carries this layer's spec: share its parts
+                for part, sub in module.named_children():
+                    setattr(self.mixer, part, sub)
+            else:
+                setattr(self, name, module)
 
     def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
                 shared: SharedKV, step: bool) -> Tensor:
         h = self.input_layernorm(x)
+        entry = cache.layers[self.spec.index] if cache is not None else None
         if self.spec.mixer == "attention":
             h = self.mixer(h, positions, cache, shared)
-        elif self.spec.mixer == "mamba":
-            h = self.mixer(h, cache.layers[self.spec.index] if cache is not None else None, step)
+        elif self.spec.mixer in ("mamba", "hyena"):
+            h = self.mixer(h, entry, step)
         else:
             h = self.mixer(h, positions, cache, shared, step)
         x = x + h

@@ -22,14 +22,18 @@ class RMSNorm(nn.Module):
 class Rotary(nn.Module):
     """RoPE with optional NTK-aware base scaling (theta * s^(d/(d-2))) for longer contexts."""
 
-    def __init__(self, dim: int, theta: float = 10000.0, scaling: float = 1.0) -> None:
+    def __init__(self, dim: int, theta: float = 10000.0, scaling: float = 1.0,
+                 enabled: bool = True) -> None:
         super().__init__()
+        self.enabled = enabled  # False: no positional encoding (Jamba relies on its Mamba layers)
         base = theta * scaling ** (dim / (dim - 2)) if scaling != 1.0 else theta
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, heads, L, d), positions: (L,) -> x rotated by its absolute positions."""
+        if not self.enabled:
+            return x
         angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, d/2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         # Half-split pairing (as in Llama / the released Hymba), so released weights load as-is.

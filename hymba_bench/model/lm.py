@@ -9,7 +9,9 @@ from hymba_bench.cache import InferenceCache
 from hymba_bench.config import ModelConfig
 from hymba_bench.model.attention import SharedKV
 from hymba_bench.model.blocks import DecoderLayer
+from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm
+from hymba_bench.model.moe import MoE
 from hymba_bench.model.ssm import SSMCore
 
 
@@ -22,6 +24,9 @@ class HybridLM(nn.Module):
         self.meta_tokens = nn.Parameter(torch.empty(cfg.meta_tokens, cfg.d_model)) \
             if cfg.meta_tokens else None
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for spec in cfg.layers)
+        for spec in cfg.layers:
+            if spec.tied_to is not None:
+                self.layers[spec.index].tie_to(self.layers[spec.tied_to])
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -41,11 +46,18 @@ class HybridLM(nn.Module):
         for module in self.modules():
             if isinstance(module, SSMCore):
                 module.reset_ssm_parameters()
+            elif isinstance(module, Hyena):
+                module.reset_hyena_parameters()
         if self.meta_tokens is not None:
             nn.init.normal_(self.meta_tokens, std=std)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def aux_loss(self) -> Tensor | None:
+        """The weighted MoE load-balancing loss of the last training forward pass, if any."""
+        terms = [m.aux_loss for m in self.modules() if isinstance(m, MoE) and m.aux_loss is not None]
+        return self.cfg.moe_aux_loss * torch.stack(terms).sum() if terms else None
 
     def allocate_cache(self, batch: int, max_seq_len: int, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None) -> InferenceCache:

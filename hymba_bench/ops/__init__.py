@@ -19,6 +19,14 @@ from hymba_bench.ops.conv import (
     causal_conv1d_update,
     conv_state_from_prefix,
 )
+from hymba_bench.ops.long_conv import (
+    long_conv_fft,
+    long_conv_ref,
+    modal_filter,
+    modal_state,
+    modal_step,
+)
+from hymba_bench.ops.moe import moe_combine, moe_combine_ref
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
     selective_scan_ref,
@@ -66,6 +74,11 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     return fn(x, weight, bias, activation)
 
 
+def long_conv(u: Tensor, h: Tensor) -> Tensor:
+    """Hyena's long causal convolution: FFT everywhere (no fused kernel is needed at these sizes)."""
+    return long_conv_fft(u, h)
+
+
 def backend_report(device: torch.device | str) -> dict[str, str]:
     """Which implementation each op uses on `device`: recorded beside every measurement."""
     cuda = torch.device(device).type == "cuda"
@@ -74,6 +87,8 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
         "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
         "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
         "attention": "grouped-matmul decode, torch-sdpa prefill",
+        "long_conv": "torch-fft",
+        "moe": "torch-gather",
     }
 
 
@@ -85,6 +100,14 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "conv_state_from_prefix",
+    "long_conv",
+    "long_conv_fft",
+    "long_conv_ref",
+    "modal_filter",
+    "modal_state",
+    "modal_step",
+    "moe_combine",
+    "moe_combine_ref",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",

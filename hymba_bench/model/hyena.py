@@ -1,0 +1,71 @@
+"""The Hyena mixer (order 2) with StripedHyena's modal long filter.
+
+    v, x1, x2 = short_conv(in_proj(u))        depthwise causal, kernel `hyena_short_conv`
+    y = out_proj(x2 * (h * (x1 * v) + D * (x1 * v)))
+
+`h` is an implicit filter as long as the sequence (see `ops.long_conv` for its modal form), so
+prefill is one FFT convolution and decode is a recurrence over `hyena_modes` complex poles per
+channel: the cache holds the short-conv inputs and that state, independent of context length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from hymba_bench import ops
+from hymba_bench.cache import LayerCache
+from hymba_bench.config import ModelConfig
+
+
+class Hyena(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, n, k = cfg.d_model, cfg.hyena_modes, cfg.hyena_short_conv
+        self.d_model = d
+        self.in_proj = nn.Linear(d, 3 * d, bias=False)
+        self.short_conv = nn.Conv1d(3 * d, 3 * d, k, groups=3 * d, padding=k - 1, bias=True)
+        # lambda = exp(-exp(log_rate)) e^{i theta}: decay rate and angle of each pole
+        self.log_rate = nn.Parameter(torch.empty(d, n))
+        self.theta = nn.Parameter(torch.empty(d, n))
+        self.residues = nn.Parameter(torch.empty(d, n, 2))  # Re, Im
+        self.D = nn.Parameter(torch.ones(d))
+        self.out_proj = nn.Linear(d, d, bias=False)
+        self.reset_hyena_parameters()
+
+    @torch.no_grad()
+    def reset_hyena_parameters(self, min_rate: float = 1e-3, max_rate: float = 0.5) -> None:
+        """Decay rates log-uniform (memories from ~2 to ~1000 tokens), angles uniform in [0, pi)."""
+        n = self.log_rate.shape[1]
+        self.log_rate.uniform_(math.log(min_rate), math.log(max_rate))
+        self.theta.uniform_(0.0, math.pi)
+        self.residues.normal_(0.0, (2 * n) ** -0.5)
+        self.D.fill_(1.0)
+
+    def rate(self) -> Tensor:
+        return torch.exp(self.log_rate.float())  # (D, N), > 0: |lambda| < 1
+
+    def forward(self, u: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+        """u: (B, L, D) -> (B, L, D)."""
+        weight = self.short_conv.weight.squeeze(1)  # (3D, K)
+        proj = self.in_proj(u)  # (B, L, 3D)
+        if step:
+            assert cache is not None and cache.conv is not None and cache.modal is not None
+            v, x1, x2 = ops.causal_conv1d_update(proj[:, 0], cache.conv, weight,
+                                                 self.short_conv.bias).chunk(3, dim=-1)  # (B, D)
+            z = x1 * v
+            y = ops.modal_step(cache.modal, z, self.rate(), self.theta, self.residues)
+            y = x2 * (y.to(z.dtype) + self.D.to(z.dtype) * z)
+            return self.out_proj(y[:, None])
+        p = proj.transpose(1, 2)  # (B, 3D, L)
+        v, x1, x2 = ops.causal_conv1d(p, weight, self.short_conv.bias).chunk(3, dim=1)  # (B, D, L)
+        z = x1 * v
+        h = ops.modal_filter(self.rate(), self.theta, self.residues, z.shape[-1])  # (D, L)
+        y = x2 * (ops.long_conv(z, h) + self.D.to(z.dtype)[None, :, None] * z)
+        if cache is not None:
+            assert cache.conv is not None and cache.modal is not None
+            cache.conv.copy_(ops.conv_state_from_prefix(p, weight.shape[1]))
+            cache.modal.copy_(ops.modal_state(z, self.rate(), self.theta))
+        return self.out_proj(y.transpose(1, 2))

@@ -1,0 +1,41 @@
+"""Mixture-of-experts FFN (Jamba): a linear router, softmax over experts, the top-k experts per token.
+
+As in Jamba, the top-k softmax probabilities are used as they are (not renormalised over the k).
+In training, `aux_loss` holds the Switch-Transformer load-balancing term of the last forward
+pass, E * sum_e f_e P_e (f_e: share of routed slots, P_e: mean router probability), which the
+trainer adds with weight `moe_aux_loss` so that experts are not left idle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hymba_bench import ops
+from hymba_bench.model.layers import SwiGLU
+
+
+class MoE(nn.Module):
+    def __init__(self, d_model: int, hidden: int, n_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(d_model, hidden) for _ in range(n_experts))
+        self.aux_loss: Tensor | None = None
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (T, D) -> top-k weights (T, k), expert indices (T, k), all probabilities (T, E)."""
+        probs = F.softmax(self.router(x).float(), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        return weights, chosen, probs
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, length, d = x.shape
+        flat = x.reshape(-1, d)  # (T, D)
+        weights, chosen, probs = self.route(flat)
+        if self.training:
+            n_experts = probs.shape[-1]
+            share = F.one_hot(chosen, n_experts).float().sum(1).mean(0) / self.top_k  # (E,)
+            self.aux_loss = n_experts * (share * probs.mean(0)).sum()
+        return ops.moe_combine(flat, weights, chosen, self.experts).view(b, length, d)
