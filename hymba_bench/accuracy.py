@@ -55,6 +55,9 @@ class AccuracyBudget:
             value = getattr(budget, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
+        from hymba_bench.recall import RecallSpec
+
+        RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
         return budget
 
     def describe(self) -> str:
@@ -115,6 +118,8 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
                   "recall_queries": budget.queries, "checkpoint": str(ckpt)}
     record("train_loss", summary["final_loss"], **train_info)
 
+    # lm-eval's own progress bars would tear through the run's; the run shows its own progress
+    os.environ["TQDM_DISABLE"] = "1"
     lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
     metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
                 "queries": budget.queries, "data_dir": str(out / "data")}

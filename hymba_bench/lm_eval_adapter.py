@@ -38,8 +38,12 @@ class HymbaBenchLM(LM):
             self.model = model  # type: ignore[assignment]
         elif checkpoint:
             from hymba_bench.checkpoint import load_checkpoint
+            from hymba_bench.hf import is_hf_checkpoint, load_hf_checkpoint
 
-            self.model, _ = load_checkpoint(Path(checkpoint), variant, device)
+            if is_hf_checkpoint(Path(checkpoint)):  # released weights: their config.json rules
+                self.model = load_hf_checkpoint(Path(checkpoint), device)
+            else:
+                self.model, _ = load_checkpoint(Path(checkpoint), variant, device)
         else:
             self.model = build_model(variant, profile, device=device, variant_files=variant_files,
                                      **overrides)

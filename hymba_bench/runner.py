@@ -193,20 +193,23 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
 
         if not torch.cuda.is_available():
             raise HymbaBenchError("--device cuda: no CUDA device is visible to torch")
-    results = prepare_out_dir(opts.out, opts.resume)
-    done = results.done() if opts.resume else set()
-    context = base_context(opts.device)
-    for stage in sorted(opts.skip):
-        results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
-                                   stage=stage, profile=opts.profile))
-    stages = [s for s in STAGES if s not in opts.skip]
     budget, paper_data = None, False
-    if "accuracy" in stages:
+    if "accuracy" not in opts.skip:  # bad budgets and data dirs fail before anything is written
         from hymba_bench.accuracy import AccuracyBudget, hub_reachable, use_data_dir
 
         budget = AccuracyBudget.from_profile(get_profile(opts.profile), opts.train)
         use_data_dir(opts.data_dir)
         paper_data = opts.data_dir is not None or hub_reachable()
+    results = prepare_out_dir(opts.out, opts.resume)
+    done = results.done() if opts.resume else set()
+    context = base_context(opts.device)
+    noted = {(r["variant"], r.get("stage"), r["value"]) for r in results.load() if r["metric"] == "note"}
+    for stage in sorted(opts.skip):
+        if ("*", stage, f"{stage} skipped (--skip {stage})") in noted:
+            continue  # a resumed run says it once
+        results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
+                                   stage=stage, profile=opts.profile))
+    stages = [s for s in STAGES if s not in opts.skip]
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())

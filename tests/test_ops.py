@@ -52,8 +52,12 @@ def test_selective_scan_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> Non
                                rtol=1e-4, atol=1e-5)
 
 
-def test_selective_scan_grad_equals_ref_grad() -> None:
-    x = scan_inputs(2, 4, 3, 40, "var", 2)
+@pytest.mark.parametrize("bc", ["var", "const", "group", "const-B"])
+def test_selective_scan_grad_equals_ref_grad(bc: str) -> None:
+    """Every input's gradient, through the hand-written backward (var) and the autograd loop."""
+    x = scan_inputs(2, 4, 3, 40, bc.removeprefix("const-").replace("B", "var"), 2)
+    if bc == "const-B":  # B constant, C per step: the shared-C layout without the fast path
+        x["B"] = torch.randn(4, 3)
     grads = []
     for fn in (ops.selective_scan_chunked, ops.selective_scan_ref):
         leaves = {k: v.clone().requires_grad_() for k, v in x.items()}

@@ -209,3 +209,40 @@ def test_table_unknown_format(tmp_path: Path) -> None:
 
 def test_git_commit_is_recorded() -> None:
     assert results_mod.git_commit()
+
+
+TINY_BUDGET = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16}
+
+
+def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on CI: the paper's datasets are unreachable
+    out = quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET)
+    records = ResultsFile(out / "results.jsonl").load()
+    recall = {r["variant"]: r for r in records if r["metric"] == "recall_pct"}
+    assert set(recall) == {"llama", "mamba"}
+    for r in recall.values():
+        assert 0 <= r["value"] <= 100 and r["n"] == 16 and r["stderr"] >= 0
+        assert r["recall_source"] == "synthetic associative recall" and r["train_steps"] == 3
+        assert (out / "checkpoints" / r["variant"] / "model.safetensors").is_file()
+    notes = [r for r in records if r["metric"] == "note" and r.get("metric_missing") == "commonsense_pct"]
+    assert {r["variant"] for r in notes} == {"llama", "mamba"}
+    table = roadmap_table(records)
+    shown = table.display_frame()
+    assert shown.loc[1, "Recall (%)"] != EMPTY and shown.loc[1, "Commonsense Reasoning (%)"] == EMPTY
+    text = "\n".join(table.footnotes)
+    assert "Recall (%): a proxy, not the paper's SWDE / SQuAD-C" in text
+    assert "Commonsense Reasoning (%): the paper's commonsense tasks need lm-eval's datasets" in text
+    ext = extended_table(records).frame
+    assert (ext["Recall SE"] >= 0).all() and ext["Train loss"].notna().all()
+    # resuming finds nothing missing: no retraining, no new records
+    before = len(records)
+    quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET, resume=True)
+    assert len(ResultsFile(out / "results.jsonl").load()) == before
+
+
+def test_accuracy_budget_errors(tmp_path: Path) -> None:
+    with pytest.raises(HymbaBenchError, match="steps: expected a positive integer"):
+        quiet_run(tmp_path, ["llama"], skip={"throughput"}, train={"steps": 0})
+    with pytest.raises(HymbaBenchError, match=r"recall queries: expected 1\.\.pairs"):
+        quiet_run(tmp_path, ["llama"], skip={"throughput"}, train={"steps": 1, "queries": 30})

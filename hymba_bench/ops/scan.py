@@ -123,18 +123,19 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     shared_c = C.dim() == 3
     C_t = C.float().permute(2, 0, 1)[:, :, None, :].contiguous() if shared_c \
         else _time_major(C.float(), batch, d).contiguous()  # (L, B, 1, N) or (L|1, B|1, N, D|1)
-    if needs_grad:
+    if needs_grad and shared_c and B.dim() == 3:  # Mamba's case: B and C per step, shared by channels
+        y, x = _SelectiveScanTrain.apply(delta_t, A_t, du_t, B_t, C_t[:, :, 0, :])  # (L, B, D), (B, N, D)
+        y = _finish(y.permute(1, 2, 0), u, D, z, dtype)
+        return (y, x.transpose(1, 2)) if return_last_state else y
+    if needs_grad:  # C per channel (grouped or constant): let autograd record the plain loop
         a = torch.exp(delta_t * A_t)  # (L, B, N, D)
-        b = du_t * B_t
-        if shared_c:
-            y, x = _LinearScan.apply(a, b, C_t[:, :, 0, :])  # (L, B, D), (B, N, D)
-        else:  # C per channel (grouped or constant): let autograd record the plain loop
-            x, steps = u.new_zeros(batch, n, d), []
-            for a_s, b_s in zip(a.unbind(0), b.expand_as(a).unbind(0), strict=True):
-                x = torch.addcmul(b_s, a_s, x)
-                steps.append(x)
-            y = (torch.stack(steps) * C_t).sum(2)
-        y = y.permute(1, 2, 0)
+        b = (du_t * B_t).expand_as(a)
+        x, steps = u.new_zeros(batch, n, d), []
+        for a_s, b_s in zip(a.unbind(0), b.unbind(0), strict=True):
+            x = torch.addcmul(b_s, a_s, x)
+            steps.append(x)
+        c = C_t.transpose(-1, -2) if shared_c else C_t  # (L|1, B|1, N, D|1)
+        y = (torch.stack(steps) * c).sum(2).permute(1, 2, 0)
         y = _finish(y, u, D, z, dtype)
         return (y, x.transpose(1, 2)) if return_last_state else y
     x = u.new_zeros(batch, n, d)
@@ -161,48 +162,53 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     return (y, x.transpose(1, 2)) if return_last_state else y
 
 
-class _LinearScan(torch.autograd.Function):
-    """x_t = a_t * x_{t-1} + b_t,  y_t = sum_n C_t[n] x_t[n]  over (L, B, N, D), for training.
+class _SelectiveScanTrain(torch.autograd.Function):
+    """The training scan over (L, B, N, D) with a hand-written backward.
 
-    Autograd through a Python loop records two nodes per step; this runs the loop without a
-    graph and back-propagates with the reverse recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}, so
-    each direction is one fused op per step. The stored states cost L x B x N x D floats.
+        a_t = exp(delta_t A),  x_t = a_t x_{t-1} + (delta u)_t B_t,  y_t = sum_n C_t[n] x_t[n]
+
+    Autograd through a Python loop records two nodes per step, and through the broadcasts that
+    build a and b it materialises several more (L, B, N, D) tensors. This runs the loop without a
+    graph, back-propagates with the reverse recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} (in place
+    over one buffer), and reduces each input's gradient straight from g: the ones over N or D are
+    batched matmuls. The stored states cost L x B x N x D floats.
     """
 
     @staticmethod
-    def states(a: Tensor, b: Tensor) -> Tensor:
-        hs = torch.empty_like(b)
-        x = torch.zeros_like(b[0])
-        with _threads_for(b[0].numel()), torch.no_grad():
-            for a_s, b_s, h_s in zip(a.unbind(0), b.unbind(0), hs.unbind(0), strict=True):
-                x = torch.addcmul(b_s, a_s, x, out=h_s)
-        return hs
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, b: Tensor,
-                c: Tensor) -> tuple[Tensor, Tensor]:
-        hs = _LinearScan.states(a.detach(), b.detach())
-        ctx.save_for_backward(a, c, hs)
-        y = torch.matmul(c[:, :, None, :], hs)[:, :, 0]  # (L, B, D)
+    def forward(ctx: torch.autograd.function.FunctionCtx, delta: Tensor, A: Tensor, du: Tensor,
+                B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        # delta, du: (L, B, 1, D); A: (N, D); B: (L, B, N, 1); C: (L, B, N)
+        a = torch.exp(delta * A)  # (L, B, N, D)
+        hs = du * B  # inputs, overwritten by the states
+        x = torch.zeros_like(hs[0])
+        with _threads_for(x.numel()), torch.no_grad():
+            for a_s, h_s in zip(a.unbind(0), hs.unbind(0), strict=True):
+                x = torch.addcmul(h_s, a_s, x, out=h_s)
+        ctx.save_for_backward(delta, A, du, B, C, a, hs)
+        y = torch.matmul(C[:, :, None, :], hs)[:, :, 0]  # (L, B, D)
         return y, hs[-1].clone()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor,
-                 dlast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, c, hs = ctx.saved_tensors
+                 dlast: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        delta, A, du, B, C, a, hs = ctx.saved_tensors
         dy = dy.contiguous()
-        inject = c[..., None] * dy[:, :, None, :]  # (L, B, N, D): dL/dx_t from y_t
-        inject[-1] += dlast
-        g = torch.empty_like(hs)
-        acc = torch.zeros_like(hs[0])
-        with _threads_for(acc.numel()), torch.no_grad():
-            for t in range(hs.shape[0] - 1, -1, -1):
-                nxt = a[t + 1] if t + 1 < hs.shape[0] else torch.zeros_like(acc)
-                acc = torch.addcmul(inject[t], nxt, acc, out=g[t])
-        prev = torch.cat([torch.zeros_like(hs[:1]), hs[:-1]])  # x_{t-1}
-        da = g * prev
-        dc = torch.matmul(hs, dy[..., None])[..., 0]  # (L, B, N)
-        return da, g, dc
+        g = C[..., None] * dy[:, :, None, :]  # (L, B, N, D): dL/dx_t through y_t ...
+        g[-1] += dlast
+        with _threads_for(g[0].numel()), torch.no_grad():
+            for t in range(g.shape[0] - 2, -1, -1):  # ... plus through x_{t+1}
+                g[t].addcmul_(a[t + 1], g[t + 1])
+        dC = torch.matmul(hs, dy[..., None])[..., 0]  # (L, B, N)
+        dB = torch.matmul(g, du.transpose(-1, -2))  # (L, B, N, 1): sum over D
+        ddu = torch.matmul(B.transpose(-1, -2), g)  # (L, B, 1, D): sum over N
+        # dL/da_t = g_t x_{t-1}; through a = exp(delta A): times a, then A or delta
+        da = torch.empty_like(g)
+        da[0].zero_()
+        torch.mul(g[1:], hs[:-1], out=da[1:])
+        da.mul_(a)
+        ddelta = (da * A).sum(2, keepdim=True)  # (L, B, 1, D)
+        dA = (da * delta).sum((0, 1))  # (N, D)
+        return ddelta, dA, ddu, dB, dC
 
 
 def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
