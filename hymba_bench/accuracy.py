@@ -120,6 +120,9 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
 
     # lm-eval's own progress bars would tear through the run's; the run shows its own progress
     os.environ["TQDM_DISABLE"] = "1"
+    import datasets
+
+    datasets.disable_progress_bars()
     lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
     metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
                 "queries": budget.queries, "data_dir": str(out / "data")}

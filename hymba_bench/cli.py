@@ -419,14 +419,24 @@ def bench_scan_cmd(
 
 def main() -> None:
     """Console entry point: library errors become one line on stderr and exit status 2."""
+    from typer.exceptions import TyperException  # base of the (vendored) click exceptions
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except HymbaBenchError as exc:
         print(f"hymba-bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except TyperException as exc:  # bad option values: one line too, not a usage panel
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"hymba-bench: error: {message}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (KeyboardInterrupt, typer.Abort):
         print("hymba-bench: interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

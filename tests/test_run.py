@@ -189,10 +189,14 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     (("run", "--variants", "llama", "--skip", "speed"), "--skip: unknown stage 'speed'"),
     (("run", "--variants", "llama", "--batch", "0"), "batch: expected a positive integer"),
     (("table", "/nonexistent/run"), "no results.jsonl here"),
+    (("run", "--variants", "llama", "--data-dir", "/nonexistent/hf"), "--data-dir: /nonexistent/hf is not"),
+    (("run", "--variants", "llama", "--train-steps", "0"), "Invalid value for '--train-steps'"),
+    (("eval", "llama", "--data-dir", "/nonexistent/hf"), "--data-dir: /nonexistent/hf is not"),
 ])
 def test_run_errors_are_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
     if "--out" not in args and args[0] == "run":
-        args = (*args, "--out", str(tmp_path / "r"), "--skip", "accuracy")
+        skip = () if "--data-dir" in args or "--train-steps" in args else ("--skip", "accuracy")
+        args = (*args, "--out", str(tmp_path / "r"), *skip)
     out = cli(*args)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
