@@ -15,6 +15,8 @@ What fills the table:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +128,8 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
     metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
                 "queries": budget.queries, "data_dir": str(out / "data")}
-    synthetic = evaluate(lm, ["recall_synthetic"], metadata=metadata)
+    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's own progress bars
+        synthetic = evaluate(lm, ["recall_synthetic"], metadata=metadata)
     if "recall_synthetic_pct" not in synthetic.values:
         raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
                               f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
@@ -135,8 +138,10 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
                  "n": synthetic.n.get("hymba_recall_synthetic/contains"), **train_info}
     record("recall_synthetic_pct", syn_value, **syn_extra)
 
-    paper = evaluate(lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")]) \
-        if paper_data else None
+    paper = None
+    if paper_data:
+        with contextlib.redirect_stderr(io.StringIO()):
+            paper = evaluate(lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")])
     if "recall_pct" in wanted:
         if paper is not None and "recall_pct" in paper.values:
             record("recall_pct", paper.values["recall_pct"], stderr=paper.stderr.get("recall_pct"),
