@@ -26,7 +26,8 @@ from typing import Any
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.registry import Profile, ResolvedVariant
 
-SYNTHETIC = "synthetic associative recall"
+SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
+PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
 
 
 @dataclass
@@ -62,10 +63,6 @@ class AccuracyBudget:
         RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
         return budget
 
-    def describe(self) -> str:
-        return (f"{self.steps} steps x {self.batch_size} sequences, {self.pairs} pairs / "
-                f"{self.queries} queries, {self.eval_items} items")
-
 
 def use_data_dir(data_dir: Path | None) -> None:
     """Point the Hugging Face datasets cache at local copies (see the README for the layout)."""
@@ -89,9 +86,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` with stderr captured: lm-eval's and datasets' progress bars would tear through
+    the run's own; failures still surface, as exceptions."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
 def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget,
                      record: Callable[..., None], wanted: set[str],
-                     on_step: Callable[[int, int, float], None] | None = None,
+                     on_step: Callable[[int, float], None] | None = None,
                      paper_data: bool = False) -> None:
     """Train `rv` under `budget` (resuming a checkpoint in `out`), evaluate, and record."""
     import torch
@@ -114,22 +118,16 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     ckpt = out / "checkpoints" / name
     summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
                     resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,
-                    on_step=(lambda s, loss: on_step(s, budget.steps, loss)) if on_step else None)
+                    on_step=on_step)
     train_info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
                   "train_lr": budget.lr, "recall_pairs": budget.pairs,
                   "recall_queries": budget.queries, "checkpoint": str(ckpt)}
     record("train_loss", summary["final_loss"], **train_info)
 
-    # lm-eval's own progress bars would tear through the run's; the run shows its own progress
-    os.environ["TQDM_DISABLE"] = "1"
-    import datasets
-
-    datasets.disable_progress_bars()
     lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
     metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
                 "queries": budget.queries, "data_dir": str(out / "data")}
-    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's own progress bars
-        synthetic = evaluate(lm, ["recall_synthetic"], metadata=metadata)
+    synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata)
     if "recall_synthetic_pct" not in synthetic.values:
         raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
                               f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
@@ -138,14 +136,12 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
                  "n": synthetic.n.get("hymba_recall_synthetic/contains"), **train_info}
     record("recall_synthetic_pct", syn_value, **syn_extra)
 
-    paper = None
-    if paper_data:
-        with contextlib.redirect_stderr(io.StringIO()):
-            paper = evaluate(lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")])
+    paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")]) \
+        if paper_data else None
     if "recall_pct" in wanted:
         if paper is not None and "recall_pct" in paper.values:
             record("recall_pct", paper.values["recall_pct"], stderr=paper.stderr.get("recall_pct"),
-                   recall_source="swde+squad_completion", **train_info)
+                   recall_source=PAPER_RECALL, **train_info)
         else:
             record("recall_pct", syn_value, recall_source=SYNTHETIC, **syn_extra)
     if "commonsense_pct" in wanted:

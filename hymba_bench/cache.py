@@ -31,16 +31,20 @@ def kv_slots(cfg: ModelConfig, spec: LayerSpec, seq_len: int) -> int:
     return cfg.meta_tokens + seq_len
 
 
+def state_elements(cfg: ModelConfig) -> int:
+    """Recurrent-state elements per sequence, summed over layers: independent of context length."""
+    ssm = cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
+    hyena = cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
+    return len(cfg.ssm_layers) * ssm + len(cfg.hyena_layers) * hyena
+
+
 def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype = torch.float16) -> int:
     """Exact bytes the inference cache allocates for `batch` sequences of up to `seq_len` tokens."""
     elem = torch.empty((), dtype=dtype).element_size()
     total = 0
     for spec in cfg.kv_layers:
         total += batch * spec.n_kv_heads * kv_slots(cfg, spec, seq_len) * (cfg.d_qk + cfg.d_v)
-    for _ in cfg.ssm_layers:
-        total += batch * cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
-    for _ in cfg.hyena_layers:
-        total += batch * cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
+    total += batch * state_elements(cfg)
     return total * elem
 
 
@@ -50,10 +54,7 @@ def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
     for spec in cfg.kv_layers:
         tokens = min(spec.window, seq_len) if spec.attention == "sliding" else seq_len
         total += 2 * tokens * spec.n_kv_heads * (cfg.d_qk + cfg.d_v)
-    for _ in cfg.ssm_layers:
-        total += 2 * cfg.d_inner * (cfg.d_state + cfg.d_conv - 1)
-    for _ in cfg.hyena_layers:
-        total += 2 * cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
+    total += 2 * state_elements(cfg)
     return total / 1e6
 
 

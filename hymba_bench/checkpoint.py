@@ -78,7 +78,8 @@ def load_checkpoint(path: Path, variant: str | None = None,
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
         raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: {first}") from None
-    missing = [k for k in missing if k not in aliases(model)]
+    repeated = aliases(model)
+    missing = [k for k in missing if k not in repeated]
     if missing or unexpected:
         raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: missing "
                               f"{missing[:3]}, unexpected {unexpected[:3]}")

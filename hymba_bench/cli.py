@@ -123,7 +123,8 @@ def show(
 
 @app.command()
 def run(
-    variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = "all",
+    variants: Annotated[str, typer.Option(
+        help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names.")] = "all",
     profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
         "runs/latest"),

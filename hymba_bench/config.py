@@ -261,7 +261,7 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
         blocks = [i for i, m in enumerate(mixers) if m == "attention"]
         if not blocks:
             raise ConfigError("shared_attention: the layout has no attention layers to share")
-        if len(kv) != len([k for k in kv.values() if k == "own"]):
+        if any(role != "own" for role in kv.values()):
             raise ConfigError("shared_attention: cannot be combined with kv_share")
         for i in blocks[1:]:
             if ffn_of(i) != ffn_of(blocks[0]):

@@ -48,9 +48,6 @@ class RunOptions:
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
 
 
-GROUPS = ("all", "others")
-
-
 def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
     """Names and groups, comma-separated -> validated names (unknown ones raise, listing the valid).
 
@@ -243,8 +240,7 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                     assert budget is not None
                     steps = progress.add_task(f"{name}: training", total=budget.steps)
 
-                    def on_step(step: int, total: int, loss: float, steps: Any = steps,
-                                name: str = name) -> None:
+                    def on_step(step: int, loss: float, steps: Any = steps, name: str = name) -> None:
                         progress.update(steps, completed=step,
                                         description=f"{name}: training, loss {loss:.2f}")
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import pandas as pd
 
+from hymba_bench.accuracy import PAPER_RECALL
 from hymba_bench.errors import HymbaBenchError
 
 COLUMNS = [
@@ -115,6 +117,18 @@ def _variants_info(frame: pd.DataFrame) -> pd.DataFrame:
     return info.sort_values(["order", "variant"], kind="stable").reset_index(drop=True)
 
 
+def _lookup(frame: pd.DataFrame) -> Callable[[str, str], float]:
+    """(variant, metric) -> the last value recorded, NaN where there is none."""
+    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+
+    def get(variant: str, metric: str) -> float:
+        if metric in values.columns and variant in values.index:
+            return float(values.at[variant, metric])
+        return math.nan
+
+    return get
+
+
 def _notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(variant or '*', stage) -> why that stage has no figures."""
     out = {}
@@ -138,7 +152,7 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
         )
     recall = frame[frame.metric == "recall_pct"]
     proxy = len(recall) and "recall_source" in recall \
-        and (recall["recall_source"] != "swde+squad_completion").any()
+        and (recall["recall_source"] != PAPER_RECALL).any()
     if proxy:
         r = recall.iloc[-1]
         notes.append(
@@ -163,7 +177,7 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
 def roadmap_table(records: list[dict[str, Any]]) -> Table:
     frame = records_frame(records)
     info = _variants_info(frame)
-    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+    get = _lookup(frame)
     notes = _notes(records)
     profile = str(info["profile"].dropna().iloc[0]) if info["profile"].notna().any() else "?"
     rows: list[dict[str, Any]] = []
@@ -180,8 +194,7 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
             row: dict[str, Any] = {"Configuration": v["table_label"] or v["variant"],
                                    "Design Reason": v["design_reason"] or ""}
             for column, (metric, stage) in CELLS.items():
-                value = values.at[v["variant"], metric] \
-                    if metric in values.columns and v["variant"] in values.index else math.nan
+                value = get(v["variant"], metric)
                 if isinstance(value, float) and math.isnan(value):
                     why = notes.get((v["variant"], stage)) or notes.get(("*", stage)) \
                         or f"{stage} not measured in this run"
@@ -198,12 +211,7 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
 def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
     """Designs side by side, each figure also as a ratio to the first design."""
     frame = records_frame(records)
-    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
-
-    def get(variant: str, metric: str) -> float:
-        if metric in values.columns and variant in values.index:
-            return float(values.at[variant, metric])
-        return math.nan
+    get = _lookup(frame)
 
     first = designs[0]
     rows = []
@@ -237,13 +245,8 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
     """Ours beside the paper's, with ratios to Llama on both sides."""
     frame = records_frame(records)
     info = _variants_info(frame)
-    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
+    get = _lookup(frame)
     paper = paper_reference().set_index("configuration")
-
-    def get(variant: str, metric: str) -> float:
-        if metric in values.columns and variant in values.index:
-            return float(values.at[variant, metric])
-        return math.nan
 
     def ratio(a: float, b: float) -> float:
         return a / b if b and not math.isnan(b) else math.nan

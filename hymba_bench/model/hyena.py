@@ -62,10 +62,11 @@ class Hyena(nn.Module):
         p = proj.transpose(1, 2)  # (B, 3D, L)
         v, x1, x2 = ops.causal_conv1d(p, weight, self.short_conv.bias).chunk(3, dim=1)  # (B, D, L)
         z = x1 * v
-        h = ops.modal_filter(self.rate(), self.theta, self.residues, z.shape[-1])  # (D, L)
+        powers = ops.modal_powers(self.rate(), self.theta, z.shape[-1])  # lambda^t: 2 x (D, N, L)
+        h = ops.modal_filter(powers, self.residues)  # (D, L)
         y = x2 * (ops.long_conv(z, h) + self.D.to(z.dtype)[None, :, None] * z)
         if cache is not None:
             assert cache.conv is not None and cache.modal is not None
             cache.conv.copy_(ops.conv_state_from_prefix(p, weight.shape[1]))
-            cache.modal.copy_(ops.modal_state(z, self.rate(), self.theta))
+            cache.modal.copy_(ops.modal_state(z, powers))
         return self.out_proj(y.transpose(1, 2))

@@ -23,6 +23,7 @@ from hymba_bench.ops.long_conv import (
     long_conv_fft,
     long_conv_ref,
     modal_filter,
+    modal_powers,
     modal_state,
     modal_step,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "long_conv_fft",
     "long_conv_ref",
     "modal_filter",
+    "modal_powers",
     "modal_state",
     "modal_step",
     "moe_combine",

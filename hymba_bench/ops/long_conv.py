@@ -47,17 +47,17 @@ def modal_powers(rate: Tensor, theta: Tensor, length: int) -> tuple[Tensor, Tens
     return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
 
 
-def modal_filter(rate: Tensor, theta: Tensor, residues: Tensor, length: int) -> Tensor:
-    """h (D, L) = Re sum_n R lambda^t; residues (D, N, 2) hold Re R and Im R."""
-    re, im = modal_powers(rate, theta, length)
+def modal_filter(powers: tuple[Tensor, Tensor], residues: Tensor) -> Tensor:
+    """h (D, L) = Re sum_n R lambda^t from `modal_powers`; residues (D, N, 2) hold Re R and Im R."""
+    re, im = powers
     r = residues.float()
     return (r[..., 0, None] * re - r[..., 1, None] * im).sum(1)
 
 
-def modal_state(u: Tensor, rate: Tensor, theta: Tensor) -> Tensor:
-    """The recurrence's state after u (B, D, L): s = sum_j lambda^(L-1-j) u_j -> (B, D, N, 2)."""
-    re, im = modal_powers(rate, theta, u.shape[-1])
-    re, im = re.flip(-1), im.flip(-1)  # lambda^(L-1-j) at position j
+def modal_state(u: Tensor, powers: tuple[Tensor, Tensor]) -> Tensor:
+    """The recurrence's state after u (B, D, L): s = sum_j lambda^(L-1-j) u_j -> (B, D, N, 2),
+    with the powers of `modal_powers` for length L."""
+    re, im = powers[0].flip(-1), powers[1].flip(-1)  # lambda^(L-1-j) at position j
     uf = u.float()
     return torch.stack([torch.einsum("bdl,dnl->bdn", uf, re),
                         torch.einsum("bdl,dnl->bdn", uf, im)], dim=-1)
