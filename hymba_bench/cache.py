@@ -2,8 +2,9 @@
 
 Per layer, by its role in `ModelConfig.layers`:
 - global attention, own KV:  K (B, n_kv, M + S, d_qk), V (B, n_kv, M + S, d_v), S = max real tokens
-- sliding attention, own KV: the M meta-token slots plus a ring of min(W, S) slots; a real token at
-  absolute position p >= M lives in slot M + (p - M) % W
+- sliding attention, own KV: the M meta-token slots plus a ring of R = min(W + 1, S) slots (the keys
+  `masks.visible` lets a query see: itself and the W before it); a real token at absolute position
+  p >= M lives in slot M + (p - M) % R
 - KV consumers (`shared:i`): nothing; they read layer i's buffers
 - Mamba / hybrid SSM: conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state)
 - Hyena: short-conv state (B, 3 d_model, k - 1) and the modal state (B, d_model, modes, 2), the
@@ -22,12 +23,18 @@ import torch
 from torch import Tensor
 
 from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.masks import window_keys
+
+
+def ring_slots(spec: LayerSpec, seq_len: int) -> int:
+    """Slots of a sliding layer's ring for sequences of up to `seq_len` real tokens."""
+    assert spec.window is not None
+    return min(window_keys(spec.window), seq_len)
 
 
 def kv_slots(cfg: ModelConfig, spec: LayerSpec, seq_len: int) -> int:
     if spec.attention == "sliding":
-        assert spec.window is not None
-        return cfg.meta_tokens + min(spec.window, seq_len)
+        return cfg.meta_tokens + ring_slots(spec, seq_len)
     return cfg.meta_tokens + seq_len
 
 
@@ -49,7 +56,8 @@ def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype =
 
 
 def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
-    """Table 1's convention: FP16, batch 1, MB = 10^6 bytes, meta tokens not counted."""
+    """Table 1's convention: FP16, batch 1, MB = 10^6 bytes, meta tokens not counted, W tokens per
+    sliding layer (the paper's count; the ring really holds W + 1, see `masks`)."""
     total = 0
     for spec in cfg.kv_layers:
         tokens = min(spec.window, seq_len) if spec.attention == "sliding" else seq_len
@@ -156,8 +164,7 @@ class InferenceCache:
     def slot_of(self, spec: LayerSpec, position: int) -> int:
         m = self.cfg.meta_tokens
         if spec.attention == "sliding" and position >= m:
-            assert spec.window is not None
-            return m + (position - m) % min(spec.window, self.max_seq_len)
+            return m + (position - m) % ring_slots(spec, self.max_seq_len)
         return position
 
     def slot_positions(self, spec: LayerSpec, end: int) -> Tensor:
@@ -166,8 +173,7 @@ class InferenceCache:
         if spec.attention != "sliding":
             pos = torch.arange(end, device=self.device)
             return pos
-        assert spec.window is not None
-        ring = min(spec.window, self.max_seq_len)
+        ring = ring_slots(spec, self.max_seq_len)
         meta = torch.arange(m, device=self.device)
         meta = torch.where(meta < end, meta, torch.full_like(meta, -1))
         j = torch.arange(ring, device=self.device)

@@ -17,6 +17,16 @@ MIXERS = ("attention", "mamba", "hybrid", "hyena")
 FFNS = ("dense", "moe", "none")
 
 
+def ntk_scale(extension: float, factor: float = 2.0) -> float:
+    """The NTK scale s the released Hymba uses to stretch its context by `extension` (max / orig).
+
+    NVIDIA's rotary embedding, for `rope_type: ntk`, sets base = theta * (factor * max / orig -
+    (factor - 1)) ** (d / (d - 2)) with factor 2: s = 2 * 4 - 1 = 7 for the release's 2K -> 8K,
+    not 4. No extension (1) gives s = 1, no scaling.
+    """
+    return factor * extension - (factor - 1)
+
+
 class ConfigError(HymbaBenchError):
     """A configuration that cannot be built; the message names the key and what was expected."""
 
@@ -107,7 +117,7 @@ class ModelConfig:
     hyena_short_conv: int = 3  # depthwise short convolution on the three projections
     # misc
     rope_theta: float = 10000.0
-    rope_scaling: float = 1.0  # NTK-aware factor: theta * s^(d/(d-2))
+    rope_scaling: float = 1.0  # NTK scale s: base theta * s^(d/(d-2)); see `ntk_scale`
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     max_seq_len: int = 2048  # training context length

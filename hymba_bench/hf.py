@@ -12,13 +12,14 @@ the 1.5B. Loading is strict: a key that maps nowhere, or a parameter left unfill
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hymba_bench.config import ModelConfig
+from hymba_bench.config import ModelConfig, ntk_scale
 from hymba_bench.errors import HymbaBenchError
 
 # (HF pattern, ours); {i} is a layer index
@@ -54,28 +55,67 @@ def map_key(key: str) -> str | None:
     return None
 
 
+def rope_scale_from_hf(hf: dict[str, Any]) -> float:
+    """The NTK scale NVIDIA's rotary embedding derives from `rope_type` (see `config.ntk_scale`)."""
+    rope_type = hf.get("rope_type")
+    if rope_type in (None, "default"):
+        return 1.0
+    if rope_type == "ntk":
+        orig = hf.get("orig_max_position_embeddings")
+        if not orig:
+            raise HymbaBenchError("config.json: rope_type 'ntk' needs orig_max_position_embeddings")
+        return ntk_scale(int(hf["max_position_embeddings"]) / int(orig))
+    raise HymbaBenchError(f"config.json: rope_type {rope_type!r} is not supported "
+                          "(expected 'ntk', 'default' or null)")
+
+
+# Settings of the released code that change the function but that we do not model: refuse them
+# rather than compute something else. (key, the value(s) we implement, what it would change)
+_FIXED = [
+    ("memory_tokens_interspersed_every", (0, None), "meta tokens repeated inside the sequence"),
+    ("kq_norm", (None, "none"), "RMSNorm on queries and keys"),
+    ("num_mamba", (1, None), "several SSMs per layer"),
+    ("mamba_conv_bias", (True, None), "a convolution without bias"),
+    ("mamba_proj_bias", (False, None), "biases on the in/out projections"),
+    ("hidden_act", ("silu", None), "another FFN activation"),
+    ("num_experts", (1, None), "a mixture-of-experts FFN"),
+    ("kv_reuse_every_i_layer", (-1, 0, None), "periodic KV reuse (use kv_reuse_group)"),
+    ("attn_hidden_size", (-1, None), "attention narrower than the hidden size"),
+]
+
+
 def config_from_hf(hf: dict[str, Any], name: str = "hymba-hf") -> ModelConfig:
-    """Our configuration for a Hymba `config.json`."""
+    """Our configuration for a Hymba `config.json`, read the way NVIDIA's code reads it."""
+    for key, allowed, what in _FIXED:
+        if hf.get(key) not in allowed:
+            raise HymbaBenchError(f"config.json: {key}={hf[key]!r} ({what}) is not supported")
     try:
         n_layers, d, heads = hf["num_hidden_layers"], hf["hidden_size"], hf["num_attention_heads"]
         expand = int(hf.get("mamba_expand", 2))
         groups = hf.get("kv_reuse_group") or []
-        theta = float(hf.get("rope_theta", 10000.0))
-        base_len = int(hf.get("orig_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
-        max_len = int(hf.get("max_position_embeddings", base_len))
+        window = hf.get("sliding_window")  # the mask keeps q - k <= W, as ours (see masks.py)
+        dt_rank = hf.get("mamba_dt_rank", "auto")
+        d_qk = int(hf.get("kq_head_dim", -1))
+        d_v = int(hf.get("v_head_dim", -1))
+        max_len = int(hf.get("max_position_embeddings", 2048))
         return ModelConfig(
             name=name, description="Hymba weights in Hugging Face layout",
             vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=n_layers, n_heads=heads,
-            n_kv_heads=int(hf["num_key_value_heads"]), d_qk=d // heads, d_v=expand * d // heads,
+            n_kv_heads=int(hf["num_key_value_heads"]),
+            d_qk=d_qk if d_qk > 0 else d // heads,
+            d_v=d_v if d_v > 0 else expand * d // heads,
             intermediate_size=int(hf["intermediate_size"]), layout=["hybrid"],
-            sliding_window=hf.get("sliding_window"),
-            global_layers=list(hf["global_attn_idx"]) if hf.get("sliding_window") else None,
+            sliding_window=window,
+            global_layers=list(hf.get("global_attn_idx") or []) if window else None,
             kv_share=[list(g) for g in groups] if groups else 1,
             meta_tokens=int(hf.get("num_memory_tokens", 0)), d_state=int(hf["mamba_d_state"]),
-            d_conv=int(hf["mamba_d_conv"]), expand=expand, dt_rank=int(hf["mamba_dt_rank"]),
-            ssm_norms=bool(hf.get("mamba_inner_layernorms", True)), rope_theta=theta,
-            rope_scaling=max(1.0, max_len / base_len), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)), max_seq_len=max_len,
+            d_conv=int(hf["mamba_d_conv"]), expand=expand,
+            dt_rank=math.ceil(d / 16) if dt_rank == "auto" else int(dt_rank),
+            ssm_norms=bool(hf.get("mamba_inner_layernorms", True)),
+            # NVIDIA's config defaults `rope` to false: no positional encoding unless asked for
+            rope=bool(hf.get("rope", False)), rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_scaling=rope_scale_from_hf(hf), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), max_seq_len=max_len,
         )
     except KeyError as exc:
         raise HymbaBenchError(f"config.json: missing Hymba key {exc.args[0]!r}") from None

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from hymba_bench.config import ConfigError, ModelConfig
+from hymba_bench.config import ConfigError, ModelConfig, ntk_scale
 from hymba_bench.errors import HymbaBenchError
 
 # Keys a variant file may hold besides ModelConfig's own fields.
@@ -241,7 +241,7 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
             raise RegistryError(f"{origin.get('context_extension', variant.path)}: "
                                 f"context_extension: expected an integer >= 1, got {ext!r}")
         kwargs["max_seq_len"] = kwargs.get("max_seq_len", 2048) * ext
-        kwargs["rope_scaling"] = float(ext)
+        kwargs["rope_scaling"] = ntk_scale(ext)  # the released model's rule for its 2K -> 8K
     kwargs["name"] = variant.name
     kwargs.setdefault("description", variant.description)
     try:

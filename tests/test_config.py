@@ -17,7 +17,7 @@ SPEC_GROUPS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [16,
 def test_registered_names_are_the_roadmap_then_other_designs() -> None:
     assert names() == ["llama", "mamba", "a-sequential", "b-parallel", "c-local-global",
                        "d-kv-share", "e-meta-tokens", "f-size", "g-long-context", "hymba-1.5b",
-                       "jamba", "zamba", "stripedhyena", "samba"]
+                       "jamba", "zamba", "stripedhyena", "samba", "mamba-pure"]
     assert "hymba-1.5b" not in names(only_all=True)
 
 
@@ -41,8 +41,9 @@ def test_hymba_15b_parameters_and_paper_cache_without_weights() -> None:
     assert all(p.is_meta for p in model.parameters())
     assert model.num_parameters() == 1_522_797_824  # "about 1.5228B"
     assert round(cache_mb_paper(cfg, 8192), 1) == 78.6
-    # exact allocation also counts the 128 meta tokens in every KV layer
-    extra = 17 * 128 * cfg.n_kv_heads * (cfg.d_qk + cfg.d_v) * 2
+    # exact allocation also counts the 128 meta tokens in every KV layer and the one key each of
+    # the 14 sliding producers keeps beyond W (q - k <= W, see masks.py)
+    extra = (17 * 128 + 14) * cfg.n_kv_heads * (cfg.d_qk + cfg.d_v) * 2
     allocated = InferenceCache(cfg, 1, 8192, torch.float16).nbytes()
     assert allocated == round(cache_mb_paper(cfg, 8192) * 1e6) + extra
 

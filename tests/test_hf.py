@@ -11,18 +11,34 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hymba_bench.cache import cache_mb_paper
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.hf import config_from_hf, is_hf_checkpoint, load_hf_checkpoint
 from hymba_bench.lm_eval_adapter import HymbaBenchLM
+from hymba_bench.model.layers import Rotary
+from hymba_bench.registry import resolve
+from tests import hymba_reference as official
 
 HF_CONFIG = {  # the 1.5B's config.json keys, at a small size
     "model_type": "hymba", "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 6,
     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
     "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": 4,
     "mamba_inner_layernorms": True, "num_memory_tokens": 4, "sliding_window": 8,
-    "global_attn_idx": [0, 5], "kv_reuse_group": [[1, 2], [3, 4]], "rope_theta": 10000.0,
-    "orig_max_position_embeddings": 128, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
+    "global_attn_idx": [0, 5], "kv_reuse_group": [[1, 2], [3, 4]], "rope": True,
+    "rope_type": "ntk", "rope_theta": 10000.0, "orig_max_position_embeddings": 128,
+    "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+}
+RELEASE_CONFIG = {  # the released Hymba-1.5B's config.json, the keys that decide the function
+    "model_type": "hymba", "vocab_size": 32001, "hidden_size": 1600, "num_hidden_layers": 32,
+    "num_attention_heads": 25, "num_key_value_heads": 5, "intermediate_size": 5504,
+    "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": 100,
+    "mamba_inner_layernorms": True, "num_memory_tokens": 128, "sliding_window": 1024,
+    "global_attn_idx": [0, 15, 31],
+    "kv_reuse_group": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [16, 17, 18],
+                       [19, 20], [21, 22], [23, 24], [25, 26], [27, 28], [29, 30]],
+    "rope": True, "rope_type": "ntk", "rope_theta": 10000.0, "max_position_embeddings": 8192,
+    "orig_max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+    "hidden_act": "silu", "num_experts": 1, "kq_norm": "none", "v_head_dim": 128,
 }
 
 
@@ -79,7 +95,8 @@ def test_config_follows_the_release_plan() -> None:
     cfg = config_from_hf(HF_CONFIG)
     assert [s.attention for s in cfg.layers] == ["global"] + ["sliding"] * 4 + ["global"]
     assert [s.kv for s in cfg.layers] == ["own", "own", "shared:1", "own", "shared:3", "own"]
-    assert (cfg.d_qk, cfg.d_v, cfg.meta_tokens, cfg.rope_scaling) == (16, 32, 4, 4.0)
+    # rope_type ntk at 512 / 128 = 4x: NVIDIA's rule gives 2 * 4 - 1
+    assert (cfg.d_qk, cfg.d_v, cfg.meta_tokens, cfg.rope_scaling) == (16, 32, 4, 7.0)
 
 
 def test_weights_land_where_they_belong(tmp_path: Path) -> None:
@@ -126,3 +143,68 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path, break_it, message: 
     path = write_checkpoint(tmp_path / "bad", HF_CONFIG, state)
     with pytest.raises(HymbaBenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_hf_checkpoint(path)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("rope_type", [None, "default", "ntk"])
+def test_rope_inverse_frequencies_follow_the_release(rope_type: str | None) -> None:
+    hf = {**HF_CONFIG, "rope_type": rope_type}
+    cfg = config_from_hf(hf)
+    ours = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling).inv_freq
+    torch.testing.assert_close(ours, official.inv_freq(hf, cfg.d_qk), rtol=2e-6, atol=0)
+
+
+def test_release_config_is_the_registered_variant() -> None:
+    cfg = config_from_hf(RELEASE_CONFIG)
+    variant = resolve("hymba-1.5b", "tiny").config
+    assert [s.as_dict() for s in cfg.layers] == [s.as_dict() for s in variant.layers]
+    for key in ("d_qk", "d_v", "n_kv_heads", "meta_tokens", "sliding_window", "rope_scaling",
+                "rope_theta", "dt_rank", "intermediate_size", "vocab_size"):
+        assert getattr(cfg, key) == getattr(variant, key), key
+    base = cfg.rope_theta * cfg.rope_scaling ** (64 / 62)
+    assert round(base) == 74535  # not 10000 * 4 ** (64 / 62) = 41,829
+    assert round(cache_mb_paper(cfg, 8192), 1) == 78.6  # the paper's figure for the release
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("rope_type", "yarn", "rope_type 'yarn' is not supported"),
+    ("rope_type", "dynamic_ntk", "rope_type 'dynamic_ntk' is not supported"),
+    ("kq_norm", "rms", "kq_norm='rms'"),
+    ("memory_tokens_interspersed_every", 16, "memory_tokens_interspersed_every=16"),
+    ("num_experts", 16, "num_experts=16"),
+    ("kv_reuse_every_i_layer", 2, "kv_reuse_every_i_layer=2"),
+])
+def test_settings_we_do_not_model_are_refused(key: str, value: object, message: str) -> None:
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_hf({**HF_CONFIG, key: value})
+
+
+def test_rope_defaults_off_as_in_the_release_code() -> None:
+    assert config_from_hf({k: v for k, v in HF_CONFIG.items() if k != "rope"}).rope is False
+
+
+@pytest.mark.parametrize("prefill", [3, 20])  # inside the window, and past it
+def test_forward_and_decode_compute_the_released_function(tmp_path: Path, prefill: int) -> None:
+    """Ours vs the written-out transcription: 40 tokens + 4 meta tokens through windows of 8."""
+    state = hf_state(HF_CONFIG, seed=1)
+    model = load_hf_checkpoint(write_checkpoint(tmp_path / "hymba", HF_CONFIG, state)).eval()
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = official.forward(state, HF_CONFIG, ids)
+        assert rel_err(model(ids), want) < 1e-5
+        cache = model.allocate_cache(2, 40)
+        got = [model(ids[:, :prefill], cache)]
+        got += [model(ids[:, t:t + 1], cache) for t in range(prefill, 40)]
+    got_all = torch.cat(got, dim=1)
+    for t in range(prefill - 1, 40):  # every decode step, one position at a time
+        assert rel_err(got_all[:, t], want[:, t]) < 1e-5, t
+    # and the test can tell the old deviations apart: W keys (q - k < W) or RoPE scale 4 is
+    # another function, far outside the tolerance above
+    w_keys = {**HF_CONFIG, "sliding_window": HF_CONFIG["sliding_window"] - 1}
+    scale_4 = {**HF_CONFIG, "rope_type": None, "rope_theta": 10000.0 * 4 ** (16 / 14)}
+    with torch.no_grad():
+        assert rel_err(official.forward(state, w_keys, ids), want) > 1e-3
+        assert rel_err(official.forward(state, scale_4, ids), want) > 1e-3

@@ -12,8 +12,8 @@ from hymba_bench.masks import visible
 
 
 def spec_rule(q: int, k: int, window: int | None, meta: int) -> bool:
-    """The spec, literally: k <= q and (q - k < W or k < M)."""
-    return k <= q and (window is None or q - k < window or k < meta)
+    """The released weights' rule, literally: k <= q and (q - k <= W or k < M)."""
+    return k <= q and (window is None or q - k <= window or k < meta)
 
 
 windows = st.one_of(st.none(), st.integers(1, 40))
@@ -35,8 +35,8 @@ def test_visible_key_counts(window: int | None, meta: int, length: int) -> None:
     for q in range(length):
         if window is None or q < meta:
             expected = q + 1
-        else:  # every meta token, plus the last W real tokens
-            expected = meta + min(window, q - meta + 1)
+        else:  # every meta token, plus the query and the W real tokens before it
+            expected = meta + min(window + 1, q - meta + 1)
         assert counts[q] == expected
         assert visible(pos[q:q + 1], pos, window, meta)[0, :meta].all() or q < meta
 
@@ -52,7 +52,7 @@ def test_ring_buffer_holds_exactly_the_visible_keys(window: int, meta: int, real
     cache = InferenceCache(cfg, batch=1, max_seq_len=real + extra)
     end = meta + real  # positions 0..end-1 written; the next query is end-1
     held = cache.slot_positions(spec, end)
-    assert held.numel() == meta + min(window, real + extra)
+    assert held.numel() == meta + min(window + 1, real + extra)
     held_set = {int(p) for p in held if p >= 0}
     wanted = {k for k in range(end) if spec_rule(end - 1, k, window, meta)}
     assert held_set == wanted

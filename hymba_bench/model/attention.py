@@ -66,7 +66,7 @@ def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window:
                      n_meta: int) -> Tensor:
     """Sliding-window attention over a fresh sequence in query blocks: O(L (W + M)), not O(L^2).
 
-    A block of queries [s, e) can only see the meta tokens and keys [s - W + 1, e); each block
+    A block of queries [s, e) can only see the meta tokens and keys [s - W, e); each block
     attends over just those, with the mask from `visible` restricted to them.
     """
     length = q.shape[2]
@@ -76,7 +76,7 @@ def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window:
     outs = []
     for s in range(0, length, block):
         e = min(s + block, length)
-        lo = max(n_meta, s - window + 1)
+        lo = max(n_meta, s - window)
         keys = torch.cat([positions[:n_meta], positions[lo:e]])
         kb = torch.cat([k[:, :, :n_meta], k[:, :, lo:e]], dim=2)
         vb = torch.cat([v[:, :, :n_meta], v[:, :, lo:e]], dim=2)
