@@ -70,11 +70,13 @@ def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
 class LayerCache:
     k: Tensor | None = None  # (B, n_kv, slots, d_qk), RoPE already applied
     v: Tensor | None = None  # (B, n_kv, slots, d_v)
+    key_pos: Tensor | None = None  # (slots,) long: absolute position held by each KV slot, -1 empty
     conv: Tensor | None = None  # (B, d_inner, d_conv - 1)
     ssm: Tensor | None = None  # (B, d_inner, d_state)
     modal: Tensor | None = None  # (B, d_model, modes, 2), Hyena's complex state as (re, im)
 
     def tensors(self) -> list[Tensor]:
+        """What the cache holds for the model (the bytes the formula counts); not `key_pos`."""
         return [t for t in (self.k, self.v, self.conv, self.ssm, self.modal) if t is not None]
 
     def states(self) -> list[Tensor]:
@@ -83,7 +85,16 @@ class LayerCache:
 
 
 class InferenceCache:
-    """State for prefill-then-step decoding of `batch` equal-length sequences."""
+    """State for prefill-then-step decoding of `batch` equal-length sequences.
+
+    Why the position lives on the device: a decode step reads it (RoPE angles, the slot it writes,
+    the mask) and advances it in place, so one step is one static graph, the same for every
+    position: `torch.compile(fullgraph=True)` compiles it once and a CUDA graph can replay it.
+    Every tensor here is written in place and never rebound, so a captured graph stays valid.
+    `pos` is a host mirror of `position` for bookkeeping outside the step (overflow checks,
+    `checkpoint`); compiled or replayed steps cannot advance it, so it is re-read from the device
+    (one synchronisation) the next time it is asked for.
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
@@ -92,7 +103,9 @@ class InferenceCache:
         self.max_seq_len = max_seq_len
         self.dtype = dtype
         self.device = torch.device(device)
-        self.pos = 0  # absolute positions filled so far, meta tokens included
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # next position to write
+        self._host_pos: int | None = 0
+        self.prefilled = False
         self.layers: list[LayerCache] = []
         for spec in cfg.layers:
             entry = LayerCache()
@@ -101,6 +114,7 @@ class InferenceCache:
                 shape = (batch, spec.n_kv_heads, slots)
                 entry.k = torch.zeros(*shape, cfg.d_qk, dtype=dtype, device=device)
                 entry.v = torch.zeros(*shape, cfg.d_v, dtype=dtype, device=device)
+                entry.key_pos = torch.empty(slots, dtype=torch.long, device=device)
             if spec.has_ssm:
                 entry.conv = torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device)
                 entry.ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=dtype, device=device)
@@ -110,55 +124,99 @@ class InferenceCache:
                 entry.modal = torch.zeros(batch, cfg.d_model, cfg.hyena_modes, 2, dtype=dtype,
                                           device=device)
             self.layers.append(entry)
+        self._reset_key_positions()
+
+    # ------------------------------------------------------------------ positions
+    @property
+    def pos(self) -> int:
+        """Absolute positions filled so far, meta tokens included (host copy of `position`)."""
+        if self._host_pos is None:
+            self._host_pos = int(self.position)
+        return self._host_pos
 
     @property
     def real_tokens(self) -> int:
         return max(0, self.pos - self.cfg.meta_tokens)
 
+    def advance(self, positions: int, real: int) -> None:
+        """Account for a forward pass over `positions` rows (`real` of them tokens, the rest meta).
+
+        Raises on overflow in eager code; inside a compiled step the host mirror is dropped
+        instead (read back from the device when next needed), since a step must not synchronise.
+        """
+        if torch.compiler.is_compiling():
+            self._host_pos = None
+            return
+        if self.real_tokens + real > self.max_seq_len:
+            raise ValueError(f"cache holds {self.max_seq_len} tokens; {self.real_tokens} used, "
+                             f"{real} more requested")
+        self._host_pos = self.pos + positions
+
+    def forget_host_position(self) -> None:
+        """Steps ran where the host could not count them (a CUDA-graph replay)."""
+        self._host_pos = None
+
+    def _reset_key_positions(self) -> None:
+        for spec, entry in zip(self.cfg.layers, self.layers, strict=True):
+            if entry.key_pos is None:
+                continue
+            if spec.attention == "sliding":
+                entry.key_pos.fill_(-1)
+            else:  # global slots are absolute positions; the mask hides those not yet written
+                entry.key_pos.copy_(torch.arange(entry.key_pos.numel(), device=self.device))
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for e in self.layers for t in e.tensors())
+
+    def _bookkeeping(self) -> list[Tensor]:
+        return [self.position] + [e.key_pos for e in self.layers if e.key_pos is not None]
 
     def tile(self, batch: int) -> InferenceCache:
         """A cache for `batch` sequences, each a copy of this batch-1 cache's state."""
         if self.batch != 1:
             raise ValueError("tile() copies a batch-1 cache")
         out = InferenceCache(self.cfg, batch, self.max_seq_len, self.dtype, self.device)
-        out.pos = self.pos
+        out._host_pos, out.prefilled = self._host_pos, self.prefilled
         for src, dst in zip(self.layers, out.layers, strict=True):
             for s, d in zip(src.tensors(), dst.tensors(), strict=True):
                 d.copy_(s.expand_as(d))
+        for s, d in zip(self._bookkeeping(), out._bookkeeping(), strict=True):
+            d.copy_(s)
         return out
 
     def checkpoint(self, steps: int) -> Callable[[], None]:
         """Save what the next `steps` decode steps overwrite; calling the result undoes them.
 
-        Global K/V past `pos` need no saving (nothing reads past `pos`); sliding-window rings
-        lose the slots the new tokens land in; SSM and conv states are small and copied whole.
+        Global K/V past `pos` need no saving (the mask hides them until rewritten); sliding rings
+        lose the slots the new tokens land in; states and positions are small and copied whole.
+        Everything is restored in place, so a captured decode graph stays valid.
         """
-        pos = self.pos
+        pos, host = self.pos, self._host_pos
         saved: list[tuple[Tensor, Tensor, Tensor]] = []
         for spec, entry in zip(self.cfg.layers, self.layers, strict=True):
             if spec.attention == "sliding" and entry.k is not None and entry.v is not None:
                 slots = torch.tensor(sorted({self.slot_of(spec, p) for p in range(pos, pos + steps)}),
                                      device=self.device)
-                saved += [(entry.k, slots, entry.k[:, :, slots].clone()),
-                          (entry.v, slots, entry.v[:, :, slots].clone())]
-        states = [(t, t.clone()) for e in self.layers for t in e.states()]
+                saved += [(t, slots, t[..., slots, :].clone()) for t in (entry.k, entry.v)]
+        small = [(t, t.clone()) for e in self.layers for t in e.states()]
+        small += [(t, t.clone()) for t in self._bookkeeping()]
 
         def restore() -> None:
-            self.pos = pos
+            self._host_pos = host
             for buf, slots, values in saved:
-                buf[:, :, slots] = values
-            for t, copy in states:
+                buf[..., slots, :] = values
+            for t, copy in small:
                 t.copy_(copy)
 
         return restore
 
     def reset(self) -> None:
-        self.pos = 0
+        self.position.zero_()
+        self._host_pos, self.prefilled = 0, False
         for entry in self.layers:
             for t in entry.tensors():
                 t.zero_()
+        self._reset_key_positions()
 
     # ------------------------------------------------------------------ KV slot bookkeeping
     def slot_of(self, spec: LayerSpec, position: int) -> int:
@@ -171,8 +229,7 @@ class InferenceCache:
         """Absolute position held by each KV slot once positions 0..end-1 are written (-1: empty)."""
         m = self.cfg.meta_tokens
         if spec.attention != "sliding":
-            pos = torch.arange(end, device=self.device)
-            return pos
+            return torch.arange(end, device=self.device)
         ring = ring_slots(spec, self.max_seq_len)
         meta = torch.arange(m, device=self.device)
         meta = torch.where(meta < end, meta, torch.full_like(meta, -1))
@@ -185,7 +242,7 @@ class InferenceCache:
     def write_prefill(self, spec: LayerSpec, k: Tensor, v: Tensor) -> None:
         """Store a fresh prefill's K/V (B, n_kv, L, d) for positions 0..L-1 (meta tokens first)."""
         entry = self.layers[spec.index]
-        assert entry.k is not None and entry.v is not None
+        assert entry.k is not None and entry.v is not None and entry.key_pos is not None
         length = k.shape[2]
         if spec.attention != "sliding":
             entry.k[:, :, :length] = k
@@ -200,3 +257,22 @@ class InferenceCache:
         slots = m + (positions - m) % ring
         entry.k[:, :, slots] = k[:, :, first:length]
         entry.v[:, :, slots] = v[:, :, first:length]
+        entry.key_pos.copy_(self.slot_positions(spec, length))
+
+    def update_kv(self, spec: LayerSpec, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One decode step's K/V (B, n_kv, 1, d) written at `position`, with no host round trip.
+
+        Returns the whole buffers and the position each slot holds, for `masks.visible`: a step
+        attends over every slot (a static shape), and the mask hides what it may not see.
+        """
+        entry = self.layers[spec.index]
+        assert entry.k is not None and entry.v is not None and entry.key_pos is not None
+        pos = self.position.view(1)
+        slot = pos
+        if spec.attention == "sliding":  # decode positions are past the meta tokens
+            m = self.cfg.meta_tokens
+            slot = m + torch.remainder(pos - m, ring_slots(spec, self.max_seq_len))
+        entry.k.index_copy_(2, slot, k.to(entry.k.dtype))
+        entry.v.index_copy_(2, slot, v.to(entry.v.dtype))
+        entry.key_pos.index_copy_(0, slot, pos)
+        return entry.k, entry.v, entry.key_pos

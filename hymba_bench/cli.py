@@ -36,6 +36,9 @@ BatchOpt = Annotated[int | None, typer.Option(help="Decode batch (default: the p
 ContextOpt = Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")]
 GenTokensOpt = Annotated[int | None, typer.Option(help="Timed decode steps.")]
 RepeatsOpt = Annotated[int | None, typer.Option(help="Timed repeats (median reported).")]
+DecodeOpt = Annotated[str | None, typer.Option(
+    help="How a decode step runs: eager, compiled (torch.compile), graph (CUDA-graph replay) or "
+         "auto (measured: the faster of eager and graph on CUDA; eager on the CPU).")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     help="Local copies of lm-eval's datasets: a Hugging Face datasets cache (see README).")]
 
@@ -137,6 +140,7 @@ def run(
     context: ContextOpt = None,
     gen_tokens: GenTokensOpt = None,
     repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
     train_steps: Annotated[int | None, typer.Option(
         min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
     data_dir: DataDirOpt = None,
@@ -150,7 +154,7 @@ def run(
                       skip=set(_split(skip)), resume=resume, device=_device(device),
                       variant_files=files,
                       bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
-                             "repeats": repeats},
+                             "repeats": repeats, "decode": decode},
                       train={"steps": train_steps}, data_dir=data_dir)
     try:
         run_all(opts, console)
@@ -175,6 +179,7 @@ def sweep(
     batch: BatchOpt = None,
     gen_tokens: GenTokensOpt = None,
     repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
 ) -> None:
     """Decode throughput and cache size against context length, as results and PNG plots."""
     from hymba_bench.runner import parse_variants
@@ -185,7 +190,8 @@ def sweep(
     opts = SweepOptions(variants=parse_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
                         profile=profile, out=out, resume=resume, device=_device(device),
                         variant_files=files,
-                        bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats})
+                        bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats,
+                               "decode": decode})
     try:
         run_sweep(opts, console)
     except KeyboardInterrupt:
@@ -323,6 +329,7 @@ def compare(
     batch: BatchOpt = None,
     context: ContextOpt = None,
     repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.runner import RunOptions, parse_variants, print_table
@@ -335,7 +342,8 @@ def compare(
         raise HymbaBenchError("compare: name at least two designs")
     opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
                       device=_device(device), variant_files=files,
-                      bench={"batch": batch, "context": context, "repeats": repeats})
+                      bench={"batch": batch, "context": context, "repeats": repeats,
+                             "decode": decode})
     run_all(opts, console, show_tables=False)
     built = compare_table(_load(out), names)
     (out / "compare.md").write_text(built.to_markdown())

@@ -1,12 +1,16 @@
 """Peak memory during a measurement.
 
-GPU: NVML's device-wide used memory, sampled by a background thread (what `nvidia-smi` shows,
-including the CUDA context and allocator slack), beside torch's own allocator peak.
+GPU: torch's allocator peak over the block (`peak_bytes`), after freeing what earlier blocks left
+cached and resetting the peak, so that one design's figure does not carry another's; beside it
+NVML's device-wide used memory (what `nvidia-smi` shows, CUDA context and allocator slack
+included), sampled by a background thread, net of what was in use when the block began
+(`nvml_net_bytes`).
 CPU: growth of the process's resident set over the block, sampled the same way from /proc.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -68,17 +72,20 @@ class PeakMemory:
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
         self.peak_bytes = 0
-        self.torch_peak_bytes = 0
+        self.nvml_net_bytes: int | None = None
         self.source = "none"
         self._sampler: _Sampler | None = None
         self._base = 0
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
+            gc.collect()
             torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()  # what earlier rows left cached is not this row's
             torch.cuda.reset_peak_memory_stats(self.device)
             reader = _nvml_reader(self.device)
-            self.source = "nvml" if reader else "torch.cuda"
+            self.source = "torch.cuda.max_memory_allocated"
+            self._base = (reader() or 0) if reader else 0
         else:
             reader: Callable[[], int | None] | None = _rss_bytes if _rss_bytes() is not None else None
             self.source = "rss-growth" if reader else "none"
@@ -93,7 +100,8 @@ class PeakMemory:
         sampled = self._sampler.stop() if self._sampler is not None else 0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.torch_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-            self.peak_bytes = sampled if self.source == "nvml" else self.torch_peak_bytes
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            if self._sampler is not None:
+                self.nvml_net_bytes = max(0, sampled - self._base)
         else:
             self.peak_bytes = max(0, sampled - self._base)

@@ -27,6 +27,7 @@ UNITS = {
     "prefill_tok_s": "tokens/s",
     "decode_tok_s": "tokens/s",
     "peak_memory_bytes": "bytes",
+    "decode_roofline_pct": "% of the memory-bandwidth bound",
 }
 
 

@@ -25,7 +25,7 @@ from hymba_bench.table import extended_table, roadmap_table
 STAGES = ("cache", "throughput", "accuracy")
 STAGE_METRICS = {
     "cache": ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb"),
-    "throughput": ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes"),
+    "throughput": ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes", "decode_roofline_pct"),
     "accuracy": ("commonsense_pct", "recall_pct"),
 }
 
@@ -142,9 +142,12 @@ def measure_throughput(rv: ResolvedVariant, device: str, record: Callable[..., N
 
     from hymba_bench.model.lm import HybridLM
     from hymba_bench.throughput import (
+        decode_bytes_per_step,
         decode_throughput,
+        device_bandwidth,
         halve_on_oom,
         prefill_throughput,
+        roofline_pct,
         settings_from_profile,
     )
 
@@ -168,14 +171,20 @@ def measure_throughput(rv: ResolvedVariant, device: str, record: Callable[..., N
                                   settings.prefill_batch, halved)
         record("prefill_tok_s", res.tok_s, batch=batch, requested_batch=settings.prefill_batch,
                timing=res.timing.as_dict(), spread=res.timing.spread, **common)
-    if wanted & {"decode_tok_s", "peak_memory_bytes"}:
+    if wanted & {"decode_tok_s", "peak_memory_bytes", "decode_roofline_pct"}:
         dec, batch = halve_on_oom(lambda b: decode_throughput(model, settings, b),
                                   settings.batch, halved)
         extra = {"batch": batch, "requested_batch": settings.batch, **common}
         record("decode_tok_s", dec.tok_s, timing=dec.timing.as_dict(), spread=dec.timing.spread,
-               **extra)
+               decode_mode=dec.mode, decode_probe_ms=dec.probe_ms, **extra)
         record("peak_memory_bytes", dec.peak_memory_bytes, memory_source=dec.memory_source,
-               stage_measured="decode", **extra)
+               peak_memory_nvml_net_bytes=dec.nvml_net_bytes, stage_measured="decode", **extra)
+        moved = decode_bytes_per_step(rv.config, model.num_parameters(), batch, settings.context,
+                                      settings.torch_dtype)
+        bandwidth = device_bandwidth(device)
+        record("decode_roofline_pct", roofline_pct(dec.tok_s, batch, moved, bandwidth),
+               decode_bytes_per_step=moved, bandwidth_bytes_s=bandwidth,
+               roofline_tok_s=batch * bandwidth / moved, decode_mode=dec.mode, **extra)
 
 
 def run(opts: RunOptions, console: Console | None = None, show_tables: bool = True) -> Path:

@@ -85,7 +85,7 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
                     results.append(make_record(
                         cfg.name, "decode_tok_s", res.tok_s, vctx, context=seq, seq_len=seq,
                         batch=batch, requested_batch=settings.batch, gen_tokens=settings.gen_tokens,
-                        dtype=settings.dtype, repeats=settings.repeats,
+                        dtype=settings.dtype, repeats=settings.repeats, decode_mode=res.mode,
                         timing=res.timing.as_dict(), spread=res.timing.spread))
                 progress.advance(task)
     paths = plot(results.load(), opts.out)

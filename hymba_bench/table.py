@@ -138,6 +138,18 @@ def _notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _modes(decode: pd.DataFrame) -> str:
+    """How the decode steps ran, e.g. 'eager' or 'as a CUDA graph (3 rows), eager (1 row)'."""
+    words = {"eager": "eagerly", "compiled": "compiled (torch.compile, fullgraph)",
+             "graph": "as a replayed CUDA graph"}
+    if "decode_mode" not in decode:
+        return "eagerly"
+    counts = decode["decode_mode"].fillna("eager").value_counts()
+    if len(counts) == 1:
+        return words.get(counts.index[0], counts.index[0])
+    return ", ".join(f"{words.get(m, m)} ({n} row{'s' if n > 1 else ''})" for m, n in counts.items())
+
+
 def _conventions(frame: pd.DataFrame) -> list[str]:
     notes = []
     decode = frame[frame.metric == "decode_tok_s"]
@@ -147,8 +159,9 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
             f"Throughput (token/sec): decode (generation) tokens/s = batch x generated tokens / "
             f"decode time, with the cache already holding {int(r.get('context', 0))} tokens; batch "
             f"{int(r.get('batch', 0))}, {int(r.get('gen_tokens', 0))} generated tokens, {r.get('dtype')}, "
-            f"median of {int(r.get('repeats', 0))} repeats, on {r.get('device')}. "
-            "Prefill tokens/s are in the extended table."
+            f"median of {int(r.get('repeats', 0))} repeats, on {r.get('device')}; decode step "
+            f"run {_modes(decode)}. Prefill tokens/s and each row's percentage of the memory-"
+            "bandwidth roofline are in the extended table."
         )
     recall = frame[frame.metric == "recall_pct"]
     proxy = len(recall) and "recall_source" in recall \
@@ -263,6 +276,7 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
             "Params": get(name, "params"),
             "Decode (tok/s)": tps,
             "Prefill (tok/s)": get(name, "prefill_tok_s"),
+            "Decode roofline (%)": get(name, "decode_roofline_pct"),
             "Cache (bytes)": get(name, "cache_bytes"),
             "Cache (MB)": mb,
             "Recall (%)": get(name, "recall_pct"),

@@ -8,6 +8,19 @@ hold, and it keeps an 8K x batch-128 fill within memory and time.
 
 Prefill: `prefill_batch` x `context` tokens into a fresh cache, timed separately.
 
+How a decode step runs (`decode`): `eager` calls the model; `compiled` runs
+`torch.compile(model, fullgraph=True)`, one graph for every position since the position lives in
+the cache on the device; `graph` replays a CUDA graph of that step, captured after a warm-up (one
+graph per batch size, as mamba-ssm's generation does), so the figure is the GPU's time, not the
+interpreter's. `auto` measures: on CUDA it times eager and graph steps on the design and keeps
+the faster; on the CPU it is eager, because compiling costs about 40 s per design on the 2-core
+machine (measured) against well under a second saved over the profile's few timed steps; ask for
+`--decode compiled` to measure compiled steps there. The mode that ran is in every record.
+
+Roofline: a decode step must read every weight once and the cache (K/V of the context, the
+recurrent states, which it also writes back); at the device's measured copy bandwidth that bounds
+tokens/s, and `decode_roofline_pct` says how close a design gets.
+
 On out-of-memory the batch is halved until it fits (as the paper did), and the batch that ran is
 recorded.
 """
@@ -16,12 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from hymba_bench.cache import InferenceCache
+from hymba_bench.cache import InferenceCache, cache_bytes, state_elements
+from hymba_bench.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.memory import PeakMemory
 from hymba_bench.timing import Timing, measure
@@ -38,10 +53,15 @@ class BenchSettings:
     warmup: int = 1
     repeats: int = 3
     dtype: str = "float32"
+    decode: str = "auto"  # eager | compiled | graph | auto (see the module docstring)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+
+DECODE_MODES = ("auto", "eager", "compiled", "graph")
+Step = Callable[[Tensor], Tensor]  # (B, 1) token ids -> (B, 1, vocab) logits, advancing the cache
 
 
 @dataclass
@@ -51,6 +71,9 @@ class DecodeResult:
     timing: Timing
     peak_memory_bytes: int
     memory_source: str
+    mode: str
+    nvml_net_bytes: int | None = None  # device-wide NVML peak, net of what was in use before
+    probe_ms: dict[str, float] | None = None  # auto: ms per step of each mode tried
 
 
 @dataclass
@@ -96,23 +119,109 @@ def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int) ->
     return one.tile(batch) if batch > 1 else one
 
 
+def _graph_step(model: nn.Module, cache: InferenceCache, first: Tensor) -> Step:
+    """A CUDA graph of one decode step, captured after warm-up steps (then undone)."""
+    token = first.clone()  # the graph's input buffer: each call copies its token in
+    undo = cache.checkpoint(3)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            model(token, cache)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = model(token, cache)
+    undo()
+
+    def step(t: Tensor) -> Tensor:
+        token.copy_(t)
+        graph.replay()
+        cache.forget_host_position()  # the replay advanced the position on the device only
+        return logits
+
+    return step
+
+
+def make_step(model: nn.Module, cache: InferenceCache, first: Tensor, mode: str) -> Step:
+    """The decode step in `mode`, compiled or captured already (no compile time in a timing)."""
+    if mode == "eager":
+        return lambda t: model(t, cache)
+    if mode == "graph":
+        if first.device.type != "cuda":
+            raise HymbaBenchError("--decode graph: CUDA graphs need a CUDA device")
+        return _graph_step(model, cache, first)
+    if mode == "compiled":
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        undo = cache.checkpoint(2)
+        for _ in range(2):  # compile, and check the next position reuses the graph
+            compiled(first, cache)
+        undo()
+        return lambda t: compiled(t, cache)
+    raise HymbaBenchError(f"--decode: expected one of {', '.join(DECODE_MODES)}, got {mode!r}")
+
+
+def _time_steps(step: Step, first: Tensor, cache: InferenceCache, n: int, repeats: int,
+                warmup: int) -> Timing:
+    restore = cache.checkpoint(n)
+
+    def generate() -> None:
+        token = first
+        for _ in range(n):
+            token = step(token)[:, -1].argmax(-1, keepdim=True)
+
+    return measure(generate, warmup=warmup, repeats=repeats, device=first.device, setup=restore)
+
+
 @torch.inference_mode()
 def decode_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> DecodeResult:
     device = next(model.parameters()).device
     with PeakMemory(device) as peak:
         cache = filled_cache(model, batch, settings.context, settings.gen_tokens)
         first = _prompt(model, batch, 1, seed=1)
-        restore = cache.checkpoint(settings.gen_tokens)
-
-        def generate() -> None:
-            token = first
-            for _ in range(settings.gen_tokens):
-                token = model(token, cache)[:, -1].argmax(-1, keepdim=True)
-
-        timing = measure(generate, warmup=settings.warmup, repeats=settings.repeats,
-                         device=device, setup=restore)
+        mode, probe = settings.decode, None
+        if mode == "auto":
+            mode = "eager"
+            if device.type == "cuda":  # measured: the faster of eager and graph on this design
+                n = min(8, settings.gen_tokens)
+                steps = {m: make_step(model, cache, first, m) for m in ("eager", "graph")}
+                probe = {m: 1e3 * _time_steps(f, first, cache, n, 3, 1).median_s / n
+                         for m, f in steps.items()}
+                mode = min(probe, key=probe.__getitem__)
+        step = make_step(model, cache, first, mode) if probe is None else steps[mode]
+        timing = _time_steps(step, first, cache, settings.gen_tokens, settings.repeats,
+                             settings.warmup)
     return DecodeResult(batch * settings.gen_tokens / timing.median_s, batch, timing,
-                        peak.peak_bytes, peak.source)
+                        peak.peak_bytes, peak.source, mode, peak.nvml_net_bytes, probe)
+
+
+def decode_bytes_per_step(cfg: ModelConfig, n_params: int, batch: int, context: int,
+                          dtype: torch.dtype) -> int:
+    """What one decode step must move at the least: every weight read once, the cache of
+    `context` tokens read, the recurrent states written back."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return n_params * elem + cache_bytes(cfg, batch, context, dtype) + batch * state_elements(cfg) * elem
+
+
+def measure_bandwidth(device: torch.device | str, nbytes: int | None = None) -> float:
+    """Device memory bandwidth in bytes/s: a large on-device copy (read + write), median of 5."""
+    device = torch.device(device)
+    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 1 << 28)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    timing = measure(lambda: dst.copy_(src), warmup=2, repeats=5, device=device)
+    return 2 * nbytes / timing.median_s
+
+
+@cache
+def device_bandwidth(device: str) -> float:
+    """`measure_bandwidth`, once per process and device: a run's rows share one figure."""
+    return measure_bandwidth(device)
+
+
+def roofline_pct(tok_s: float, batch: int, bytes_per_step: int, bandwidth: float) -> float:
+    """Measured tokens/s as a percentage of the bandwidth bound batch * bandwidth / bytes."""
+    return 100.0 * tok_s / (batch * bandwidth / bytes_per_step)
 
 
 @torch.inference_mode()
@@ -130,8 +239,15 @@ def settings_from_profile(bench: dict[str, Any], device: torch.device,
     """The profile's `bench` block for this device kind (cpu or cuda), with overrides applied."""
     kind = "cuda" if device.type == "cuda" else "cpu"
     values = {**bench[kind], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if values.get("decode", "auto") not in DECODE_MODES:
+        raise HymbaBenchError(f"decode: expected one of {', '.join(DECODE_MODES)}, "
+                              f"got {values['decode']!r}")
+    if values.get("decode") == "graph" and device.type != "cuda":
+        raise HymbaBenchError("decode: 'graph' replays CUDA graphs and needs a CUDA device")
     for key, value in values.items():
-        if key != "dtype" and (not isinstance(value, int) or value < (0 if key == "warmup" else 1)):
+        if key in ("dtype", "decode"):
+            continue
+        if not isinstance(value, int) or value < (0 if key == "warmup" else 1):
             raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
     if not isinstance(getattr(torch, str(values.get("dtype")), None), torch.dtype):
         raise HymbaBenchError(f"dtype: expected a torch dtype name, got {values.get('dtype')!r}")

@@ -1,8 +1,8 @@
 """Grouped-query attention over fresh, cached or another layer's K/V.
 
 `attend` is shared by plain attention layers and the attention heads of hybrid layers. K/V
-producers publish what they attend over in `shared` (keyed by layer index) so that consumer layers
-(`kv: shared:<i>`) reuse it in the same forward pass, with or without a cache.
+producers publish what they attend over in `ctx.shared` (keyed by layer index) so that consumer
+layers (`kv: shared:<i>`) reuse it in the same forward pass, with or without a cache.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.cache import InferenceCache
 from hymba_bench.config import LayerSpec, ModelConfig
 from hymba_bench.masks import visible
+from hymba_bench.model.context import Context
 from hymba_bench.model.layers import Rotary
-
-# layer index -> (K, V, key positions or None when every key is visible)
-SharedKV = dict[int, tuple[Tensor, Tensor, Tensor | None]]
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -26,38 +23,28 @@ def split_heads(x: Tensor, heads: int) -> Tensor:
     return x.view(b, length, heads, -1).transpose(1, 2)
 
 
-def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, positions: Tensor,
-           n_meta: int, cache: InferenceCache | None, shared: SharedKV) -> Tensor:
+def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, n_meta: int,
+           ctx: Context) -> Tensor:
     """q: (B, Hq, L, d_qk), k/v: (B, Hkv, L, d) rotated, None for consumers -> (B, L, Hq*d_v)."""
     length = q.shape[2]
+    positions = ctx.positions
     if spec.owns_kv:
         assert k is not None and v is not None
-        if cache is None:
-            k_pos: Tensor | None = positions
-        elif cache.pos == 0:
-            cache.write_prefill(spec, k, v)
-            k_pos = positions
-        else:  # one decode step: write the new token, then attend over the buffer in place
-            entry = cache.layers[spec.index]
-            assert entry.k is not None and entry.v is not None
-            slot = cache.slot_of(spec, cache.pos)
-            entry.k[:, :, slot] = k[:, :, 0]
-            entry.v[:, :, slot] = v[:, :, 0]
-            end = cache.pos + 1
-            if spec.attention == "sliding":
-                k, v, k_pos = entry.k, entry.v, cache.slot_positions(spec, end)
-            else:
-                k, v, k_pos = entry.k[:, :, :end], entry.v[:, :, :end], None
-        shared[spec.index] = (k, v, k_pos)
+        k_pos = positions
+        if ctx.decode:  # the cache writes the new token; attend over its whole buffer, masked
+            assert ctx.cache is not None
+            k, v, k_pos = ctx.cache.update_kv(spec, k, v)
+        elif ctx.cache is not None:
+            ctx.cache.write_prefill(spec, k, v)
+        ctx.shared[spec.index] = (k, v, k_pos)
     else:
-        k, v, k_pos = shared[spec.kv_source]  # type: ignore[index]
-    if k_pos is positions and spec.attention == "sliding":  # fresh prefill, local attention
+        k, v, k_pos = ctx.shared[spec.kv_source]  # type: ignore[index]
+    if ctx.decode:
+        out = ops.attention(q, k, v, visible(positions, k_pos, spec.window, n_meta))
+    elif spec.attention == "sliding":  # fresh sequence, local attention
         out = _sliding_prefill(q, k, v, positions, spec.window, n_meta)  # type: ignore[arg-type]
-    elif k_pos is positions:  # fresh prefill, global: the mask is exactly causal
+    else:  # fresh sequence, global: the mask is exactly causal
         out = ops.attention(q, k, v, causal=True)
-    else:
-        mask = None if k_pos is None else visible(positions, k_pos, spec.window, n_meta)
-        out = ops.attention(q, k, v, mask)
     b = out.shape[0]
     return out.transpose(1, 2).reshape(b, length, -1)
 
@@ -98,15 +85,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
-                shared: SharedKV) -> Tensor:
-        q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), positions)
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), ctx.positions)
         k = v = None
         if self.spec.owns_kv:
-            k = self.rotary(split_heads(self.k_proj(x), self.spec.n_kv_heads), positions)
+            k = self.rotary(split_heads(self.k_proj(x), self.spec.n_kv_heads), ctx.positions)
             v = split_heads(self.v_proj(x), self.spec.n_kv_heads)
-        out = attend(q, k, v, self.spec, positions, self.cfg.meta_tokens, cache, shared)
-        return self.o_proj(out)
+        return self.o_proj(attend(q, k, v, self.spec, self.cfg.meta_tokens, ctx))
 
 
 def qkv_widths(cfg: ModelConfig, spec: LayerSpec) -> tuple[int, int, int]:

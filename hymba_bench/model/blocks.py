@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hymba_bench.cache import InferenceCache
 from hymba_bench.config import LayerSpec, ModelConfig
-from hymba_bench.model.attention import Attention, SharedKV, attend, qkv_widths, split_heads
+from hymba_bench.model.attention import Attention, attend, qkv_widths, split_heads
+from hymba_bench.model.context import Context
 from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm, Rotary, SwiGLU
 from hymba_bench.model.moe import MoE
@@ -32,18 +32,16 @@ class HybridHeads(SSMCore):
         self.ssm_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
-                shared: SharedKV, step: bool) -> Tensor:
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
         q, k, v, xs, z = self.in_proj(x).split(self.widths, dim=-1)
         cfg = self.cfg
-        q = self.rotary(split_heads(q, cfg.n_heads), positions)
+        q = self.rotary(split_heads(q, cfg.n_heads), ctx.positions)
         kh = vh = None
         if self.spec.owns_kv:
-            kh = self.rotary(split_heads(k, self.spec.n_kv_heads), positions)
+            kh = self.rotary(split_heads(k, self.spec.n_kv_heads), ctx.positions)
             vh = split_heads(v, self.spec.n_kv_heads)
-        attn = attend(q, kh, vh, self.spec, positions, cfg.meta_tokens, cache, shared)
-        entry = cache.layers[self.spec.index] if cache is not None else None
-        ssm = self.ssm(xs, z, entry, step)
+        attn = attend(q, kh, vh, self.spec, cfg.meta_tokens, ctx)
+        ssm = self.ssm(xs, z, ctx.state(self.spec.index), ctx.decode)
         return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)
 
 
@@ -58,9 +56,9 @@ class DecoderLayer(nn.Module):
         if spec.mixer == "attention":
             self.mixer = Attention(cfg, spec)
         elif spec.mixer == "mamba":
-            self.mixer = Mamba(cfg)
+            self.mixer = Mamba(cfg, spec)
         elif spec.mixer == "hyena":
-            self.mixer = Hyena(cfg)
+            self.mixer = Hyena(cfg, spec)
         else:
             self.mixer = HybridHeads(cfg, spec)
         self.ffn: nn.Module | None = None
@@ -78,17 +76,8 @@ class DecoderLayer(nn.Module):
             else:
                 setattr(self, name, module)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: InferenceCache | None,
-                shared: SharedKV, step: bool) -> Tensor:
-        h = self.input_layernorm(x)
-        entry = cache.layers[self.spec.index] if cache is not None else None
-        if self.spec.mixer == "attention":
-            h = self.mixer(h, positions, cache, shared)
-        elif self.spec.mixer in ("mamba", "hyena"):
-            h = self.mixer(h, entry, step)
-        else:
-            h = self.mixer(h, positions, cache, shared, step)
-        x = x + h
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        x = x + self.mixer(self.input_layernorm(x), ctx)
         if self.ffn is not None:
             x = x + self.ffn(self.post_mixer_layernorm(x))
         return x

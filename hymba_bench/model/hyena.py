@@ -16,13 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.cache import LayerCache
-from hymba_bench.config import ModelConfig
+from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.model.context import Context
 
 
 class Hyena(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__()
+        self.spec = spec
         d, n, k = cfg.d_model, cfg.hyena_modes, cfg.hyena_short_conv
         self.d_model = d
         self.in_proj = nn.Linear(d, 3 * d, bias=False)
@@ -47,11 +48,12 @@ class Hyena(nn.Module):
     def rate(self) -> Tensor:
         return torch.exp(self.log_rate.float())  # (D, N), > 0: |lambda| < 1
 
-    def forward(self, u: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+    def forward(self, u: Tensor, ctx: Context) -> Tensor:
         """u: (B, L, D) -> (B, L, D)."""
+        cache = ctx.state(self.spec.index)
         weight = self.short_conv.weight.squeeze(1)  # (3D, K)
         proj = self.in_proj(u)  # (B, L, 3D)
-        if step:
+        if ctx.decode:
             assert cache is not None and cache.conv is not None and cache.modal is not None
             v, x1, x2 = ops.causal_conv1d_update(proj[:, 0], cache.conv, weight,
                                                  self.short_conv.bias).chunk(3, dim=-1)  # (B, D)

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from hymba_bench.cache import InferenceCache
 from hymba_bench.config import ModelConfig
-from hymba_bench.model.attention import SharedKV
 from hymba_bench.model.blocks import DecoderLayer
+from hymba_bench.model.context import Context
 from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm
 from hymba_bench.model.moe import MoE
@@ -67,30 +67,37 @@ class HybridLM(nn.Module):
     def forward(self, input_ids: Tensor, cache: InferenceCache | None = None) -> Tensor:
         """input_ids (B, L) -> logits (B, L, vocab) for the real tokens only.
 
-        With a cache: the first call is the prefill (meta tokens prepended), later calls continue
-        from `cache.pos`; several tokens after the prefill run as successive one-token steps.
+        With a cache: the first call is the prefill (meta tokens prepended); later calls are
+        decode steps from `cache.position`, several tokens running as successive one-token steps.
+        A decode step reads its position from the cache on the device and advances it there, so
+        it is one graph for every position (`torch.compile(model, fullgraph=True)` compiles it
+        once; a CUDA graph replays it).
         """
-        if cache is not None and cache.pos > 0 and input_ids.shape[1] > 1:
+        decode = cache is not None and cache.prefilled
+        if decode and input_ids.shape[1] > 1:
             steps = [self.forward(input_ids[:, i:i + 1], cache) for i in range(input_ids.shape[1])]
             return torch.cat(steps, dim=1)
-        start = cache.pos if cache is not None else 0
         x = self.embed_tokens(input_ids)  # (B, L, D)
         n_meta = 0
-        if start == 0 and self.meta_tokens is not None:
+        if not decode and self.meta_tokens is not None:
             n_meta = self.meta_tokens.shape[0]
             x = torch.cat([self.meta_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         length = x.shape[1]
-        if cache is not None and cache.real_tokens + input_ids.shape[1] > cache.max_seq_len:
-            raise ValueError(
-                f"cache holds {cache.max_seq_len} tokens; {cache.real_tokens} used, "
-                f"{input_ids.shape[1]} more requested"
-            )
-        positions = torch.arange(start, start + length, device=x.device)
-        step = cache is not None and start > 0
-        shared: SharedKV = {}
-        for layer in self.layers:
-            x = layer(x, positions, cache, shared, step)
         if cache is not None:
-            cache.pos += length
+            cache.advance(length, input_ids.shape[1])
+        if decode:
+            assert cache is not None
+            positions = cache.position.view(1)
+        else:
+            positions = torch.arange(length, device=x.device)
+        ctx = Context(positions, cache, decode)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        if cache is not None:
+            if decode:
+                cache.position.add_(1)
+            else:
+                cache.position.fill_(length)
+                cache.prefilled = True
         x = self.norm(x[:, n_meta:])
         return self.lm_head(x)

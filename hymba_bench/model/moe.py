@@ -38,4 +38,7 @@ class MoE(nn.Module):
             n_experts = probs.shape[-1]
             share = F.one_hot(chosen, n_experts).float().sum(1).mean(0) / self.top_k  # (E,)
             self.aux_loss = n_experts * (share * probs.mean(0)).sum()
-        return ops.moe_combine(flat, weights, chosen, self.experts).view(b, length, d)
+        # A decode step needs static shapes (compiled or captured); the gathered form's per-expert
+        # token lists are data-dependent, so one-token steps run every expert on every row.
+        combine = ops.moe_combine_ref if length == 1 else ops.moe_combine
+        return combine(flat, weights, chosen, self.experts).view(b, length, d)

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from hymba_bench import ops
 from hymba_bench.cache import LayerCache
-from hymba_bench.config import ModelConfig
+from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.model.context import Context
 from hymba_bench.model.layers import RMSNorm
 
 
@@ -56,11 +57,11 @@ class SSMCore(nn.Module):
             dt, b, c = self.dt_layernorm(dt), self.B_layernorm(b), self.C_layernorm(c)
         return F.linear(dt, self.dt_proj.weight), b, c
 
-    def ssm(self, xs: Tensor, z: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+    def ssm(self, xs: Tensor, z: Tensor, cache: LayerCache | None, decode: bool) -> Tensor:
         """xs, z: (B, L, d_inner) -> gated SSM output (B, L, d_inner)."""
         A = -torch.exp(self.A_log.float())  # (D, N)
         weight = self.conv1d.weight.squeeze(1)  # (D, K)
-        if step:
+        if decode:
             assert cache is not None and cache.conv is not None and cache.ssm is not None
             xc = ops.causal_conv1d_update(xs[:, 0], cache.conv, weight, self.conv1d.bias, "silu")
             dt, b, c = self._dt_bc(xc)  # (B, D), (B, N), (B, N)
@@ -86,12 +87,13 @@ class SSMCore(nn.Module):
 class Mamba(SSMCore):
     """A pure Mamba-1 mixer: in_proj -> (x, z) -> SSM -> out_proj."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__(cfg)
+        self.spec = spec
         self.d_inner = cfg.d_inner
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=False)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
-    def forward(self, x: Tensor, cache: LayerCache | None, step: bool) -> Tensor:
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        return self.out_proj(self.ssm(xs, z, cache, step))
+        return self.out_proj(self.ssm(xs, z, ctx.state(self.spec.index), ctx.decode))

@@ -16,8 +16,10 @@ from hymba_bench.ops.conv import (
 )
 from hymba_bench.ops.conv import (
     causal_conv1d_ref,
-    causal_conv1d_update,
     conv_state_from_prefix,
+)
+from hymba_bench.ops.conv import (
+    causal_conv1d_update as causal_conv1d_update_torch,
 )
 from hymba_bench.ops.long_conv import (
     long_conv_fft,
@@ -46,8 +48,9 @@ except ImportError:
     _state_update_cuda = None
 try:
     from causal_conv1d import causal_conv1d_fn as _conv_cuda
+    from causal_conv1d import causal_conv1d_update as _conv_update_cuda
 except ImportError:
-    _conv_cuda = None
+    _conv_cuda = _conv_update_cuda = None
 
 
 def _on_cuda(t: Tensor, kernel: object) -> bool:
@@ -75,6 +78,12 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     return fn(x, weight, bias, activation)
 
 
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+                         activation: str | None = None) -> Tensor:
+    fn = _conv_update_cuda if _on_cuda(x, _conv_update_cuda) else causal_conv1d_update_torch
+    return fn(x, conv_state, weight, bias, activation)
+
+
 def long_conv(u: Tensor, h: Tensor) -> Tensor:
     """Hyena's long causal convolution: FFT everywhere (no fused kernel is needed at these sizes)."""
     return long_conv_fft(u, h)
@@ -87,6 +96,7 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
         "selective_scan": "mamba_ssm" if cuda and _scan_cuda else "torch-chunked",
         "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
         "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
+        "causal_conv1d_update": "causal_conv1d" if cuda and _conv_update_cuda else "torch",
         "attention": "grouped-matmul decode, torch-sdpa prefill",
         "long_conv": "torch-fft",
         "moe": "torch-gather",
@@ -100,6 +110,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_update",
+    "causal_conv1d_update_torch",
     "conv_state_from_prefix",
     "long_conv",
     "long_conv_fft",

@@ -1,0 +1,24 @@
+"""What every mixer receives besides its input: one signature for attention, Mamba, hybrid, Hyena."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from hymba_bench.cache import InferenceCache, LayerCache
+
+# layer index -> (K, V, key positions): what a K/V producer attended over, for its consumers
+SharedKV = dict[int, tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass
+class Context:
+    positions: Tensor  # (L,) absolute positions of the rows of x, meta tokens counted
+    cache: InferenceCache | None = None
+    decode: bool = False  # one token per sequence into a prefilled cache
+    shared: SharedKV = field(default_factory=dict)
+
+    def state(self, index: int) -> LayerCache | None:
+        """Layer `index`'s cache entry, or None without a cache."""
+        return self.cache.layers[index] if self.cache is not None else None
