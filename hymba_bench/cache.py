@@ -6,24 +6,27 @@ Per layer, by its role in `ModelConfig.layers`:
   `masks.visible` lets a query see: itself and the W before it); a real token at absolute position
   p >= M lives in slot M + (p - M) % R
 - KV consumers (`shared:i`): nothing; they read layer i's buffers
-- Mamba / hybrid SSM: conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state)
-- Hyena: short-conv state (B, 3 d_model, k - 1) and the modal state (B, d_model, modes, 2), the
-  real and imaginary parts of one complex accumulator per pole of the long filter
+- recurrent state, as each mixer declares it (`state_shapes` on its class): Mamba / hybrid SSM:
+  conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state); Hyena: short-conv
+  state (B, 3 d_model, k - 1) and the modal state (B, d_model, modes, 2), the real and imaginary
+  parts of one complex accumulator per pole of the long filter
 
-`cache_bytes` is the formula; `InferenceCache.nbytes()` sums what was allocated; tests hold them
-equal for every variant. `cache_mb_paper` is the paper's Table 1 convention.
+`cache_bytes` is the formula, written out independently of those declarations;
+`InferenceCache.nbytes()` sums what was allocated; tests hold them equal for every variant.
+`cache_mb_paper` is the paper's Table 1 convention.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from hymba_bench.config import LayerSpec, ModelConfig
 from hymba_bench.masks import window_keys
+from hymba_bench.model.blocks import MIXER_TYPES
 
 
 def ring_slots(spec: LayerSpec, seq_len: int) -> int:
@@ -71,17 +74,17 @@ class LayerCache:
     k: Tensor | None = None  # (B, n_kv, slots, d_qk), RoPE already applied
     v: Tensor | None = None  # (B, n_kv, slots, d_v)
     key_pos: Tensor | None = None  # (slots,) long: absolute position held by each KV slot, -1 empty
-    conv: Tensor | None = None  # (B, d_inner, d_conv - 1)
-    ssm: Tensor | None = None  # (B, d_inner, d_state)
-    modal: Tensor | None = None  # (B, d_model, modes, 2), Hyena's complex state as (re, im)
+    # recurrent state by name, as the layer's mixer declares it (`state_shapes`): e.g. Mamba's
+    # conv (B, d_inner, d_conv - 1) and ssm (B, d_inner, d_state)
+    state: dict[str, Tensor] = field(default_factory=dict)
 
     def tensors(self) -> list[Tensor]:
         """What the cache holds for the model (the bytes the formula counts); not `key_pos`."""
-        return [t for t in (self.k, self.v, self.conv, self.ssm, self.modal) if t is not None]
+        return [t for t in (self.k, self.v) if t is not None] + list(self.state.values())
 
     def states(self) -> list[Tensor]:
         """The recurrent states, rewritten whole by every step."""
-        return [t for t in (self.conv, self.ssm, self.modal) if t is not None]
+        return list(self.state.values())
 
 
 class InferenceCache:
@@ -115,14 +118,8 @@ class InferenceCache:
                 entry.k = torch.zeros(*shape, cfg.d_qk, dtype=dtype, device=device)
                 entry.v = torch.zeros(*shape, cfg.d_v, dtype=dtype, device=device)
                 entry.key_pos = torch.empty(slots, dtype=torch.long, device=device)
-            if spec.has_ssm:
-                entry.conv = torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device)
-                entry.ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=dtype, device=device)
-            if spec.has_hyena:
-                width = 3 * cfg.d_model
-                entry.conv = torch.zeros(batch, width, cfg.hyena_short_conv - 1, dtype=dtype, device=device)
-                entry.modal = torch.zeros(batch, cfg.d_model, cfg.hyena_modes, 2, dtype=dtype,
-                                          device=device)
+            for name, shape in MIXER_TYPES[spec.mixer].state_shapes(cfg, batch).items():
+                entry.state[name] = torch.zeros(*shape, dtype=dtype, device=device)
             self.layers.append(entry)
         self._reset_key_positions()
 

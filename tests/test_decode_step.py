@@ -133,3 +133,13 @@ def test_decode_bytes_count_weights_cache_and_state_writes() -> None:
 def test_bandwidth_is_a_positive_rate() -> None:
     bandwidth = measure_bandwidth("cpu", 1 << 22)
     assert 1e8 < bandwidth < 1e13  # 0.1 GB/s to 10 TB/s: a copy, not a no-op
+
+
+def test_every_layout_mixer_has_a_class_that_declares_its_state() -> None:
+    from hymba_bench.config import MIXERS, ModelConfig
+    from hymba_bench.model.blocks import MIXER_TYPES
+
+    assert set(MIXER_TYPES) == set(MIXERS)
+    cfg = ModelConfig()
+    for cls in MIXER_TYPES.values():  # shapes only: no weights needed to size a cache
+        assert all(shape[0] == 3 for shape in cls.state_shapes(cfg, 3).values())

@@ -85,6 +85,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
 
+    @staticmethod
+    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+        """No recurrent state: K/V slots follow the layer plan (own, shared, ring) and are the
+        cache's own (`InferenceCache`), since a consumer layer reads its producer's."""
+        return {}
+
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), ctx.positions)
         k = v = None

@@ -52,15 +52,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.spec = spec
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer: nn.Module
-        if spec.mixer == "attention":
-            self.mixer = Attention(cfg, spec)
-        elif spec.mixer == "mamba":
-            self.mixer = Mamba(cfg, spec)
-        elif spec.mixer == "hyena":
-            self.mixer = Hyena(cfg, spec)
-        else:
-            self.mixer = HybridHeads(cfg, spec)
+        self.mixer: nn.Module = MIXER_TYPES[spec.mixer](cfg, spec)
         self.ffn: nn.Module | None = None
         if spec.ffn != "none":
             self.post_mixer_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -81,3 +73,13 @@ class DecoderLayer(nn.Module):
         if self.ffn is not None:
             x = x + self.ffn(self.post_mixer_layernorm(x))
         return x
+
+
+# Every mixer, by its `layout` name: built as cls(cfg, spec), called as mixer(x, ctx), and
+# declaring its decode state with cls.state_shapes(cfg, batch) (the cache allocates it).
+MIXER_TYPES: dict[str, type[nn.Module]] = {
+    "attention": Attention,
+    "mamba": Mamba,
+    "hybrid": HybridHeads,
+    "hyena": Hyena,
+}

@@ -36,6 +36,13 @@ class Hyena(nn.Module):
         self.out_proj = nn.Linear(d, d, bias=False)
         self.reset_hyena_parameters()
 
+    @staticmethod
+    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+        """The decode state: the short convs' last k - 1 inputs and one complex accumulator
+        (re, im) per pole of the long filter."""
+        return {"conv": (batch, 3 * cfg.d_model, cfg.hyena_short_conv - 1),
+                "modal": (batch, cfg.d_model, cfg.hyena_modes, 2)}
+
     @torch.no_grad()
     def reset_hyena_parameters(self, min_rate: float = 1e-3, max_rate: float = 0.5) -> None:
         """Decay rates log-uniform (memories from ~2 to ~1000 tokens), angles uniform in [0, pi)."""
@@ -54,11 +61,11 @@ class Hyena(nn.Module):
         weight = self.short_conv.weight.squeeze(1)  # (3D, K)
         proj = self.in_proj(u)  # (B, L, 3D)
         if ctx.decode:
-            assert cache is not None and cache.conv is not None and cache.modal is not None
-            v, x1, x2 = ops.causal_conv1d_update(proj[:, 0], cache.conv, weight,
+            assert cache is not None
+            v, x1, x2 = ops.causal_conv1d_update(proj[:, 0], cache.state["conv"], weight,
                                                  self.short_conv.bias).chunk(3, dim=-1)  # (B, D)
             z = x1 * v
-            y = ops.modal_step(cache.modal, z, self.rate(), self.theta, self.residues)
+            y = ops.modal_step(cache.state["modal"], z, self.rate(), self.theta, self.residues)
             y = x2 * (y.to(z.dtype) + self.D.to(z.dtype) * z)
             return self.out_proj(y[:, None])
         p = proj.transpose(1, 2)  # (B, 3D, L)
@@ -68,7 +75,6 @@ class Hyena(nn.Module):
         h = ops.modal_filter(powers, self.residues)  # (D, L)
         y = x2 * (ops.long_conv(z, h) + self.D.to(z.dtype)[None, :, None] * z)
         if cache is not None:
-            assert cache.conv is not None and cache.modal is not None
-            cache.conv.copy_(ops.conv_state_from_prefix(p, weight.shape[1]))
-            cache.modal.copy_(ops.modal_state(z, powers))
+            cache.state["conv"].copy_(ops.conv_state_from_prefix(p, weight.shape[1]))
+            cache.state["modal"].copy_(ops.modal_state(z, powers))
         return self.out_proj(y.transpose(1, 2))

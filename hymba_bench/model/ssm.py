@@ -7,15 +7,18 @@ so weights move between the two; Hymba adds RMSNorms on dt, B and C.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.cache import LayerCache
 from hymba_bench.config import LayerSpec, ModelConfig
 from hymba_bench.model.context import Context
+
+if TYPE_CHECKING:
+    from hymba_bench.cache import LayerCache
 from hymba_bench.model.layers import RMSNorm
 
 
@@ -37,6 +40,11 @@ class SSMCore(nn.Module):
             self.dt_layernorm = RMSNorm(r, cfg.norm_eps)
             self.B_layernorm = RMSNorm(n, cfg.norm_eps)
             self.C_layernorm = RMSNorm(n, cfg.norm_eps)
+
+    @staticmethod
+    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+        """The decode state: the conv's last d_conv - 1 inputs and the SSM state."""
+        return {"conv": (batch, cfg.d_inner, cfg.d_conv - 1), "ssm": (batch, cfg.d_inner, cfg.d_state)}
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
@@ -62,10 +70,11 @@ class SSMCore(nn.Module):
         A = -torch.exp(self.A_log.float())  # (D, N)
         weight = self.conv1d.weight.squeeze(1)  # (D, K)
         if decode:
-            assert cache is not None and cache.conv is not None and cache.ssm is not None
-            xc = ops.causal_conv1d_update(xs[:, 0], cache.conv, weight, self.conv1d.bias, "silu")
+            assert cache is not None
+            conv, state = cache.state["conv"], cache.state["ssm"]
+            xc = ops.causal_conv1d_update(xs[:, 0], conv, weight, self.conv1d.bias, "silu")
             dt, b, c = self._dt_bc(xc)  # (B, D), (B, N), (B, N)
-            y = ops.selective_state_update(cache.ssm, xc, dt, A, b, c, self.D, z[:, 0],
+            y = ops.selective_state_update(state, xc, dt, A, b, c, self.D, z[:, 0],
                                            dt_bias=self.dt_proj.bias, dt_softplus=True)
             return y[:, None]
         x = xs.transpose(1, 2)  # (B, D, L)
@@ -75,10 +84,9 @@ class SSMCore(nn.Module):
                                  self.D.float(), z.transpose(1, 2), self.dt_proj.bias.float(),
                                  delta_softplus=True, return_last_state=cache is not None)
         if cache is not None:
-            assert cache.conv is not None and cache.ssm is not None
             y, last = out
-            cache.conv.copy_(ops.conv_state_from_prefix(x, weight.shape[1]))
-            cache.ssm.copy_(last)
+            cache.state["conv"].copy_(ops.conv_state_from_prefix(x, weight.shape[1]))
+            cache.state["ssm"].copy_(last)
         else:
             y = out
         return y.transpose(1, 2)  # (B, L, D)
