@@ -15,8 +15,6 @@ What fills the table:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,9 +85,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call `fn` with stderr captured: lm-eval's and datasets' progress bars would tear through
+    """Call `fn` with stderr held back: lm-eval's and datasets' progress bars would tear through
     the run's own; failures still surface, as exceptions."""
-    with contextlib.redirect_stderr(io.StringIO()):
+    from hymba_bench.evaluate import quiet_stderr
+
+    with quiet_stderr():
         return fn(*args, **kwargs)
 
 

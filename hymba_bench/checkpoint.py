@@ -56,13 +56,25 @@ def read_meta(path: Path) -> dict[str, Any]:
         return json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as exc:
         raise HymbaBenchError(f"{path / CONFIG}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise HymbaBenchError(f"{path / CONFIG}: not UTF-8 text") from None
+
+
+def read_safetensors(file: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a one-line error."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file), device=str(device))
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError, on bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HymbaBenchError(f"{file}: cannot read the weights ({reason}); the file may be "
+                              "truncated or not a safetensors file") from None
 
 
 def load_checkpoint(path: Path, variant: str | None = None,
                     device: str | torch.device = "cpu") -> tuple[HybridLM, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained as, and load its weights."""
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
     if meta.get("format") != "hymba-bench":
         raise HymbaBenchError(f"--checkpoint: {path} is not a hymba-bench checkpoint")
@@ -72,7 +84,7 @@ def load_checkpoint(path: Path, variant: str | None = None,
     cfg = ModelConfig(**meta["config"])
     with torch.device(device):
         model = HybridLM(cfg)
-    state = load_file(str(Path(path) / WEIGHTS), device=str(device))
+    state = read_safetensors(Path(path) / WEIGHTS, device)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

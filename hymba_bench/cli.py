@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.errors import HymbaBenchError, Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -47,16 +47,21 @@ DataDirOpt = Annotated[Path | None, typer.Option(
 def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     variant_file: VariantFiles = None,
+    profiles: Annotated[bool, typer.Option("--profiles", help="List the size profiles instead.")] = False,
 ) -> None:
-    """List the registered variants."""
+    """List the registered variants (or, with --profiles, the size profiles)."""
+    from hymba_bench.registry import profiles as all_profiles
     from hymba_bench.registry import variants
 
-    table = variants(variant_file)
-    rows = [{"name": v.name, "description": v.description} for v in table.values()]
+    if profiles:
+        rows = [{"name": p.name, "description": p.description} for p in all_profiles().values()]
+    else:
+        rows = [{"name": v.name, "description": v.description}
+                for v in variants(variant_file).values()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    out = Table("name", "description", title="hymba-bench variants")
+    out = Table("name", "description", title=f"hymba-bench {'profiles' if profiles else 'variants'}")
     for row in rows:
         out.add_row(row["name"], row["description"])
     console.print(out)
@@ -67,21 +72,21 @@ def describe(name: str, profile: str, seq_len: int | None,
     """Everything `show` prints: the layer plan, the parameter count and the cache at batch 1."""
     import torch
 
-    from hymba_bench.cache import InferenceCache, cache_mb_paper
+    from hymba_bench.cache import cache_bytes, cache_mb_paper
     from hymba_bench.model.lm import HybridLM
     from hymba_bench.registry import resolve
 
     resolved = resolve(name, profile, variant_files)
+    fixed = resolved.info["fixed_size"]
     cfg = resolved.config
     if seq_len is not None and seq_len <= 0:
         raise HymbaBenchError(f"--seq-len: expected a positive integer, got {seq_len}")
     seq = seq_len or resolved.info["cache_seq_len"]
     with torch.device("meta"):  # count parameters without allocating them
         params = HybridLM(cfg).num_parameters()
-    cache = InferenceCache(cfg, batch=1, max_seq_len=seq, dtype=torch.float16, device="cpu")
     return {
         "name": cfg.name,
-        "profile": resolved.profile.name,
+        "profile": None if fixed else resolved.profile.name,  # a fixed-size design has none
         "description": cfg.description,
         "params": params,
         "meta_tokens": cfg.meta_tokens,
@@ -90,7 +95,9 @@ def describe(name: str, profile: str, seq_len: int | None,
             "seq_len": seq,
             "batch": 1,
             "dtype": "float16",
-            "bytes": cache.nbytes(),
+            # the formula (tests hold it equal to the allocation): a design too large for this
+            # machine is described without allocating it
+            "bytes": cache_bytes(cfg, 1, seq, torch.float16),
             "mb_paper": round(cache_mb_paper(cfg, seq), 4),
         },
         "config": cfg.to_dict(),
@@ -111,10 +118,11 @@ def show(
         print(json.dumps(info, indent=2))
         return
     cache = info["cache"]
-    console.print(f"[bold]{info['name']}[/] ({info['profile']}): {info['description']}")
+    scale = f"{info['profile']} profile" if info["profile"] else "fixed size"
+    console.print(f"[bold]{info['name']}[/] ({scale}): {info['description']}")
     console.print(f"parameters: {info['params']:,}   meta tokens: {info['meta_tokens']}")
     console.print(
-        f"cache at {cache['seq_len']} tokens, batch 1, fp16: {cache['bytes']:,} bytes allocated; "
+        f"cache at {cache['seq_len']} tokens, batch 1, fp16: {cache['bytes']:,} bytes; "
         f"{cache['mb_paper']:.1f} MB in the paper's convention (10^6 B, meta tokens not counted)"
     )
     table = Table("layer", "mixer", "attention", "window", "kv")
@@ -160,8 +168,8 @@ def run(
         run_all(opts, console)
     except KeyboardInterrupt:
         kept = len(_load(out)) if (out / "results.jsonl").exists() else 0
-        raise HymbaBenchError(f"interrupted; {kept} records kept in {out / 'results.jsonl'}; "
-                              "rerun with --resume to finish") from None
+        raise Interrupted(f"interrupted; {kept} records kept in {out / 'results.jsonl'}; "
+                          "rerun with --resume to finish") from None
 
 
 @app.command()
@@ -195,8 +203,8 @@ def sweep(
     try:
         run_sweep(opts, console)
     except KeyboardInterrupt:
-        raise HymbaBenchError(f"interrupted; what was measured is kept in {out / 'sweep.jsonl'}; "
-                              "rerun with --resume to finish") from None
+        raise Interrupted(f"interrupted; what was measured is kept in {out / 'sweep.jsonl'}; "
+                          "rerun with --resume to finish") from None
 
 
 @app.command()
@@ -292,21 +300,49 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
     data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write lm-eval's results files (results_<date>.json per task) and eval.json here.")] = None,
+    log_samples: Annotated[bool, typer.Option(
+        help="With --out: also lm-eval's per-sample logs (samples_<task>_<date>.jsonl).")] = False,
 ) -> None:
     """Evaluate a variant (random weights, or --checkpoint) on the accuracy suites via lm-eval."""
     from hymba_bench.accuracy import use_data_dir
-    from hymba_bench.evaluate import evaluate, parse_suites
+    from hymba_bench.evaluate import SUITES, evaluate, parse_suites
     from hymba_bench.lm_eval_adapter import HymbaBenchLM
+    from hymba_bench.progress import RunProgress
 
     use_data_dir(data_dir)
     suites = parse_suites(tasks)
     if text is not None and not text.is_file():
         raise HymbaBenchError(f"--text: no such file {text}")
+    if log_samples and out is None:
+        raise HymbaBenchError("--log-samples: needs --out (where the sample logs go)")
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
     lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
                       device=_device(device), variant_files=variant_file)
     metadata = {"seed": seed, "data_dir": "runs/data", "text_path": str(text) if text else None}
-    with console.status(f"evaluating {variant} on {', '.join(suites)} ..."):
-        outcome = evaluate(lm, suites, limit=limit, metadata=metadata)
+    n_tasks = sum(len(SUITES[s]) for s in suites)
+    with RunProgress(console, 1, n_tasks, unit="tasks") as progress:
+
+        def on_task(task: str, done: int, total: int) -> None:
+            if done:
+                progress.advance()
+            progress.start(1, variant, task)
+
+        outcome = evaluate(lm, suites, limit=limit, metadata=metadata, output_path=out,
+                           log_samples=log_samples, on_task=on_task)
+        progress.advance()
+    if out is not None:
+        summary = {"variant": variant, "profile": profile,
+                   "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
+                   "limit": limit, "values": outcome.values, "stderr": outcome.stderr,
+                   "n": outcome.n, "missing": outcome.missing}
+        (out / "eval.json").write_text(json.dumps(summary, indent=2))
+        console.print(f"wrote {out / 'eval.json'} and lm-eval's results files under {out}")
     table = Table("metric", "value", "stderr", "items")
     for key, value in outcome.values.items():
         se = outcome.stderr.get(key)
@@ -332,6 +368,7 @@ def compare(
     decode: DecodeOpt = None,
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
+    from hymba_bench.plots import roadmap_plot
     from hymba_bench.runner import RunOptions, parse_variants, print_table
     from hymba_bench.runner import run as run_all
     from hymba_bench.table import compare_table
@@ -349,6 +386,7 @@ def compare(
     (out / "compare.md").write_text(built.to_markdown())
     (out / "compare.csv").write_text(built.to_csv())
     print_table(built, console, title=f"{' vs '.join(names)} ({out / 'compare.md'})")
+    console.print(f"wrote {roadmap_plot(_load(out), out / 'compare.png', designs=names)}")
 
 
 @app.command()
@@ -433,8 +471,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except HymbaBenchError as exc:
-        print(f"hymba-bench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        print(f"hymba-bench: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except TyperException as exc:  # bad option values: one line too, not a usage panel
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

@@ -333,6 +333,10 @@ def _kv_groups(cfg: ModelConfig, mixers: list[str], attn_idx: list[int],
         previous = i
     if not runs:
         raise ConfigError("kv_share: cross-layer KV sharing needs sliding-window layers")
+    longest = max(len(run) for run in runs)
+    if cfg.kv_share > longest:
+        raise ConfigError(f"kv_share: groups of {cfg.kv_share} do not fit: the longest run of "
+                          f"consecutive sliding layers has {longest}")
     return [group for run in runs for group in _split_groups(run, cfg.kv_share) if len(group) > 1]
 
 

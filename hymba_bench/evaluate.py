@@ -6,7 +6,13 @@ its cell empty with the reason, and never stops the others or invents a number.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,21 +59,60 @@ def parse_suites(text: str) -> list[str]:
     return suites
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hold back what lm-eval, datasets and their subprocesses write to stderr (progress bars,
+    `git` asking for a repository outside a checkout): Python's stream and file descriptor 2
+    both. Failures still surface, as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stderr(io.StringIO()):
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def evaluate(lm: Any, suites: list[str], limit: int | None = None,
-             metadata: dict[str, Any] | None = None) -> EvalOutcome:
+             metadata: dict[str, Any] | None = None, output_path: Path | None = None,
+             log_samples: bool = False,
+             on_task: Callable[[str, int, int], None] | None = None) -> EvalOutcome:
+    """Run the suites' tasks one by one through lm-eval.
+
+    With `output_path`, each task's results are also written the way `lm_eval --output_path`
+    writes them (`results_<date>.json` with the config, versions and n-samples; with
+    `log_samples`, `samples_<task>_<date>.jsonl`), so lm-eval's own tools read them.
+    `on_task(task, i, n)` is called before each task, for progress.
+    """
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(tasks_dir()), metadata=metadata or {})
     out = EvalOutcome()
+    todo = [(suite, task, metric) for suite in suites for task, metric in SUITES[suite].items()]
+    done = 0
     for suite in suites:
         scores, errors = [], []
         for task, metric in SUITES[suite].items():
             key = f"{task}/{metric}"
+            if on_task is not None:
+                on_task(task, done, len(todo))
+            done += 1
+            tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
             try:
-                res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
-                                              limit=limit, bootstrap_iters=100,
-                                              log_samples=False, verbosity="ERROR")
+                with quiet_stderr():
+                    res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
+                                                  limit=limit, bootstrap_iters=100,
+                                                  log_samples=log_samples, verbosity="ERROR",
+                                                  evaluation_tracker=tracker)
+                    if tracker is not None:
+                        samples = res.pop("samples", None)
+                        tracker.save_results_aggregated(results=res, samples=samples)
+                        for name, rows in (samples or {}).items():
+                            tracker.save_results_samples(task_name=name, samples=rows)
             except Exception as exc:  # unreachable data, missing local copy: a reason, not a number
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 out.missing[key] = f"{task}: data not reachable ({type(exc).__name__}: {first})"

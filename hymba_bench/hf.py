@@ -133,13 +133,15 @@ def is_hf_checkpoint(path: Path) -> bool:
 
 def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     """Build the model a Hugging Face Hymba checkpoint describes and load its weights."""
-    from safetensors.torch import load_file
-
-    from hymba_bench.checkpoint import aliases
+    from hymba_bench.checkpoint import aliases, read_safetensors
     from hymba_bench.model.lm import HybridLM
 
     path = Path(path)
-    cfg = config_from_hf(json.loads((path / "config.json").read_text()), name=path.name)
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HymbaBenchError(f"{path / 'config.json'}: not a JSON config ({exc})") from None
+    cfg = config_from_hf(raw, name=path.name)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise HymbaBenchError(f"--checkpoint: {path} has no *.safetensors weights")
@@ -148,7 +150,7 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     ours = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        for key, value in load_file(str(file), device=str(device)).items():
+        for key, value in read_safetensors(file, device).items():
             if (key == "lm_head.weight" and cfg.tie_embeddings) or _IGNORED.fullmatch(key):
                 continue
             target = map_key(key) if key != "lm_head.weight" else "lm_head.weight"

@@ -23,6 +23,7 @@ import yaml
 
 from hymba_bench.config import ConfigError, ModelConfig, ntk_scale
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.masks import window_keys
 
 # Keys a variant file may hold besides ModelConfig's own fields.
 META_KEYS = {
@@ -31,7 +32,7 @@ META_KEYS = {
     "description": "one line for `hymba-bench list`",
     "design_reason": "Table 1's Design Reason column",
     "table_label": "the row label in Table 1",
-    "table_section": "ablation or scaling",
+    "table_section": "ablation, scaling or other",
     "size": "base or large: which of the profile's sizes to use",
     "in_all": "false keeps the variant out of `--variants all`",
     "fixed_size": "true: the file gives every size itself and no profile resizes it",
@@ -39,6 +40,9 @@ META_KEYS = {
     "cache_seq_len": "context at which to report the cache (default: the profile's)",
     "order": "position in listings and tables (Table 1 order for the roadmap rows)",
 }
+
+
+SECTIONS = ("ablation", "scaling", "other")  # Table 1's sections, and the other designs'
 
 
 class RegistryError(HymbaBenchError):
@@ -100,6 +104,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         raise RegistryError(f"{path}: YAML syntax error{where}: {problem}") from None
     except OSError as exc:
         raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     return data
@@ -252,11 +258,25 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
         raise RegistryError(f"{where}: {exc}") from None
     except TypeError as exc:
         raise RegistryError(f"{variant.path}: {exc}") from None
+    section = merged.get("table_section", "ablation")
+    if section not in SECTIONS:
+        raise RegistryError(f"{origin.get('table_section', variant.path)}: table_section: expected "
+                            f"one of {', '.join(SECTIONS)}, got {section!r}")
+    cache_seq = int(merged.get("cache_seq_len", prof.cache_seq_len))
+    window = config.sliding_window
+    if window is not None and window_keys(window) >= max(cache_seq, config.max_seq_len):
+        raise RegistryError(
+            f"{origin.get('sliding_window', variant.path)}: sliding_window: {window} never binds "
+            f"(training context {config.max_seq_len}, measured context {cache_seq}): every layer "
+            "would attend globally while the table calls it sliding; drop it or make it smaller")
     info = {
-        "table_label": merged.get("table_label", variant.name),
-        "table_section": merged.get("table_section", "ablation"),
+        # A row label is the design's own: a user design extending `mamba` is not the paper's
+        # Mamba row, so it gets its name (or its own table_label) and no paper figures.
+        "table_label": variant.keys.get("table_label", variant.name),
+        "table_section": section,
         "design_reason": merged.get("design_reason", ""),
         "size": size,
-        "cache_seq_len": int(merged.get("cache_seq_len", prof.cache_seq_len)),
+        "cache_seq_len": cache_seq,
+        "fixed_size": merged.get("fixed_size") is True,
     }
     return ResolvedVariant(variant=variant, profile=prof, config=config, info=info)

@@ -1,9 +1,13 @@
 """Efficiency baselines and the regression check CI runs against them.
 
 A baseline keeps, per design, the exact metrics (parameters, cache bytes), which must match
-exactly, and the throughput with its spread. Throughput is compared as a ratio to a reference
+exactly, and the throughput with its samples. Throughput is compared as a ratio to a reference
 design measured in the same run, which cancels a slower or busier machine; when the machine
-fingerprint (device, threads, torch) matches, the absolute figures are compared too.
+fingerprint (device, threads, torch) matches, the absolute figures are compared too. A throughput
+check fails only when the change passes the tolerance *and* is significant given both runs'
+samples (`timing.significant`): two runs of the same code on a noisy machine do not fail.
+Ratios are taken round by round, since a run times its designs interleaved (sample i of every
+design comes from round i).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results import ResultsFile
+from hymba_bench.timing import significant
 
 FORMAT = "hymba-bench-baseline/1"
 EXACT = ("params", "cache_bytes", "cache_bytes_analytic")
@@ -132,17 +137,44 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
                 out.checks.append(Check(name, metric, "vs-reference", entry["value"], None, False,
                                         "not measured"))
                 continue
-            base_ref = baseline["variants"][ref]["throughput"].get(metric, {}).get("value")
+            base_ref_entry = baseline["variants"][ref]["throughput"].get(metric, {})
+            base_ref = base_ref_entry.get("value")
             cur_ref = run.get(ref, {}).get(metric, {}).get("value")
+            samples = _samples(cur[metric])
             if name != ref and base_ref and cur_ref:
                 b, c = entry["value"] / base_ref, now / cur_ref
-                out.checks.append(Check(name, metric, "vs-reference", b, c, c >= b * (1 - tolerance),
-                                        f"{c / b - 1:+.1%}"))
+                noisy = _ratios(entry.get("samples"), base_ref_entry.get("samples")), \
+                    _ratios(samples, _samples(run[ref][metric]))
+                out.checks.append(_speed_check(name, metric, "vs-reference", b, c, tolerance, *noisy))
             if out.same_machine:
-                out.checks.append(Check(name, metric, "absolute", entry["value"], now,
-                                        now >= entry["value"] * (1 - abs_tol),
-                                        f"{now / entry['value'] - 1:+.1%}"))
+                # times, not speeds: slower means larger; invert so that both read "higher is better"
+                noisy = ([1 / t for t in entry.get("samples") or []] or None,
+                         [1 / t for t in samples or []] or None)
+                out.checks.append(_speed_check(name, metric, "absolute", entry["value"], now,
+                                               abs_tol, *noisy))
     return out
+
+
+def _samples(record: dict[str, Any]) -> list[float] | None:
+    return (record.get("timing") or {}).get("samples")
+
+
+def _ratios(design: list[float] | None, reference: list[float] | None) -> list[float] | None:
+    """Round-by-round speed relative to the reference: its time over the design's."""
+    if not design or not reference or len(design) != len(reference):
+        return None
+    return [r / d for d, r in zip(design, reference, strict=True)]
+
+
+def _speed_check(name: str, metric: str, kind: str, base: float, now: float, tolerance: float,
+                 base_samples: list[float] | None, now_samples: list[float] | None) -> Check:
+    """Higher is better. A regression passes the tolerance and stands out from the noise."""
+    change = f"{now / base - 1:+.1%}"
+    if now >= base * (1 - tolerance):
+        return Check(name, metric, kind, base, now, True, change)
+    if base_samples and now_samples and not significant(base_samples, now_samples):
+        return Check(name, metric, kind, base, now, True, f"{change}, within the runs' noise")
+    return Check(name, metric, kind, base, now, False, change)
 
 
 def report(cmp: Comparison, tolerance: float, abs_tolerance: float | None = None) -> str:
@@ -155,7 +187,8 @@ def report(cmp: Comparison, tolerance: float, abs_tolerance: float | None = None
         f"Baseline from commit `{base.get('git_commit')}` ({base.get('created')}), profile "
         f"`{base['settings'].get('profile')}`, context {base['settings'].get('context')}, batch "
         f"{base['settings'].get('batch')}. Throughput is compared as a ratio to "
-        f"`{base['reference']}` measured in the same run (tolerance {tolerance:.0%})"
+        f"`{base['reference']}` measured in the same run (tolerance {tolerance:.0%}; a drop "
+        "fails only if it is also significant given both runs' samples, permutation test, 5%)"
         + (f", and in absolute terms on the same machine (tolerance "
            f"{(abs_tolerance if abs_tolerance is not None else tolerance):.0%})."
            if cmp.same_machine else "; the machine differs from the baseline's, so absolute "

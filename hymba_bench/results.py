@@ -9,10 +9,13 @@ flight. A torn last line (a kill mid-write) is ignored on reading.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,11 @@ class ResultsFile:
         if not self.path.exists():
             return []
         records = []
-        lines = self.path.read_text().splitlines()
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise HymbaBenchError(f"{self.path}: not UTF-8 text (byte {exc.start}); is it a "
+                                  "hymba-bench results file?") from None
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -79,6 +86,34 @@ class ResultsFile:
             metric = r.get("metric_missing") or r["metric"]
             out.add((r["variant"], metric, r.get("profile", "")))
         return out
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold `<out>/.lock` while a run writes there: a second run into the same directory stops
+    with one line instead of interleaving its records with the first's."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = (out / ".lock").open("a+")
+    except OSError as exc:
+        raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise HymbaBenchError(f"{out}: another hymba-bench run is writing here ({holder}); "
+                                  "wait for it to finish or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @lru_cache(maxsize=1)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.plots import roadmap_plot
+from hymba_bench.progress import RunProgress
 from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
-from hymba_bench.results import ResultsFile, base_context, make_record
+from hymba_bench.results import ResultsFile, base_context, make_record, run_lock
 from hymba_bench.table import extended_table, roadmap_table
 
 STAGES = ("cache", "throughput", "accuracy")
@@ -70,6 +71,7 @@ def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[s
 
 
 def prepare_out_dir(out: Path, resume: bool, filename: str = "results.jsonl") -> ResultsFile:
+    """The run's results file, checked writable and empty unless resuming (call under run_lock)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -135,56 +137,132 @@ def _device_cache_bytes(cfg: Any, seq: int, device: str) -> int:
     return int(used)
 
 
-def measure_throughput(rv: ResolvedVariant, device: str, record: Callable[..., None],
-                       wanted: set[str], log: Callable[[str], None],
-                       overrides: dict[str, Any] | None = None) -> None:
+DECODE_METRICS = {"decode_tok_s", "peak_memory_bytes", "decode_roofline_pct"}
+
+
+@dataclass
+class ThroughputJob:
+    """One design's throughput stage: its bench model and, once set up, its prepared decode."""
+
+    rv: ResolvedVariant
+    record: Callable[..., None]
+    wanted: set[str]
+    settings: Any = None
+    model: Any = None
+    prepared: Any = None
+    batch: int = 0
+
+    @property
+    def common(self) -> dict[str, Any]:
+        s = self.settings
+        return {"context": s.context, "seq_len": s.context, "gen_tokens": s.gen_tokens,
+                "dtype": s.dtype, "warmup": s.warmup, "repeats": s.repeats}
+
+
+def _bench_model(job: ThroughputJob, device: str, overrides: dict[str, Any] | None) -> None:
     import torch
 
     from hymba_bench.model.lm import HybridLM
-    from hymba_bench.throughput import (
-        decode_bytes_per_step,
-        decode_throughput,
-        device_bandwidth,
-        halve_on_oom,
-        prefill_throughput,
-        roofline_pct,
-        settings_from_profile,
-    )
+    from hymba_bench.throughput import settings_from_profile
 
     dev = torch.device(device)
-    if not rv.profile.bench:
-        raise HymbaBenchError(f"{rv.profile.path}: bench: the profile has no throughput settings")
-    settings = settings_from_profile(rv.profile.bench, dev, overrides)
+    if not job.rv.profile.bench:
+        raise HymbaBenchError(f"{job.rv.profile.path}: bench: the profile has no throughput settings")
+    job.settings = settings_from_profile(job.rv.profile.bench, dev, overrides)
     torch.manual_seed(0)
     with dev:
-        model = HybridLM(rv.config)
-    model = model.to(settings.torch_dtype).eval()
-    common = {"context": settings.context, "seq_len": settings.context,
-              "gen_tokens": settings.gen_tokens, "dtype": settings.dtype,
-              "warmup": settings.warmup, "repeats": settings.repeats}
+        model = HybridLM(job.rv.config)
+    job.model = model.to(job.settings.torch_dtype).eval()
+
+
+def measure_prefill_and_setup(job: ThroughputJob, device: str, log: Callable[[str], None],
+                              overrides: dict[str, Any] | None) -> None:
+    """Prefill throughput now; the decode set up (cache filled, step built, warmed up) for
+    `time_decodes` to time beside the other designs'."""
+    from hymba_bench.throughput import halve_on_oom, prefill_throughput, prepare_decode
+
+    _bench_model(job, device, overrides)
+    model, settings, name = job.model, job.settings, job.rv.config.name
 
     def halved(old: int, new: int) -> None:
-        log(f"{rv.config.name}: out of memory at batch {old}, retrying at {new}")
+        log(f"{name}: out of memory at batch {old}, retrying at {new}")
 
-    if "prefill_tok_s" in wanted:
+    if "prefill_tok_s" in job.wanted:
         res, batch = halve_on_oom(lambda b: prefill_throughput(model, settings, b),
                                   settings.prefill_batch, halved)
-        record("prefill_tok_s", res.tok_s, batch=batch, requested_batch=settings.prefill_batch,
-               timing=res.timing.as_dict(), spread=res.timing.spread, **common)
-    if wanted & {"decode_tok_s", "peak_memory_bytes", "decode_roofline_pct"}:
-        dec, batch = halve_on_oom(lambda b: decode_throughput(model, settings, b),
-                                  settings.batch, halved)
-        extra = {"batch": batch, "requested_batch": settings.batch, **common}
-        record("decode_tok_s", dec.tok_s, timing=dec.timing.as_dict(), spread=dec.timing.spread,
-               decode_mode=dec.mode, decode_probe_ms=dec.probe_ms, **extra)
-        record("peak_memory_bytes", dec.peak_memory_bytes, memory_source=dec.memory_source,
-               peak_memory_nvml_net_bytes=dec.nvml_net_bytes, stage_measured="decode", **extra)
-        moved = decode_bytes_per_step(rv.config, model.num_parameters(), batch, settings.context,
-                                      settings.torch_dtype)
-        bandwidth = device_bandwidth(device)
-        record("decode_roofline_pct", roofline_pct(dec.tok_s, batch, moved, bandwidth),
-               decode_bytes_per_step=moved, bandwidth_bytes_s=bandwidth,
-               roofline_tok_s=batch * bandwidth / moved, decode_mode=dec.mode, **extra)
+        job.record("prefill_tok_s", res.tok_s, batch=batch, requested_batch=settings.prefill_batch,
+                   timing=res.timing.as_dict(), spread=res.timing.spread,
+                   unstable=res.timing.unstable_reason, **job.common)
+    if job.wanted & DECODE_METRICS:
+        job.prepared, job.batch = halve_on_oom(lambda b: prepare_decode(model, settings, b),
+                                               settings.batch, halved)
+
+
+def time_decodes(jobs: list[ThroughputJob], device: str) -> None:
+    """Time the prepared decodes interleaved, round by round, and record them."""
+    from hymba_bench.throughput import (
+        decode_bytes_per_step,
+        device_bandwidth,
+        roofline_pct,
+        time_round_robin,
+    )
+
+    jobs = [j for j in jobs if j.prepared is not None]
+    if not jobs:
+        return
+    repeats = jobs[0].settings.repeats
+    timings = time_round_robin([j.prepared for j in jobs], repeats)
+    bandwidth = device_bandwidth(device)
+    for job, timing in zip(jobs, timings, strict=True):
+        dec = job.prepared.result(timing)
+        extra = {"batch": job.batch, "requested_batch": job.settings.batch,
+                 "interleaved_with": len(jobs) - 1, **job.common}
+        job.record("decode_tok_s", dec.tok_s, timing=timing.as_dict(), spread=timing.spread,
+                   unstable=timing.unstable_reason, decode_mode=dec.mode,
+                   decode_probe_ms=dec.probe_ms, **extra)
+        job.record("peak_memory_bytes", dec.peak_memory_bytes, memory_source=dec.memory_source,
+                   peak_memory_nvml_net_bytes=dec.nvml_net_bytes, stage_measured="decode set-up",
+                   **extra)
+        moved = decode_bytes_per_step(job.rv.config, job.model.num_parameters(), job.batch,
+                                      job.settings.context, job.settings.torch_dtype)
+        job.record("decode_roofline_pct", roofline_pct(dec.tok_s, job.batch, moved, bandwidth),
+                   decode_bytes_per_step=moved, bandwidth_bytes_s=bandwidth,
+                   roofline_tok_s=job.batch * bandwidth / moved, decode_mode=dec.mode, **extra)
+
+
+def fits_together(jobs: list[ThroughputJob], device: str, overrides: dict[str, Any] | None) -> bool:
+    """Can every design's decode cache be held at once (within half the free memory)?
+    Interleaving needs that; at paper scale on a GPU it usually does not, and designs are timed
+    one after another instead."""
+    import torch
+
+    from hymba_bench.cache import cache_bytes
+    from hymba_bench.throughput import available_bytes, settings_from_profile
+
+    dev = torch.device(device)
+    free = available_bytes(dev)
+    if free is None:
+        return False
+    need = 0
+    for job in jobs:
+        if not job.rv.profile.bench:
+            continue
+        s = settings_from_profile(job.rv.profile.bench, dev, overrides)
+        need += cache_bytes(job.rv.config, s.batch + 1, s.context + s.gen_tokens, s.torch_dtype)
+    return need <= free // 2
+
+
+def _recorder(results: ResultsFile, rv: ResolvedVariant, context: dict[str, Any],
+              opts: RunOptions) -> Callable[..., None]:
+    """`record(metric, value, **extra)` for one design: its context, appended at once."""
+    vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
+            "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
+            "order": rv.variant.keys.get("order", 1000), "variant_file": str(rv.variant.path)}
+
+    def record(metric: str, value: float, **extra: Any) -> None:
+        results.append(make_record(rv.config.name, metric, value, vctx, **extra))
+
+    return record
 
 
 def run(opts: RunOptions, console: Console | None = None, show_tables: bool = True) -> Path:
@@ -199,6 +277,17 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
 
         if not torch.cuda.is_available():
             raise HymbaBenchError("--device cuda: no CUDA device is visible to torch")
+    if "throughput" not in opts.skip:  # bad --batch / --context / --decode fail before any work
+        import torch
+
+        from hymba_bench.throughput import check_fits, settings_from_profile
+
+        dev = torch.device(opts.device)
+        for rv in resolved:
+            if rv.profile.bench:
+                s = settings_from_profile(rv.profile.bench, dev, opts.bench)
+                # batch 1 is where halving would end: if even that cannot fit, say so now
+                check_fits(rv.config, 1, s.context + s.gen_tokens, s.torch_dtype, dev)
     budget, paper_data = None, False
     if "accuracy" not in opts.skip:  # bad budgets and data dirs fail before anything is written
         from hymba_bench.accuracy import AccuracyBudget, hub_reachable, use_data_dir
@@ -206,58 +295,60 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
         budget = AccuracyBudget.from_profile(get_profile(opts.profile), opts.train)
         use_data_dir(opts.data_dir)
         paper_data = opts.data_dir is not None or hub_reachable()
-    results = prepare_out_dir(opts.out, opts.resume)
-    done = results.done() if opts.resume else set()
-    context = base_context(opts.device)
-    noted = {(r["variant"], r.get("stage"), r["value"]) for r in results.load() if r["metric"] == "note"}
-    for stage in sorted(opts.skip):
-        if ("*", stage, f"{stage} skipped (--skip {stage})") in noted:
-            continue  # a resumed run says it once
-        results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
-                                   stage=stage, profile=opts.profile))
-    stages = [s for s in STAGES if s not in opts.skip]
+    with run_lock(opts.out):
+        results = prepare_out_dir(opts.out, opts.resume)
+        done = results.done() if opts.resume else set()
+        context = base_context(opts.device)
+        noted = {(r["variant"], r.get("stage"), r["value"]) for r in results.load() if r["metric"] == "note"}
+        for stage in sorted(opts.skip):
+            if ("*", stage, f"{stage} skipped (--skip {stage})") in noted:
+                continue  # a resumed run says it once
+            results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
+                                       stage=stage, profile=opts.profile))
+        stages = [s for s in STAGES if s not in opts.skip]
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("measuring", total=len(resolved) * len(stages))
-        for rv in resolved:
-            name = rv.config.name
-            vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
-                    "table_section": rv.info["table_section"],
-                    "design_reason": rv.info["design_reason"],
-                    "order": rv.variant.keys.get("order", 1000),
-                    "variant_file": str(rv.variant.path)}
+        with RunProgress(console, len(resolved), len(stages)) as progress:
+            records = {rv.config.name: _recorder(results, rv, context, opts) for rv in resolved}
+            for stage in stages:  # stage by stage, so that decode timings can be interleaved
+                jobs: list[ThroughputJob] = []
+                together = stage == "throughput" and fits_together(
+                    [ThroughputJob(rv, records[rv.config.name], set()) for rv in resolved],
+                    opts.device, opts.bench)
+                for index, rv in enumerate(resolved, 1):
+                    name = rv.config.name
+                    record = records[name]
+                    progress.start(index, name, stage)
+                    wanted = {m for m in STAGE_METRICS[stage] if (name, m, opts.profile) not in done}
+                    if stage == "cache" and wanted:
+                        for metric, (value, extra) in measure_cache(rv, opts.device).items():
+                            if metric in wanted or metric not in STAGE_METRICS["cache"]:
+                                record(metric, value, **extra)
+                    elif stage == "throughput" and wanted:
+                        job = ThroughputJob(rv, record, wanted)
+                        measure_prefill_and_setup(job, opts.device, progress.log, opts.bench)
+                        if together:
+                            jobs.append(job)
+                        else:  # timed alone, and its memory freed before the next design
+                            time_decodes([job], opts.device)
+                    elif stage == "accuracy" and wanted:
+                        from hymba_bench.accuracy import measure_accuracy
 
-            def record(metric: str, value: float, name: str = name, vctx: dict = vctx,
-                       **extra: Any) -> None:
-                results.append(make_record(name, metric, value, vctx, **extra))
+                        assert budget is not None
+                        steps = progress.subtask(f"{name}: training", budget.steps)
 
-            for stage in stages:
-                progress.update(task, description=f"{name}: {stage}")
-                wanted = {m for m in STAGE_METRICS[stage] if (name, m, opts.profile) not in done}
-                if stage == "cache" and wanted:
-                    for metric, (value, extra) in measure_cache(rv, opts.device).items():
-                        if metric in wanted or metric not in STAGE_METRICS["cache"]:
-                            record(metric, value, **extra)
-                elif stage == "throughput" and wanted:
-                    measure_throughput(rv, opts.device, record, wanted, progress.console.print,
-                                       opts.bench)
-                elif stage == "accuracy" and wanted:
-                    from hymba_bench.accuracy import measure_accuracy
+                        def on_step(step: int, loss: float, steps: Any = steps,
+                                    name: str = name) -> None:
+                            steps.update(step, f"{name}: training, loss {loss:.2f}")
 
-                    assert budget is not None
-                    steps = progress.add_task(f"{name}: training", total=budget.steps)
-
-                    def on_step(step: int, loss: float, steps: Any = steps, name: str = name) -> None:
-                        progress.update(steps, completed=step,
-                                        description=f"{name}: training, loss {loss:.2f}")
-
-                    measure_accuracy(rv, opts.out, opts.device, budget, record, wanted, on_step,
-                                     paper_data)
-                    progress.remove_task(steps)
-                progress.advance(task)
-    write_tables(opts.out, console if show_tables else None)
+                        measure_accuracy(rv, opts.out, opts.device, budget, record, wanted, on_step,
+                                         paper_data)
+                        steps.close()
+                    progress.advance()
+                if jobs:
+                    progress.log(f"timing decode of {len(jobs)} designs, interleaved round by round")
+                    time_decodes(jobs, opts.device)
+                del jobs
+        write_tables(opts.out, console if show_tables else None)
     return opts.out
 
 
@@ -269,12 +360,14 @@ def write_tables(out: Path, console: Console | None = None) -> None:
     ext = extended_table(records)
     (out / "roadmap_extended.csv").write_text(ext.to_csv())
     (out / "roadmap_extended.md").write_text(ext.to_markdown())
+    picture = roadmap_plot(records, out / "roadmap.png")
     if console is not None:
         print_table(table, console, title=f"Table 1 layout ({out / 'roadmap.md'})")
         compact = ["Configuration", "Decode (tok/s)", "Decode vs Llama", "Paper throughput vs Llama",
                    "Cache (MB)", "Cache vs Llama", "Paper cache vs Llama"]
         print_table(ext, console, title=f"Beside the paper ({out / 'roadmap_extended.md'})",
                     columns=compact)
+        console.print(f"wrote {picture}")
 
 
 def print_table(table: Any, console: Console, title: str = "",
@@ -284,7 +377,12 @@ def print_table(table: Any, console: Console, title: str = "",
     frame = table.display_frame()
     if columns is not None:
         frame = frame[columns]
-    rt = RichTable(*frame.columns, title=title, show_lines=False)
+    rt = RichTable(title=title, show_lines=False)
+    for i, column in enumerate(frame.columns):
+        if i == 0:  # a design's name is never cut: other columns wrap instead
+            rt.add_column(column, no_wrap=True, min_width=max(len(str(v)) for v in frame[column]))
+        else:
+            rt.add_column(column)
     for idx, row in enumerate(frame.itertuples(index=False)):
         cells = [str(c) for c in row]
         if idx in table.section_rows:

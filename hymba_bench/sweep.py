@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.progress import RunProgress
 from hymba_bench.registry import resolve
-from hymba_bench.results import base_context, make_record
+from hymba_bench.results import base_context, make_record, run_lock
 from hymba_bench.runner import allocated_cache_bytes, prepare_out_dir
 
 
@@ -48,47 +48,54 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
 
     from hymba_bench.cache import cache_mb_paper
     from hymba_bench.model.lm import HybridLM
-    from hymba_bench.throughput import decode_throughput, halve_on_oom, settings_from_profile
+    from hymba_bench.throughput import (
+        check_fits,
+        decode_throughput,
+        halve_on_oom,
+        settings_from_profile,
+    )
 
     console = console or Console()
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
-    results = prepare_out_dir(opts.out, opts.resume, "sweep.jsonl")
-    done = {(r["variant"], r["metric"], r.get("context")) for r in results.load()}
-    context = base_context(opts.device)
-    dev = torch.device(opts.device)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("sweep", total=len(resolved) * len(opts.seq_lens))
-        for rv in resolved:
-            cfg = rv.config
-            settings = settings_from_profile(rv.profile.bench, dev, opts.bench)
-            vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
-                    "window": cfg.sliding_window, "dtype_cache": "float16"}
-            model = None
-            for seq in opts.seq_lens:
-                progress.update(task, description=f"{cfg.name} @ {seq}")
-                if (cfg.name, "cache_bytes", seq) not in done:
-                    allocated = allocated_cache_bytes(cfg, seq)
-                    results.append(make_record(cfg.name, "cache_bytes", allocated, vctx,
-                                               context=seq, seq_len=seq, batch=1))
-                    results.append(make_record(cfg.name, "cache_mb", cache_mb_paper(cfg, seq), vctx,
-                                               context=seq, seq_len=seq, batch=1))
-                if (cfg.name, "decode_tok_s", seq) not in done:
-                    if model is None:
-                        torch.manual_seed(0)
-                        with dev:
-                            model = HybridLM(cfg).to(settings.torch_dtype).eval()
-                    run_settings = type(settings)(**{**settings.__dict__, "context": seq})
-                    res, batch = halve_on_oom(
-                        lambda b, s=run_settings, m=model: decode_throughput(m, s, b), settings.batch)
-                    results.append(make_record(
-                        cfg.name, "decode_tok_s", res.tok_s, vctx, context=seq, seq_len=seq,
-                        batch=batch, requested_batch=settings.batch, gen_tokens=settings.gen_tokens,
-                        dtype=settings.dtype, repeats=settings.repeats, decode_mode=res.mode,
-                        timing=res.timing.as_dict(), spread=res.timing.spread))
-                progress.advance(task)
-    paths = plot(results.load(), opts.out)
+    for rv in resolved:  # bad --batch / --decode, or a context that cannot fit, fail before work
+        s = settings_from_profile(rv.profile.bench, torch.device(opts.device), opts.bench)
+        check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype,
+                   torch.device(opts.device))
+    with run_lock(opts.out):
+        results = prepare_out_dir(opts.out, opts.resume, "sweep.jsonl")
+        done = {(r["variant"], r["metric"], r.get("context")) for r in results.load()}
+        context = base_context(opts.device)
+        dev = torch.device(opts.device)
+        with RunProgress(console, len(resolved), len(opts.seq_lens), unit="contexts") as progress:
+            for index, rv in enumerate(resolved, 1):
+                cfg = rv.config
+                settings = settings_from_profile(rv.profile.bench, dev, opts.bench)
+                vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
+                        "window": cfg.sliding_window, "dtype_cache": "float16"}
+                model = None
+                for seq in opts.seq_lens:
+                    progress.start(index, cfg.name, f"context {seq}")
+                    if (cfg.name, "cache_bytes", seq) not in done:
+                        allocated = allocated_cache_bytes(cfg, seq)
+                        results.append(make_record(cfg.name, "cache_bytes", allocated, vctx,
+                                                   context=seq, seq_len=seq, batch=1))
+                        results.append(make_record(cfg.name, "cache_mb", cache_mb_paper(cfg, seq), vctx,
+                                                   context=seq, seq_len=seq, batch=1))
+                    if (cfg.name, "decode_tok_s", seq) not in done:
+                        if model is None:
+                            torch.manual_seed(0)
+                            with dev:
+                                model = HybridLM(cfg).to(settings.torch_dtype).eval()
+                        run_settings = type(settings)(**{**settings.__dict__, "context": seq})
+                        res, batch = halve_on_oom(
+                            lambda b, s=run_settings, m=model: decode_throughput(m, s, b), settings.batch)
+                        results.append(make_record(
+                            cfg.name, "decode_tok_s", res.tok_s, vctx, context=seq, seq_len=seq,
+                            batch=batch, requested_batch=settings.batch, gen_tokens=settings.gen_tokens,
+                            dtype=settings.dtype, repeats=settings.repeats, decode_mode=res.mode,
+                            timing=res.timing.as_dict(), spread=res.timing.spread))
+                    progress.advance()
+        paths = plot(results.load(), opts.out)
     for path in paths:
         console.print(f"wrote {path}")
     return opts.out

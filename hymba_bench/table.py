@@ -41,6 +41,7 @@ SECTIONS = {
     "other": "Other designs ({profile} profile)",
 }
 EMPTY = "—"
+UNSTABLE = " †"  # after a figure whose timing could not be trusted (see timing.py)
 BASELINE = "llama"
 
 
@@ -49,6 +50,7 @@ class Table:
     frame: pd.DataFrame  # numeric cells, NaN where empty; section rows have only Configuration
     footnotes: list[str] = field(default_factory=list)
     section_rows: list[int] = field(default_factory=list)
+    flagged: set[tuple[int, str]] = field(default_factory=set)  # (row, column) marked UNSTABLE
 
     def display_frame(self) -> pd.DataFrame:
         out = self.frame.astype(object).copy()
@@ -59,12 +61,21 @@ class Table:
                 if isinstance(value, float) and math.isnan(value):
                     out.iat[idx, out.columns.get_loc(col)] = "" if is_section else EMPTY
                 elif isinstance(value, float):
-                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value)
+                    mark = UNSTABLE if (idx, col) in self.flagged else ""
+                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value) + mark
         return out
 
     def to_csv(self) -> str:
+        """For programs: one row per design with its section as a column, numbers as numbers
+        (ratios too), empty cells where nothing was measured; `pd.read_csv` gives float columns.
+        Footnotes stay in the Markdown."""
+        frame = self.frame.copy()
+        if self.section_rows:
+            titles = frame.iloc[:, 0].where(frame.index.isin(self.section_rows)).ffill()
+            frame.insert(0, "Section", titles)
+            frame = frame.drop(index=self.section_rows)
         buf = io.StringIO()
-        self.display_frame().to_csv(buf, index=False)
+        frame.to_csv(buf, index=False, na_rep="")
         return buf.getvalue()
 
     def to_markdown(self) -> str:
@@ -138,6 +149,26 @@ def _notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _flag_unstable(table: Table, frame: pd.DataFrame, rows: dict[str, int],
+                   columns: dict[str, list[str]]) -> None:
+    """Mark the cells of figures recorded as unstable and say why in a footnote.
+
+    rows: variant -> row index; columns: metric -> the table columns that show it."""
+    if "unstable" not in frame:
+        return
+    flagged = frame[frame["unstable"].notna() & frame["metric"].isin(list(columns))]
+    reasons = []
+    for _, r in flagged.iterrows():
+        if r["variant"] not in rows:
+            continue
+        for col in columns[r["metric"]]:
+            table.flagged.add((rows[r["variant"]], col))
+        reasons.append(f"{r['variant']} {r['metric']}: {r['unstable']}")
+    if reasons:
+        table.footnotes.append(f"{UNSTABLE.strip()} unstable, do not trust the figure (re-run on an "
+                               f"idle machine; ratios within a run are safer): " + "; ".join(reasons))
+
+
 def _modes(decode: pd.DataFrame) -> str:
     """How the decode steps ran, e.g. 'eager' or 'as a CUDA graph (3 rows), eager (1 row)'."""
     words = {"eager": "eagerly", "compiled": "compiled (torch.compile, fullgraph)",
@@ -197,6 +228,7 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
     section_rows: list[int] = []
     footnotes: list[str] = []
     reasons: dict[str, int] = {}
+    row_of: dict[str, int] = {}
     for section in SECTIONS:
         members = info[info["table_section"].fillna("other") == section]
         if members.empty:
@@ -204,6 +236,7 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
         section_rows.append(len(rows))
         rows.append({"Configuration": SECTIONS[section].format(profile=profile)})
         for _, v in members.iterrows():
+            row_of[v["variant"]] = len(rows)
             row: dict[str, Any] = {"Configuration": v["table_label"] or v["variant"],
                                    "Design Reason": v["design_reason"] or ""}
             for column, (metric, stage) in CELLS.items():
@@ -217,8 +250,9 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
     for text in reasons:
         footnotes.append(f"{EMPTY} in {text}")
     footnotes += _conventions(frame)
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    return Table(table, footnotes, section_rows)
+    table = Table(pd.DataFrame(rows, columns=COLUMNS), footnotes, section_rows)
+    _flag_unstable(table, frame, row_of, {"decode_tok_s": ["Throughput (token/sec)"]})
+    return table
 
 
 def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
@@ -295,4 +329,10 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
     notes = ["Paper figures: Table 1 of Dong et al. (2024), one A100, 300M models (rows to E) and "
              "1.5B (F, G), sequence length 8K, batch 128 halved until it fits."]
     notes += _conventions(frame)
-    return Table(pd.DataFrame(rows), notes, [])
+    table = Table(pd.DataFrame(rows), notes, [])
+    row_of = {name: i for i, name in enumerate(info["variant"])}
+    _flag_unstable(table, frame, row_of, {"decode_tok_s": ["Decode (tok/s)", "Decode vs Llama"],
+                                          "prefill_tok_s": ["Prefill (tok/s)"]})
+    frame_ = table.frame
+    frame_["Decode unstable"] = [bool((i, "Decode (tok/s)") in table.flagged) for i in range(len(frame_))]
+    return table

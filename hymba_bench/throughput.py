@@ -27,6 +27,7 @@ recorded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -39,7 +40,7 @@ from hymba_bench.cache import InferenceCache, cache_bytes, state_elements
 from hymba_bench.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.memory import PeakMemory
-from hymba_bench.timing import Timing, measure
+from hymba_bench.timing import CpuLoad, Timing, measure, synchronize
 
 T = TypeVar("T")
 
@@ -83,8 +84,38 @@ class PrefillResult:
     timing: Timing
 
 
+class DoesNotFit(HymbaBenchError):
+    """The analytic cache size exceeds the memory free on the device: found before allocating."""
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new allocations: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(cfg: ModelConfig, batch: int, tokens: int, dtype: torch.dtype,
+               device: torch.device) -> None:
+    """Raise DoesNotFit, before any allocation, when a batch x tokens cache (plus the batch-1
+    cache it is filled from) cannot fit in what the device has free."""
+    need = cache_bytes(cfg, batch + 1, tokens, dtype)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise DoesNotFit(f"{cfg.name}: a cache for batch {batch} x {tokens:,} tokens needs "
+                         f"{need / 1e9:,.1f} GB and {free / 1e9:,.1f} GB is free on {device}; "
+                         "lower --batch, --context or --gen-tokens")
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
+    return isinstance(exc, torch.OutOfMemoryError | DoesNotFit) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
 
@@ -161,21 +192,57 @@ def make_step(model: nn.Module, cache: InferenceCache, first: Tensor, mode: str)
     raise HymbaBenchError(f"--decode: expected one of {', '.join(DECODE_MODES)}, got {mode!r}")
 
 
-def _time_steps(step: Step, first: Tensor, cache: InferenceCache, n: int, repeats: int,
-                warmup: int) -> Timing:
-    restore = cache.checkpoint(n)
+@dataclass
+class PreparedDecode:
+    """One design's decode, set up and warmed up: the cache filled, the step compiled or
+    captured, its state checkpointed. `once()` times `gen_tokens` greedy steps from that state;
+    `time_round_robin` interleaves several designs' `once()`."""
 
+    batch: int
+    settings: BenchSettings
+    device: torch.device
+    mode: str
+    probe_ms: dict[str, float] | None
+    peak: PeakMemory
+    _generate: Callable[[], None]
+    _restore: Callable[[], None]
+
+    @torch.inference_mode()
+    def once(self) -> float:
+        self._restore()
+        synchronize(self.device)
+        start = time.perf_counter()
+        self._generate()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def result(self, timing: Timing) -> DecodeResult:
+        return DecodeResult(self.batch * self.settings.gen_tokens / timing.median_s, self.batch,
+                            timing, self.peak.peak_bytes, self.peak.source, self.mode,
+                            self.peak.nvml_net_bytes, self.probe_ms)
+
+
+def _generator(step: Step, first: Tensor, n: int) -> Callable[[], None]:
     def generate() -> None:
         token = first
         for _ in range(n):
             token = step(token)[:, -1].argmax(-1, keepdim=True)
 
-    return measure(generate, warmup=warmup, repeats=repeats, device=first.device, setup=restore)
+    return generate
+
+
+def _probe_ms(step: Step, first: Tensor, cache: InferenceCache, n: int) -> float:
+    restore = cache.checkpoint(n)
+    timing = measure(_generator(step, first, n), warmup=1, repeats=3, device=first.device,
+                     setup=restore)
+    return 1e3 * timing.median_s / n
 
 
 @torch.inference_mode()
-def decode_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> DecodeResult:
+def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedDecode:
+    """Fill the cache, build the step in `settings.decode` (auto: measured), warm it up."""
     device = next(model.parameters()).device
+    check_fits(model.cfg, batch, settings.context + settings.gen_tokens, settings.torch_dtype, device)
     with PeakMemory(device) as peak:
         cache = filled_cache(model, batch, settings.context, settings.gen_tokens)
         first = _prompt(model, batch, 1, seed=1)
@@ -185,14 +252,35 @@ def decode_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> 
             if device.type == "cuda":  # measured: the faster of eager and graph on this design
                 n = min(8, settings.gen_tokens)
                 steps = {m: make_step(model, cache, first, m) for m in ("eager", "graph")}
-                probe = {m: 1e3 * _time_steps(f, first, cache, n, 3, 1).median_s / n
-                         for m, f in steps.items()}
+                probe = {m: _probe_ms(f, first, cache, n) for m, f in steps.items()}
                 mode = min(probe, key=probe.__getitem__)
         step = make_step(model, cache, first, mode) if probe is None else steps[mode]
-        timing = _time_steps(step, first, cache, settings.gen_tokens, settings.repeats,
-                             settings.warmup)
-    return DecodeResult(batch * settings.gen_tokens / timing.median_s, batch, timing,
-                        peak.peak_bytes, peak.source, mode, peak.nvml_net_bytes, probe)
+        restore = cache.checkpoint(settings.gen_tokens)
+        generate = _generator(step, first, settings.gen_tokens)
+        for _ in range(settings.warmup):
+            restore()
+            generate()
+        synchronize(device)
+    return PreparedDecode(batch, settings, device, mode, probe, peak, generate, restore)
+
+
+def time_round_robin(prepared: list[PreparedDecode], repeats: int) -> list[Timing]:
+    """Time each design `repeats` times, interleaved: A B C, B C A, C A B, ... Drift and bursts
+    of load then hit every design alike, and sample i of every design comes from round i, so
+    ratios between designs can be taken round by round."""
+    samples: list[list[float]] = [[] for _ in prepared]
+    with CpuLoad() as load:
+        for r in range(repeats):
+            for k in range(len(prepared)):
+                i = (r + k) % len(prepared)
+                samples[i].append(prepared[i].once())
+    return [Timing.of(s, load.others) for s in samples]
+
+
+def decode_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> DecodeResult:
+    """One design's decode throughput, timed on its own."""
+    prepared = prepare_decode(model, settings, batch)
+    return prepared.result(time_round_robin([prepared], settings.repeats)[0])
 
 
 def decode_bytes_per_step(cfg: ModelConfig, n_params: int, batch: int, context: int,
@@ -227,6 +315,7 @@ def roofline_pct(tok_s: float, batch: int, bytes_per_step: int, bandwidth: float
 @torch.inference_mode()
 def prefill_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> PrefillResult:
     device = next(model.parameters()).device
+    check_fits(model.cfg, batch, settings.context, settings.torch_dtype, device)
     ids = _prompt(model, batch, settings.context)
     cache = model.allocate_cache(batch, settings.context)
     timing = measure(lambda: model(ids, cache), warmup=settings.warmup, repeats=settings.repeats,

@@ -105,7 +105,11 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
     if resume and state_path.is_file():
         loaded, _ = load_checkpoint(out, variant)
         model.load_state_dict(loaded.state_dict())
-        state = torch.load(state_path, weights_only=False)
+        try:
+            state = torch.load(state_path, weights_only=False)
+        except Exception as exc:  # truncated or foreign file: say which, in one line
+            raise HymbaBenchError(f"{state_path}: cannot read the trainer state "
+                                  f"({type(exc).__name__}); delete it to restart training") from None
         if state["settings"] != asdict(settings):
             raise HymbaBenchError(f"--resume: {out} was trained with other settings; "
                                   "use the same ones or a new --out")

@@ -46,7 +46,7 @@ def test_results_round_trip_to_table(tmp_path: Path) -> None:
     decode = {r["variant"]: r["value"] for r in records if r["metric"] == "decode_tok_s"}
     assert table.frame.loc[1, "Throughput (token/sec)"] == decode["llama"]
     written = (out / "roadmap.csv").read_text().splitlines()
-    assert written[0] == ",".join(COLUMNS)
+    assert written[0] == ",".join(["Section", *COLUMNS])  # sections are a column, not rows
     md = (out / "roadmap.md").read_text()
     assert EMPTY in md and "accuracy skipped (--skip accuracy)" in md
     # the table command renders the same run again
