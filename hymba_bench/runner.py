@@ -149,7 +149,8 @@ class ThroughputJob:
     wanted: set[str]
     settings: Any = None
     model: Any = None
-    prepared: Any = None
+    prefill: Any = None  # PreparedPrefill
+    prepared: Any = None  # PreparedDecode
     batch: int = 0
 
     @property
@@ -175,11 +176,11 @@ def _bench_model(job: ThroughputJob, device: str, overrides: dict[str, Any] | No
     job.model = model.to(job.settings.torch_dtype).eval()
 
 
-def measure_prefill_and_setup(job: ThroughputJob, device: str, log: Callable[[str], None],
-                              overrides: dict[str, Any] | None) -> None:
-    """Prefill throughput now; the decode set up (cache filled, step built, warmed up) for
-    `time_decodes` to time beside the other designs'."""
-    from hymba_bench.throughput import halve_on_oom, prefill_throughput, prepare_decode
+def set_up_throughput(job: ThroughputJob, device: str, log: Callable[[str], None],
+                      overrides: dict[str, Any] | None) -> None:
+    """Prefill and decode set up (caches filled, step built, warmed up) for `time_throughput`
+    to time beside the other designs'."""
+    from hymba_bench.throughput import halve_on_oom, prepare_decode, prepare_prefill
 
     _bench_model(job, device, overrides)
     model, settings, name = job.model, job.settings, job.rv.config.name
@@ -188,18 +189,16 @@ def measure_prefill_and_setup(job: ThroughputJob, device: str, log: Callable[[st
         log(f"{name}: out of memory at batch {old}, retrying at {new}")
 
     if "prefill_tok_s" in job.wanted:
-        res, batch = halve_on_oom(lambda b: prefill_throughput(model, settings, b),
-                                  settings.prefill_batch, halved)
-        job.record("prefill_tok_s", res.tok_s, batch=batch, requested_batch=settings.prefill_batch,
-                   timing=res.timing.as_dict(), spread=res.timing.spread,
-                   unstable=res.timing.unstable_reason, **job.common)
+        job.prefill, _ = halve_on_oom(lambda b: prepare_prefill(model, settings, b),
+                                      settings.prefill_batch, halved)
     if job.wanted & DECODE_METRICS:
         job.prepared, job.batch = halve_on_oom(lambda b: prepare_decode(model, settings, b),
                                                settings.batch, halved)
 
 
-def time_decodes(jobs: list[ThroughputJob], device: str) -> None:
-    """Time the prepared decodes interleaved, round by round, and record them."""
+def time_throughput(jobs: list[ThroughputJob], device: str,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Time the prepared prefills, then decodes, interleaved round by round, and record them."""
     from hymba_bench.throughput import (
         decode_bytes_per_step,
         device_bandwidth,
@@ -207,11 +206,23 @@ def time_decodes(jobs: list[ThroughputJob], device: str) -> None:
         time_round_robin,
     )
 
+    prefills = [j for j in jobs if j.prefill is not None]
+    if prefills:
+        repeats = prefills[0].settings.repeats
+        timings = time_round_robin([j.prefill for j in prefills], repeats, _rounds(log, "prefill",
+                                                                               repeats))
+        for job, timing in zip(prefills, timings, strict=True):
+            res = job.prefill.result(timing)
+            job.record("prefill_tok_s", res.tok_s, batch=res.batch,
+                       requested_batch=job.settings.prefill_batch, timing=timing.as_dict(),
+                       spread=timing.spread, unstable=timing.unstable_reason,
+                       interleaved_with=len(prefills) - 1, **job.common)
+            job.prefill = None  # its cache is freed before the decodes are timed
     jobs = [j for j in jobs if j.prepared is not None]
     if not jobs:
         return
     repeats = jobs[0].settings.repeats
-    timings = time_round_robin([j.prepared for j in jobs], repeats)
+    timings = time_round_robin([j.prepared for j in jobs], repeats, _rounds(log, "decode", repeats))
     bandwidth = device_bandwidth(device)
     for job, timing in zip(jobs, timings, strict=True):
         dec = job.prepared.result(timing)
@@ -228,6 +239,13 @@ def time_decodes(jobs: list[ThroughputJob], device: str) -> None:
         job.record("decode_roofline_pct", roofline_pct(dec.tok_s, job.batch, moved, bandwidth),
                    decode_bytes_per_step=moved, bandwidth_bytes_s=bandwidth,
                    roofline_tok_s=job.batch * bandwidth / moved, decode_mode=dec.mode, **extra)
+
+
+def _rounds(log: Callable[[str], None] | None, what: str,
+            repeats: int) -> Callable[[int], None] | None:
+    if log is None:
+        return None
+    return lambda r: log(f"  {what}: round {r + 1} of {repeats}")
 
 
 def fits_together(jobs: list[ThroughputJob], device: str, overrides: dict[str, Any] | None) -> bool:
@@ -325,11 +343,11 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                                 record(metric, value, **extra)
                     elif stage == "throughput" and wanted:
                         job = ThroughputJob(rv, record, wanted)
-                        measure_prefill_and_setup(job, opts.device, progress.log, opts.bench)
+                        set_up_throughput(job, opts.device, progress.log, opts.bench)
                         if together:
                             jobs.append(job)
                         else:  # timed alone, and its memory freed before the next design
-                            time_decodes([job], opts.device)
+                            time_throughput([job], opts.device)
                     elif stage == "accuracy" and wanted:
                         from hymba_bench.accuracy import measure_accuracy
 
@@ -345,8 +363,9 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                         steps.close()
                     progress.advance()
                 if jobs:
-                    progress.log(f"timing decode of {len(jobs)} designs, interleaved round by round")
-                    time_decodes(jobs, opts.device)
+                    progress.log(f"timing prefill and decode of {len(jobs)} designs, interleaved "
+                                 "round by round")
+                    time_throughput(jobs, opts.device, progress.log)
                 del jobs
         write_tables(opts.out, console if show_tables else None)
     return opts.out

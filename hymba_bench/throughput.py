@@ -264,13 +264,16 @@ def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int) -> Pre
     return PreparedDecode(batch, settings, device, mode, probe, peak, generate, restore)
 
 
-def time_round_robin(prepared: list[PreparedDecode], repeats: int) -> list[Timing]:
+def time_round_robin(prepared: list[PreparedDecode] | list[PreparedPrefill], repeats: int,
+                     on_round: Callable[[int], None] | None = None) -> list[Timing]:
     """Time each design `repeats` times, interleaved: A B C, B C A, C A B, ... Drift and bursts
     of load then hit every design alike, and sample i of every design comes from round i, so
     ratios between designs can be taken round by round."""
     samples: list[list[float]] = [[] for _ in prepared]
     with CpuLoad() as load:
         for r in range(repeats):
+            if on_round is not None:
+                on_round(r)
             for k in range(len(prepared)):
                 i = (r + k) % len(prepared)
                 samples[i].append(prepared[i].once())
@@ -312,15 +315,40 @@ def roofline_pct(tok_s: float, batch: int, bytes_per_step: int, bandwidth: float
     return 100.0 * tok_s / (batch * bandwidth / bytes_per_step)
 
 
-@torch.inference_mode()
-def prefill_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> PrefillResult:
+@dataclass
+class PreparedPrefill:
+    """One design's prefill, set up and warmed up; `once()` times `batch` x `context` tokens
+    into a fresh cache, so `time_round_robin` can interleave it with other designs'."""
+
+    model: nn.Module
+    ids: Tensor
+    cache: InferenceCache
+    settings: BenchSettings
+    batch: int
+
+    @torch.inference_mode()
+    def once(self) -> float:
+        self.cache.reset()
+        device = self.ids.device
+        synchronize(device)
+        start = time.perf_counter()
+        self.model(self.ids, self.cache)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    def result(self, timing: Timing) -> PrefillResult:
+        return PrefillResult(self.batch * self.settings.context / timing.median_s, self.batch, timing)
+
+
+def prepare_prefill(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedPrefill:
     device = next(model.parameters()).device
     check_fits(model.cfg, batch, settings.context, settings.torch_dtype, device)
     ids = _prompt(model, batch, settings.context)
-    cache = model.allocate_cache(batch, settings.context)
-    timing = measure(lambda: model(ids, cache), warmup=settings.warmup, repeats=settings.repeats,
-                     device=device, setup=cache.reset)
-    return PrefillResult(batch * settings.context / timing.median_s, batch, timing)
+    prepared = PreparedPrefill(model, ids, model.allocate_cache(batch, settings.context), settings,
+                               batch)
+    for _ in range(settings.warmup):
+        prepared.once()
+    return prepared
 
 
 def settings_from_profile(bench: dict[str, Any], device: torch.device,

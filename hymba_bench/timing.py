@@ -129,8 +129,9 @@ def significant(before: Sequence[float], after: Sequence[float], alpha: float = 
     """Do two sets of samples differ beyond their own noise? A two-sided permutation test on the
     difference of the means of the logs (exact up to 20 samples, else 20,000 random splits)."""
     a, b = [math.log(x) for x in before], [math.log(x) for x in after]
-    if len(a) < 2 or len(b) < 2:
-        return True  # nothing to judge the noise by: fall back to the tolerance alone
+    if 2 / math.comb(len(a) + len(b), len(a)) >= alpha:
+        # too few samples for any split to reach alpha (3 + 3 cannot): the tolerance alone decides
+        return True
     pooled, n = a + b, len(a)
     observed = abs(statistics.fmean(a) - statistics.fmean(b))
     total = sum(pooled)

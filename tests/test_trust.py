@@ -250,3 +250,38 @@ def test_list_profiles_and_fixed_size_show() -> None:
     shown = json.loads(cli("show", "hymba-1.5b", "--json").stdout)
     assert shown["profile"] is None
     assert "(fixed size)" in cli("show", "hymba-1.5b").stdout
+
+
+def test_regress_does_not_judge_figures_timed_on_a_busy_machine(tmp_path: Path) -> None:
+    from hymba_bench.regress import compare, make_baseline
+
+    out = tmp_path / "r"
+    run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
+                   bench={"gen_tokens": 2, "repeats": 3, "context": 64, "batch": 2}),
+        show_tables=False)
+    baseline = make_baseline(out)
+    records = ResultsFile(out / "results.jsonl").load()
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for busy, path in ((False, slow / "results.jsonl"), (True, tmp_path / "busy.jsonl")):
+        with path.open("w") as f:
+            for r in records:
+                r = json.loads(json.dumps(r))
+                if r["variant"] == "mamba" and r["metric"] == "decode_tok_s":  # 10x slower
+                    r["value"] /= 10
+                    r["timing"]["samples"] = [t * 10 for t in r["timing"]["samples"]]
+                if r.get("timing"):
+                    r["timing"]["others_cpu"] = 0.5 if busy else 0.0
+                f.write(json.dumps(r) + "\n")
+    failed = compare(baseline, slow, tolerance=0.4).failed
+    assert [(c.variant, c.metric, c.kind) for c in failed] == [
+        ("mamba", "decode_tok_s", "vs-reference"), ("mamba", "decode_tok_s", "absolute")]
+    (tmp_path / "busy.jsonl").replace(slow / "results.jsonl")
+    judged = compare(baseline, slow, tolerance=0.4)
+    assert not judged.failed
+    assert any(c.note.startswith("not judged: other processes used 50%") for c in judged.checks)
+
+
+def test_too_few_samples_leave_the_verdict_to_the_tolerance() -> None:
+    assert significant([1.0, 1.1, 0.9], [1.0, 1.05, 0.95])  # 3 + 3: no split reaches 5%
+    assert not significant([1.0, 1.1, 0.9, 1.05], [1.0, 1.05, 0.95, 1.1])  # 4 + 4 can: noise
