@@ -248,7 +248,8 @@ def _rounds(log: Callable[[str], None] | None, what: str,
     return lambda r: log(f"  {what}: round {r + 1} of {repeats}")
 
 
-def fits_together(jobs: list[ThroughputJob], device: str, overrides: dict[str, Any] | None) -> bool:
+def fits_together(resolved: list[ResolvedVariant], device: str,
+                  overrides: dict[str, Any] | None) -> bool:
     """Can every design's decode cache be held at once (within half the free memory)?
     Interleaving needs that; at paper scale on a GPU it usually does not, and designs are timed
     one after another instead."""
@@ -262,11 +263,11 @@ def fits_together(jobs: list[ThroughputJob], device: str, overrides: dict[str, A
     if free is None:
         return False
     need = 0
-    for job in jobs:
-        if not job.rv.profile.bench:
+    for rv in resolved:
+        if not rv.profile.bench:
             continue
-        s = settings_from_profile(job.rv.profile.bench, dev, overrides)
-        need += cache_bytes(job.rv.config, s.batch + 1, s.context + s.gen_tokens, s.torch_dtype)
+        s = settings_from_profile(rv.profile.bench, dev, overrides)
+        need += cache_bytes(rv.config, s.batch + 1, s.context + s.gen_tokens, s.torch_dtype)
     return need <= free // 2
 
 
@@ -329,9 +330,8 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
             records = {rv.config.name: _recorder(results, rv, context, opts) for rv in resolved}
             for stage in stages:  # stage by stage, so that decode timings can be interleaved
                 jobs: list[ThroughputJob] = []
-                together = stage == "throughput" and fits_together(
-                    [ThroughputJob(rv, records[rv.config.name], set()) for rv in resolved],
-                    opts.device, opts.bench)
+                together = stage == "throughput" and fits_together(resolved, opts.device,
+                                                                   opts.bench)
                 for index, rv in enumerate(resolved, 1):
                     name = rv.config.name
                     record = records[name]
