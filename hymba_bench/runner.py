@@ -160,30 +160,19 @@ class ThroughputJob:
                 "dtype": s.dtype, "warmup": s.warmup, "repeats": s.repeats}
 
 
-def _bench_model(job: ThroughputJob, device: str, overrides: dict[str, Any] | None) -> None:
+def set_up_throughput(job: ThroughputJob, device: str, log: Callable[[str], None]) -> None:
+    """The bench model, then prefill and decode set up (caches filled, step built, warmed up)
+    for `time_throughput` to time beside the other designs'. `job.settings` is already resolved."""
     import torch
 
     from hymba_bench.model.lm import HybridLM
-    from hymba_bench.throughput import settings_from_profile
-
-    dev = torch.device(device)
-    if not job.rv.profile.bench:
-        raise HymbaBenchError(f"{job.rv.profile.path}: bench: the profile has no throughput settings")
-    job.settings = settings_from_profile(job.rv.profile.bench, dev, overrides)
-    torch.manual_seed(0)
-    with dev:
-        model = HybridLM(job.rv.config)
-    job.model = model.to(job.settings.torch_dtype).eval()
-
-
-def set_up_throughput(job: ThroughputJob, device: str, log: Callable[[str], None],
-                      overrides: dict[str, Any] | None) -> None:
-    """Prefill and decode set up (caches filled, step built, warmed up) for `time_throughput`
-    to time beside the other designs'."""
     from hymba_bench.throughput import halve_on_oom, prepare_decode, prepare_prefill
 
-    _bench_model(job, device, overrides)
-    model, settings, name = job.model, job.settings, job.rv.config.name
+    settings, name = job.settings, job.rv.config.name
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = HybridLM(job.rv.config)
+    job.model = model = model.to(settings.torch_dtype).eval()
 
     def halved(old: int, new: int) -> None:
         log(f"{name}: out of memory at batch {old}, retrying at {new}")
@@ -248,25 +237,21 @@ def _rounds(log: Callable[[str], None] | None, what: str,
     return lambda r: log(f"  {what}: round {r + 1} of {repeats}")
 
 
-def fits_together(resolved: list[ResolvedVariant], device: str,
-                  overrides: dict[str, Any] | None) -> bool:
+def fits_together(resolved: list[ResolvedVariant], settings: dict[str, Any], device: str) -> bool:
     """Can every design's decode cache be held at once (within half the free memory)?
     Interleaving needs that; at paper scale on a GPU it usually does not, and designs are timed
-    one after another instead."""
+    one after another instead. `settings`: each design's resolved bench settings, by name."""
     import torch
 
     from hymba_bench.cache import cache_bytes
-    from hymba_bench.throughput import available_bytes, settings_from_profile
+    from hymba_bench.throughput import available_bytes
 
-    dev = torch.device(device)
-    free = available_bytes(dev)
+    free = available_bytes(torch.device(device))
     if free is None:
         return False
     need = 0
     for rv in resolved:
-        if not rv.profile.bench:
-            continue
-        s = settings_from_profile(rv.profile.bench, dev, overrides)
+        s = settings[rv.config.name]
         need += cache_bytes(rv.config, s.batch + 1, s.context + s.gen_tokens, s.torch_dtype)
     return need <= free // 2
 
@@ -296,6 +281,7 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
 
         if not torch.cuda.is_available():
             raise HymbaBenchError("--device cuda: no CUDA device is visible to torch")
+    bench: dict[str, Any] = {}  # each design's bench settings, resolved once
     if "throughput" not in opts.skip:  # bad --batch / --context / --decode fail before any work
         import torch
 
@@ -303,10 +289,12 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
 
         dev = torch.device(opts.device)
         for rv in resolved:
-            if rv.profile.bench:
-                s = settings_from_profile(rv.profile.bench, dev, opts.bench)
-                # batch 1 is where halving would end: if even that cannot fit, say so now
-                check_fits(rv.config, 1, s.context + s.gen_tokens, s.torch_dtype, dev)
+            if not rv.profile.bench:
+                raise HymbaBenchError(f"{rv.profile.path}: bench: the profile has no throughput "
+                                      "settings")
+            s = bench[rv.config.name] = settings_from_profile(rv.profile.bench, dev, opts.bench)
+            # batch 1 is where halving would end: if even that cannot fit, say so now
+            check_fits(rv.config, 1, s.context + s.gen_tokens, s.torch_dtype, dev)
     budget, paper_data = None, False
     if "accuracy" not in opts.skip:  # bad budgets and data dirs fail before anything is written
         from hymba_bench.accuracy import AccuracyBudget, hub_reachable, use_data_dir
@@ -330,8 +318,7 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
             records = {rv.config.name: _recorder(results, rv, context, opts) for rv in resolved}
             for stage in stages:  # stage by stage, so that decode timings can be interleaved
                 jobs: list[ThroughputJob] = []
-                together = stage == "throughput" and fits_together(resolved, opts.device,
-                                                                   opts.bench)
+                together = stage == "throughput" and fits_together(resolved, bench, opts.device)
                 for index, rv in enumerate(resolved, 1):
                     name = rv.config.name
                     record = records[name]
@@ -342,8 +329,8 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                             if metric in wanted or metric not in STAGE_METRICS["cache"]:
                                 record(metric, value, **extra)
                     elif stage == "throughput" and wanted:
-                        job = ThroughputJob(rv, record, wanted)
-                        set_up_throughput(job, opts.device, progress.log, opts.bench)
+                        job = ThroughputJob(rv, record, wanted, settings=bench[name])
+                        set_up_throughput(job, opts.device, progress.log)
                         if together:
                             jobs.append(job)
                         else:  # timed alone, and its memory freed before the next design

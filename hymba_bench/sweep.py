@@ -57,19 +57,19 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
 
     console = console or Console()
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
+    dev = torch.device(opts.device)
+    bench = {}  # each design's bench settings, resolved once
     for rv in resolved:  # bad --batch / --decode, or a context that cannot fit, fail before work
-        s = settings_from_profile(rv.profile.bench, torch.device(opts.device), opts.bench)
-        check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype,
-                   torch.device(opts.device))
+        s = bench[rv.config.name] = settings_from_profile(rv.profile.bench, dev, opts.bench)
+        check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype, dev)
     with run_lock(opts.out):
         results = prepare_out_dir(opts.out, opts.resume, "sweep.jsonl")
         done = {(r["variant"], r["metric"], r.get("context")) for r in results.load()}
         context = base_context(opts.device)
-        dev = torch.device(opts.device)
         with RunProgress(console, len(resolved), len(opts.seq_lens), unit="contexts") as progress:
             for index, rv in enumerate(resolved, 1):
                 cfg = rv.config
-                settings = settings_from_profile(rv.profile.bench, dev, opts.bench)
+                settings = bench[cfg.name]
                 vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
                         "window": cfg.sliding_window, "dtype_cache": "float16"}
                 model = None

@@ -27,7 +27,6 @@ recorded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -40,7 +39,7 @@ from hymba_bench.cache import InferenceCache, cache_bytes, state_elements
 from hymba_bench.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.memory import PeakMemory
-from hymba_bench.timing import CpuLoad, Timing, measure, synchronize
+from hymba_bench.timing import CpuLoad, Timing, measure, synchronize, time_call
 
 T = TypeVar("T")
 
@@ -209,12 +208,7 @@ class PreparedDecode:
 
     @torch.inference_mode()
     def once(self) -> float:
-        self._restore()
-        synchronize(self.device)
-        start = time.perf_counter()
-        self._generate()
-        synchronize(self.device)
-        return time.perf_counter() - start
+        return time_call(self._generate, self.device, self._restore)
 
     def result(self, timing: Timing) -> DecodeResult:
         return DecodeResult(self.batch * self.settings.gen_tokens / timing.median_s, self.batch,
@@ -328,13 +322,7 @@ class PreparedPrefill:
 
     @torch.inference_mode()
     def once(self) -> float:
-        self.cache.reset()
-        device = self.ids.device
-        synchronize(device)
-        start = time.perf_counter()
-        self.model(self.ids, self.cache)
-        synchronize(device)
-        return time.perf_counter() - start
+        return time_call(lambda: self.model(self.ids, self.cache), self.ids.device, self.cache.reset)
 
     def result(self, timing: Timing) -> PrefillResult:
         return PrefillResult(self.batch * self.settings.context / timing.median_s, self.batch, timing)

@@ -101,6 +101,18 @@ class CpuLoad:
         self.others = min(1.0, max(0.0, others / ticks))
 
 
+def time_call(fn: Callable[[], object], device: torch.device | str | None = None,
+              setup: Callable[[], object] | None = None) -> float:
+    """Seconds for one call of `fn`, device work included; `setup` runs untimed before it."""
+    if setup is not None:
+        setup()
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def measure(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5,
             device: torch.device | str | None = None,
             setup: Callable[[], object] | None = None) -> Timing:
@@ -112,16 +124,8 @@ def measure(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5,
             setup()
         fn()
     synchronize(device)
-    samples = []
     with CpuLoad() as load:
-        for _ in range(repeats):
-            if setup is not None:
-                setup()
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            samples.append(time.perf_counter() - start)
+        samples = [time_call(fn, device, setup) for _ in range(repeats)]
     return Timing.of(samples, load.others)
 
 
