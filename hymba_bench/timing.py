@@ -24,6 +24,9 @@ import torch
 
 SPREAD_LIMIT = 0.25  # (max - min) / median of the samples
 LOAD_LIMIT = 0.10  # share of the machine's CPU time used by other processes while timing
+# /proc/stat counts in clock ticks (10 ms): over a shorter window one stray tick of any other
+# process reads as a busy machine, so the load of a shorter block is unknown, not measured
+LOAD_MIN_WINDOW_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ def _cpu_ticks() -> tuple[int, int] | None:
 
 class CpuLoad:
     """`with CpuLoad() as load: ...` then `load.others`: the share of the machine's CPU capacity
-    that other processes used during the block (None where /proc is not available)."""
+    that other processes used during the block (None where /proc is not available, or when the
+    block was shorter than `LOAD_MIN_WINDOW_S`)."""
 
     def __enter__(self) -> CpuLoad:
         self._start = _cpu_ticks()
@@ -92,11 +96,10 @@ class CpuLoad:
 
     def __exit__(self, *exc: object) -> None:
         end = _cpu_ticks()
-        if self._start is None or end is None:
+        elapsed = time.monotonic() - self._t0
+        if self._start is None or end is None or elapsed < LOAD_MIN_WINDOW_S:
             return
-        ticks = (time.monotonic() - self._t0) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
-        if ticks <= 0:
-            return
+        ticks = elapsed * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
         others = (end[0] - self._start[0]) - (end[1] - self._start[1])
         self.others = min(1.0, max(0.0, others / ticks))
 

@@ -59,12 +59,15 @@ def test_timing_marks_spread_and_load() -> None:
 
 
 def test_cpu_load_sees_another_busy_process() -> None:
-    with CpuLoad() as idle:
+    import time
+
+    with CpuLoad() as blink:  # too short for 10 ms ticks to say anything: unknown, not "busy"
         sum(range(200_000))
+    assert blink.others is None
+    with CpuLoad() as idle:
+        time.sleep(0.6)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        import time
-
         time.sleep(0.3)
         with CpuLoad() as loaded:
             time.sleep(1.0)
@@ -92,8 +95,9 @@ def test_regress_passes_a_noisy_rerun_and_fails_a_real_slowdown() -> None:
 
 def test_run_interleaves_decode_timing_and_records_load(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    # long enough (> LOAD_MIN_WINDOW_S of timed rounds) for the load to be measured
     run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 2, "repeats": 2, "context": 64, "batch": 2}),
+                   bench={"gen_tokens": 64, "repeats": 3, "context": 256, "batch": 8}),
         show_tables=False)
     decode = [r for r in ResultsFile(out / "results.jsonl").load() if r["metric"] == "decode_tok_s"]
     assert {r["variant"] for r in decode} == {"llama", "mamba"}
