@@ -1,9 +1,16 @@
 """The `accuracy` stage of `hymba-bench run`: proxy-train every design under one budget, then
 evaluate it through lm-eval.
 
-The budget (steps, batch, learning rate, the recall task's size) comes from the profile's `train`
-block and is the same for every design: no per-design tuning, so the comparison is honest. The
-checkpoint lands in `<out>/checkpoints/<variant>` and training resumes there after an interruption.
+The budget (steps, batch, learning rate, the recall task's size, the number of training seeds)
+comes from the profile's `train` block and is the same for every design: no per-design tuning, so
+the comparison is honest. Each seed trains its own model from its own initialisation and data
+order; its checkpoint lands in `<out>/checkpoints/<variant>/seed-<k>` (training resumes there after
+an interruption) and its lm-eval output, in lm-eval's own format, in `<out>/lm_eval/<variant>/
+seed-<k>`. A seed already evaluated in the results file is not trained again.
+
+The recorded Recall is the mean over seeds, with two spreads kept apart: `seed_sd`, the standard
+deviation across seeds (how the design trains), and `stderr`, the evaluation standard error of that
+mean (how many items were asked).
 
 What fills the table:
 - Recall (%): lm-eval's SWDE and SQuAD-completion when their data is reachable (the hub, or a
@@ -15,7 +22,9 @@ What fills the table:
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +46,7 @@ class AccuracyBudget:
     lr: float = 3e-3
     warmup: int = 30
     seed: int = 0
+    seeds: int = 1
     pairs: int = 8
     queries: int = 8
     eval_items: int = 512
@@ -52,7 +62,8 @@ class AccuracyBudget:
         if unknown:
             raise HymbaBenchError(f"{profile.path}: train/eval: unknown key {unknown[0]!r}")
         budget = cls(**values)
-        for key in ("steps", "batch_size", "pairs", "queries", "eval_items", "eval_batch_size"):
+        for key in ("steps", "batch_size", "seeds", "pairs", "queries", "eval_items",
+                    "eval_batch_size"):
             value = getattr(budget, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
@@ -93,11 +104,71 @@ def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
 
+def seed_summary(values: list[float], stderrs: list[float | None]) -> dict[str, Any]:
+    """Mean over seeds, the across-seed standard deviation (None for one seed) and the
+    evaluation standard error of the mean (independent item samples: root-sum-square / N)."""
+    known = [e for e in stderrs if e is not None and not math.isnan(e)]
+    return {"value": statistics.fmean(values), "seeds": len(values),
+            "seed_sd": statistics.stdev(values) if len(values) > 1 else None,
+            "stderr": math.sqrt(sum(e * e for e in known)) / len(known) if known else None}
+
+
 def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget,
                      record: Callable[..., None], wanted: set[str],
                      on_step: Callable[[int, float], None] | None = None,
-                     paper_data: bool = False) -> None:
-    """Train `rv` under `budget` (resuming a checkpoint in `out`), evaluate, and record."""
+                     paper_data: bool = False, previous: list[dict[str, Any]] | None = None,
+                     log_samples: bool = False,
+                     on_seed: Callable[[int], None] | None = None) -> None:
+    """Train `rv` under `budget` once per seed (resuming checkpoints in `out`, skipping seeds
+    already in `previous`, this design's earlier records), evaluate each, record the mean."""
+    per_seed = {r["train_seed"]: r for r in previous or []
+                if r.get("metric") == "recall_synthetic_pct" and "train_seed" in r}
+    seeds = [budget.seed + k for k in range(budget.seeds)]
+    paper: dict[int, Any] = {}
+    for k, seed in enumerate(seeds):
+        if seed in per_seed:
+            continue
+        if on_seed is not None:
+            on_seed(k)
+        per_seed[seed], paper[seed] = _one_seed(rv, out, device, budget, seed, record, on_step,
+                                                paper_data, log_samples)
+    runs = [per_seed[s] for s in seeds]
+    info = {key: runs[0][key] for key in ("train_steps", "train_batch", "train_lr", "recall_pairs",
+                                          "recall_queries")}
+    info["train_seeds"] = seeds
+    syn = seed_summary([r["value"] for r in runs], [r.get("stderr") for r in runs])
+    n_items = sum(int(r.get("n") or 0) for r in runs)
+    losses = [r["train_loss"] for r in runs if r.get("train_loss") is not None]
+    if losses:
+        record("train_loss", statistics.fmean(losses), **info)
+    if "recall_pct" in wanted:
+        got = [p.values["recall_pct"] for p in paper.values()
+               if p is not None and "recall_pct" in p.values]
+        if len(got) == len(seeds):
+            summary = seed_summary(got, [p.stderr.get("recall_pct") for p in paper.values()])
+            record("recall_pct", summary.pop("value"), recall_source=PAPER_RECALL, **summary, **info)
+        else:
+            record("recall_pct", syn["value"], recall_source=SYNTHETIC, n=n_items,
+                   **{k: v for k, v in syn.items() if k != "value"}, **info)
+    if "commonsense_pct" in wanted:
+        got = [p.values["commonsense_pct"] for p in paper.values()
+               if p is not None and "commonsense_pct" in p.values]
+        if len(got) == len(seeds):
+            summary = seed_summary(got, [p.stderr.get("commonsense_pct") for p in paper.values()])
+            record("commonsense_pct", summary.pop("value"), **summary, **info)
+        else:
+            missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
+            why = next((m for m in missing if m), None) or \
+                "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
+                "--data-dir (a datasets cache)"
+            record("note", why, stage="accuracy", metric_missing="commonsense_pct")
+
+
+def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget, seed: int,
+              record: Callable[..., None], on_step: Callable[[int, float], None] | None,
+              paper_data: bool, log_samples: bool) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one seed; record its synthetic recall; return that record's fields
+    and the paper suites' outcome (None without their data)."""
     import torch
 
     from hymba_bench.evaluate import evaluate
@@ -110,46 +181,33 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)
     settings = TrainSettings(steps=budget.steps, batch_size=budget.batch_size,
                              seq_len=spec.rendered_length(), lr=budget.lr,
-                             warmup=min(budget.warmup, budget.steps), seed=budget.seed,
+                             warmup=min(budget.warmup, budget.steps), seed=seed,
                              save_every=max(1, budget.steps // 4))
-    torch.manual_seed(budget.seed)
+    torch.manual_seed(seed)
     with torch.device(device):
         model = HybridLM(rv.config)
-    ckpt = out / "checkpoints" / name
+    ckpt = out / "checkpoints" / name / f"seed-{seed}"
     summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
                     resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,
                     on_step=on_step)
-    train_info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
-                  "train_lr": budget.lr, "recall_pairs": budget.pairs,
-                  "recall_queries": budget.queries, "checkpoint": str(ckpt)}
-    record("train_loss", summary["final_loss"], **train_info)
+    info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
+            "train_lr": budget.lr, "recall_pairs": budget.pairs,
+            "recall_queries": budget.queries, "checkpoint": str(ckpt), "train_seed": seed,
+            "train_loss": summary["final_loss"]}
 
     lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
     metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
                 "queries": budget.queries, "data_dir": str(out / "data")}
-    synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata)
+    lm_eval_dir = out / "lm_eval" / name / f"seed-{seed}"
+    synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata,
+                       output_path=lm_eval_dir, log_samples=log_samples)
     if "recall_synthetic_pct" not in synthetic.values:
         raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
                               f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
-    syn_value = synthetic.values["recall_synthetic_pct"]
-    syn_extra = {"stderr": synthetic.stderr.get("recall_synthetic_pct"),
-                 "n": synthetic.n.get("hymba_recall_synthetic/contains"), **train_info}
-    record("recall_synthetic_pct", syn_value, **syn_extra)
-
-    paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")]) \
-        if paper_data else None
-    if "recall_pct" in wanted:
-        if paper is not None and "recall_pct" in paper.values:
-            record("recall_pct", paper.values["recall_pct"], stderr=paper.stderr.get("recall_pct"),
-                   recall_source=PAPER_RECALL, **train_info)
-        else:
-            record("recall_pct", syn_value, recall_source=SYNTHETIC, **syn_extra)
-    if "commonsense_pct" in wanted:
-        if paper is not None and "commonsense_pct" in paper.values:
-            record("commonsense_pct", paper.values["commonsense_pct"],
-                   stderr=paper.stderr.get("commonsense_pct"), **train_info)
-        else:
-            why = (paper.missing.get("commonsense_pct") if paper is not None else None) or \
-                "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
-                "--data-dir (a datasets cache)"
-            record("note", why, stage="accuracy", metric_missing="commonsense_pct")
+    fields = {"value": synthetic.values["recall_synthetic_pct"],
+              "stderr": synthetic.stderr.get("recall_synthetic_pct"),
+              "n": synthetic.n.get("hymba_recall_synthetic/contains"), **info}
+    record("recall_synthetic_pct", fields["value"], **{k: v for k, v in fields.items() if k != "value"})
+    paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")],
+                   output_path=lm_eval_dir, log_samples=log_samples) if paper_data else None
+    return fields, paper

@@ -151,6 +151,11 @@ def run(
     decode: DecodeOpt = None,
     train_steps: Annotated[int | None, typer.Option(
         min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="Training seeds per design: Recall is their mean, with the standard deviation "
+        "across seeds (default: the profile's train block).")] = None,
+    log_samples: Annotated[bool, typer.Option(
+        help="Also write lm-eval's per-sample logs (<out>/lm_eval/<design>/seed-<k>).")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
@@ -163,7 +168,8 @@ def run(
                       variant_files=files,
                       bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
                              "repeats": repeats, "decode": decode},
-                      train={"steps": train_steps}, data_dir=data_dir)
+                      train={"steps": train_steps, "seeds": seeds}, data_dir=data_dir,
+                      log_samples=log_samples)
     try:
         run_all(opts, console)
     except KeyboardInterrupt:
@@ -438,30 +444,30 @@ def bench_scan_cmd(
     state: Annotated[int, typer.Option(help="SSM state size.")] = 16,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats (median reported).")] = 3,
+    backward: Annotated[bool, typer.Option(help="Also time forward+backward (training).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Benchmark the fast CPU selective scan against the per-step reference loop."""
+    """Benchmark the CPU selective-scan paths against the per-step reference loop."""
     from hymba_bench.bench import bench_scan
 
     for key, value in (("--length", length), ("--channels", channels), ("--state", state),
                        ("--batch", batch)):
         if value <= 0:
             raise HymbaBenchError(f"{key}: expected a positive integer, got {value}")
-    with console.status("timing selective_scan (reference loop is slow) ..."):
-        result = bench_scan(batch, channels, state, length, repeats)
+    with console.status("timing selective_scan (the reference loop is slow) ..."):
+        result = bench_scan(batch, channels, state, length, repeats, backward=backward)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     shape = result["shape"]
     console.print(f"selective_scan fp32, batch {shape['batch']}, {shape['channels']} channels, "
                   f"state {shape['state']}, length {shape['length']} on {result['machine']['cpu']} "
-                  f"({result['machine']['threads']} threads)")
-    table = Table("path", "median s", "min s", "max s")
-    for label, key in (("selective_scan_chunked (fast)", "fast_s"), ("selective_scan_ref", "ref_s")):
-        t = result[key]
-        table.add_row(label, f"{t['median_s']:.3f}", f"{t['min_s']:.3f}", f"{t['max_s']:.3f}")
+                  f"({result['machine']['threads']} threads); compiled kernel: {result['cpu_kernel']}")
+    table = Table("pass", "path", "median s", "min s", "max s", "vs reference", "max rel. diff")
+    for row in result["rows"]:
+        table.add_row(row["pass"], row["path"], f"{row['median_s']:.3f}", f"{row['min_s']:.3f}",
+                      f"{row['max_s']:.3f}", f"{row['speedup_vs_ref']:.1f}x", f"{row['max_rel_err']:.1e}")
     console.print(table)
-    console.print(f"speedup {result['speedup']:.1f}x, max relative difference {result['max_rel_err']:.1e}")
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ class SubTask:
             self.owner.console.print(f"    {description or self.description}: {completed}/{self.total}")
             self._next_line = completed + max(1, self.total // 10)
 
+    def restart(self, description: str) -> None:
+        """Count again from zero (the next training seed)."""
+        self.description, self._next_line = description, 0
+        self.update(0, description)
+
     def close(self) -> None:
         if self.owner._bar is not None and self._task is not None:
             self.owner._bar.remove_task(self._task)

@@ -47,6 +47,7 @@ class RunOptions:
     bench: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's bench block
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's train block
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
+    log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
 
 
 def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
@@ -341,12 +342,17 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                         assert budget is not None
                         steps = progress.subtask(f"{name}: training", budget.steps)
 
-                        def on_step(step: int, loss: float, steps: Any = steps,
-                                    name: str = name) -> None:
-                            steps.update(step, f"{name}: training, loss {loss:.2f}")
+                        def on_seed(k: int, steps: Any = steps, name: str = name) -> None:
+                            assert budget is not None
+                            of = f" (seed {k + 1} of {budget.seeds})" if budget.seeds > 1 else ""
+                            steps.restart(f"{name}: training{of}")
 
+                        def on_step(step: int, loss: float, steps: Any = steps) -> None:
+                            steps.update(step, f"{steps.description}, loss {loss:.2f}")
+
+                        previous = [r for r in results.load() if r.get("variant") == name]
                         measure_accuracy(rv, opts.out, opts.device, budget, record, wanted, on_step,
-                                         paper_data)
+                                         paper_data, previous, opts.log_samples, on_seed)
                         steps.close()
                     progress.advance()
                 if jobs:

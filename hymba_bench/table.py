@@ -51,6 +51,7 @@ class Table:
     footnotes: list[str] = field(default_factory=list)
     section_rows: list[int] = field(default_factory=list)
     flagged: set[tuple[int, str]] = field(default_factory=set)  # (row, column) marked UNSTABLE
+    spread: dict[tuple[int, str], float] = field(default_factory=dict)  # shown as "± sd"
 
     def display_frame(self) -> pd.DataFrame:
         out = self.frame.astype(object).copy()
@@ -62,7 +63,9 @@ class Table:
                     out.iat[idx, out.columns.get_loc(col)] = "" if is_section else EMPTY
                 elif isinstance(value, float):
                     mark = UNSTABLE if (idx, col) in self.flagged else ""
-                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value) + mark
+                    sd = self.spread.get((idx, col))
+                    spread = f" ± {_fmt(col, sd)}" if sd is not None else ""
+                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value) + spread + mark
         return out
 
     def to_csv(self) -> str:
@@ -102,7 +105,7 @@ class Table:
 def _fmt(column: str, value: float) -> str:
     if " vs " in column:
         return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.3g}x"
-    if "Params" in column or "bytes" in column:
+    if "Params" in column or "bytes" in column or column == "Seeds":
         return f"{value:,.0f}"
     if "Cache" in column:
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
@@ -195,6 +198,8 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
             "bandwidth roofline are in the extended table."
         )
     recall = frame[frame.metric == "recall_pct"]
+    if len(recall):
+        notes.append(_seeds_note(recall))
     proxy = len(recall) and "recall_source" in recall \
         and (recall["recall_source"] != PAPER_RECALL).any()
     if proxy:
@@ -216,6 +221,35 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
             "included) are in the extended table and results.jsonl."
         )
     return notes
+
+
+def _seed_field(frame: pd.DataFrame, variant: str, metric: str, key: str) -> float:
+    rows = frame[(frame.variant == variant) & (frame.metric == metric)]
+    if rows.empty or key not in rows or rows[key].iloc[-1] is None or pd.isna(rows[key].iloc[-1]):
+        return math.nan
+    return float(rows[key].iloc[-1])
+
+
+def _seeds_note(recall: pd.DataFrame) -> str:
+    counts = sorted({int(n) for n in recall["seeds"].dropna()}) if "seeds" in recall else []
+    if not counts or counts == [1]:
+        return ("Accuracy: one training seed per design (the CPU default keeps the whole run near "
+                "five minutes; `--seeds N` trains N): the spread across training runs is not "
+                "measured, and the standard error in the extended table covers the evaluation "
+                "sample only.")
+    return (f"Accuracy: mean ± standard deviation across {' or '.join(map(str, counts))} training "
+            "seeds per design (how the design trains); the evaluation standard error of the mean "
+            "(how many items were asked) is in the extended table.")
+
+
+def _spreads(table: Table, frame: pd.DataFrame, rows: dict[str, int],
+             columns: dict[str, str]) -> None:
+    """Across-seed standard deviations of the accuracy cells, for the "± sd" display."""
+    for variant, row in rows.items():
+        for metric, column in columns.items():
+            sd = _seed_field(frame, variant, metric, "seed_sd")
+            if not math.isnan(sd):
+                table.spread[(row, column)] = sd
 
 
 def roadmap_table(records: list[dict[str, Any]]) -> Table:
@@ -252,6 +286,8 @@ def roadmap_table(records: list[dict[str, Any]]) -> Table:
     footnotes += _conventions(frame)
     table = Table(pd.DataFrame(rows, columns=COLUMNS), footnotes, section_rows)
     _flag_unstable(table, frame, row_of, {"decode_tok_s": ["Throughput (token/sec)"]})
+    _spreads(table, frame, row_of, {"recall_pct": "Recall (%)",
+                                    "commonsense_pct": "Commonsense Reasoning (%)"})
     return table
 
 
@@ -315,6 +351,8 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
             "Cache (MB)": mb,
             "Recall (%)": get(name, "recall_pct"),
             "Recall SE": _stderr(frame, name, "recall_pct"),
+            "Recall seed SD": _seed_field(frame, name, "recall_pct", "seed_sd"),
+            "Seeds": _seed_field(frame, name, "recall_pct", "seeds"),
             "Train loss": get(name, "train_loss"),
             "Decode vs Llama": ratio(tps, base_tps),
             "Cache vs Llama": ratio(mb, base_mb),

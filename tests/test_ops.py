@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hymba_bench import ops
+from hymba_bench.ops import cpu_kernel
 from hymba_bench.ops import scan as scan_mod
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.available(),
+                                  reason=f"compiled CPU scan: {cpu_kernel.unavailable_reason()}")
+# Every fast CPU scan path, held to the same reference by the same test bodies.
+FAST_SCANS = [pytest.param(ops.selective_scan_chunked, id="torch-chunked"),
+              pytest.param(ops.selective_scan_cpu, id="cpu-kernel", marks=needs_kernel)]
 
 
 def scan_inputs(batch: int, d: int, n: int, length: int, bc: str, seed: int) -> dict:
@@ -22,11 +29,12 @@ def scan_inputs(batch: int, d: int, n: int, length: int, bc: str, seed: int) -> 
     )
 
 
-@given(batch=st.integers(1, 3), d=st.sampled_from([2, 4, 6]), n=st.integers(1, 8),
+@pytest.mark.parametrize("fast", FAST_SCANS)
+@given(batch=st.integers(1, 3), d=st.sampled_from([2, 4, 6, 8, 12, 24]), n=st.integers(1, 8),
        length=st.integers(1, 300), bc=st.sampled_from(["const", "var", "group"]),
        use_d=st.booleans(), use_z=st.booleans(), use_bias=st.booleans(),
        softplus=st.booleans(), seed=st.integers(0, 2**16))
-def test_selective_scan_equals_ref(batch, d, n, length, bc, use_d, use_z, use_bias,
+def test_selective_scan_equals_ref(fast, batch, d, n, length, bc, use_d, use_z, use_bias,
                                    softplus, seed) -> None:
     x = scan_inputs(batch, d, n, length, bc, seed)
     if not softplus:
@@ -37,7 +45,7 @@ def test_selective_scan_equals_ref(batch, d, n, length, bc, use_d, use_z, use_bi
         delta_bias=torch.randn(d) * 0.1 if use_bias else None,
         delta_softplus=softplus, return_last_state=True,
     )
-    y, last = ops.selective_scan_chunked(**x, **kw)
+    y, last = fast(**x, **kw)
     y_ref, last_ref = ops.selective_scan_ref(**x, **kw)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(last, last_ref, rtol=1e-4, atol=1e-5)
@@ -67,10 +75,103 @@ def test_selective_scan_grad_equals_ref_grad(bc: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_half_precision_inputs_compute_in_fp32() -> None:
+@pytest.mark.parametrize("fast", FAST_SCANS)
+@given(batch=st.integers(1, 2), d=st.sampled_from([3, 8, 16]), n=st.integers(1, 6),
+       length=st.integers(1, 150), use_d=st.booleans(), use_z=st.booleans(),
+       use_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_selective_scan_training_grads_equal_ref(fast, batch, d, n, length, use_d, use_z,
+                                                 use_bias, seed) -> None:
+    """Mamba's layout (B, C per step): values and every input's gradient, the last state's
+    included, equal autograd through the reference loop, across the kernel's chunk boundary."""
+    g = torch.Generator().manual_seed(seed)
+    x = scan_inputs(batch, d, n, length, "var", seed)
+    if use_d:
+        x["D"] = torch.randn(d, generator=g)
+    if use_z:
+        x["z"] = torch.randn(batch, d, length, generator=g)
+    if use_bias:
+        x["delta_bias"] = torch.randn(d, generator=g) * 0.1
+    dy, dlast = torch.randn(batch, d, length, generator=g), torch.randn(batch, d, n, generator=g)
+    results = []
+    for fn in (fast, ops.selective_scan_ref):
+        leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+        y, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+        ((y * dy).sum() + (last * dlast).sum()).backward()
+        results.append([y, last, *(leaves[k].grad for k in sorted(leaves))])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_cpu_kernel_exp_matches_libm() -> None:
+    """The kernel's own exp, read back through a two-step scan: x_0 = 1, x_1 = exp(delta_1 A).
+    Covers underflow to zero, the saturation edge and everything between, to 2 ulp."""
+    arg = torch.cat([torch.linspace(-110, 88.3, 4001), torch.tensor([0.0, -87.3, -87.4, 1e-8])])
+    m = arg.numel()
+    delta = torch.stack([torch.ones(m), torch.ones(m)], -1)[None]  # (1, m, 2)
+    u = torch.stack([torch.ones(m), torch.zeros(m)], -1)[None]  # delta_0 u_0 B_0 = 1, no input at 1
+    y = ops.selective_scan_cpu(u, delta, arg[:, None], torch.ones(1, 1, 2), torch.ones(1, 1, 2))
+    torch.testing.assert_close(y[0, :, 1], torch.exp(arg), rtol=2.5e-7, atol=1e-37)
+
+
+@needs_kernel
+def test_cpu_kernel_hands_larger_states_to_the_chunked_scan() -> None:
+    x = scan_inputs(1, 8, cpu_kernel.max_state() + 1, 20, "var", 5)
+    assert not scan_mod.cpu_kernel_applies(x["u"], x["A"], x["B"], x["C"])
+    torch.testing.assert_close(ops.selective_scan_cpu(**x, delta_softplus=True),
+                               ops.selective_scan_ref(**x, delta_softplus=True), rtol=1e-4, atol=1e-5)
+
+
+def _fresh_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path, **env: str) -> None:
+    monkeypatch.setenv("HYMBA_BENCH_CACHE", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cpu_kernel._load.cache_clear()  # and again after the test (reset_kernel)
+
+
+@pytest.fixture
+def reset_kernel():
+    yield
+    cpu_kernel._load.cache_clear()
+
+
+@pytest.mark.parametrize(("env", "reason"), [
+    ({"HYMBA_BENCH_CPU_KERNEL": "0"}, "disabled by HYMBA_BENCH_CPU_KERNEL=0"),
+    ({"CXX": "false"}, "the C++ build failed"),
+])
+def test_scan_dispatch_and_report_follow_the_kernel(monkeypatch, tmp_path, reset_kernel, env,
+                                                    reason) -> None:
+    """What the results file says ran is what ran: without the kernel (disabled, or a compiler
+    that fails) the dispatch takes the chunked scan and the report says so, with the reason."""
+    _fresh_kernel(monkeypatch, tmp_path, **env)
+    assert not cpu_kernel.available() and cpu_kernel.unavailable_reason().startswith(reason)
+    ran = []
+    for name in ("selective_scan_cpu", "selective_scan_chunked"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _r=real, _n=name, **k: ran.append(_n) or _r(*a, **k))
+    x = scan_inputs(1, 8, 4, 10, "var", 0)
+    ops.selective_scan(**x)
+    assert ran == ["selective_scan_chunked"]
+    assert ops.backend_report("cpu")["selective_scan"] == "torch-chunked"
+
+
+@needs_kernel
+def test_scan_dispatch_takes_the_built_kernel(monkeypatch, tmp_path, reset_kernel) -> None:
+    _fresh_kernel(monkeypatch, tmp_path)  # a build from scratch, into an empty cache
+    assert cpu_kernel.available(), cpu_kernel.unavailable_reason()
+    assert list(tmp_path.glob("kernels/selective_scan-*.so"))
+    ran = []
+    real = ops.selective_scan_cpu
+    monkeypatch.setattr(ops, "selective_scan_cpu", lambda *a, **k: ran.append(1) or real(*a, **k))
+    ops.selective_scan(**scan_inputs(1, 8, 4, 10, "var", 0))
+    assert ran and ops.backend_report("cpu")["selective_scan"] == "cpu-kernel"
+
+
+@pytest.mark.parametrize("fast", FAST_SCANS)
+def test_half_precision_inputs_compute_in_fp32(fast) -> None:
     x = scan_inputs(1, 4, 4, 30, "var", 3)
     half = {k: v.half() for k, v in x.items()}
-    y = ops.selective_scan_chunked(**half, delta_softplus=True)
+    y = fast(**half, delta_softplus=True)
     assert y.dtype == torch.float16
     ref = ops.selective_scan_ref(**{k: v.float() for k, v in half.items()}, delta_softplus=True)
     torch.testing.assert_close(y.float(), ref, rtol=2e-3, atol=2e-3)
@@ -115,12 +216,6 @@ def test_causal_conv1d_matches_torch_conv_module() -> None:
     expected = F.silu(conv(x)[..., :20])
     got = ops.causal_conv1d(x, conv.weight.squeeze(1), conv.bias, "silu")
     torch.testing.assert_close(got, expected)
-
-
-def test_backend_report_on_cpu() -> None:
-    report = ops.backend_report("cpu")
-    assert report["selective_scan"] == "torch-chunked"
-    assert set(report) >= {"selective_scan", "causal_conv1d", "attention"}
 
 
 @pytest.mark.gpu

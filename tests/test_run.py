@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hymba_bench import results as results_mod
 from hymba_bench import runner
@@ -228,7 +231,11 @@ def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path,
     for r in recall.values():
         assert 0 <= r["value"] <= 100 and r["n"] == 16 and r["stderr"] >= 0
         assert r["recall_source"] == "synthetic associative recall" and r["train_steps"] == 3
-        assert (out / "checkpoints" / r["variant"] / "model.safetensors").is_file()
+        assert r["seeds"] == 1 and r["seed_sd"] is None and r["train_seeds"] == [0]
+        assert (out / "checkpoints" / r["variant"] / "seed-0" / "model.safetensors").is_file()
+        # lm-eval's own output format, for its tools
+        lm_eval_json = list((out / "lm_eval" / r["variant"] / "seed-0").rglob("results_*.json"))
+        assert lm_eval_json and "hymba_recall_synthetic" in json.loads(lm_eval_json[0].read_text())["results"]
     notes = [r for r in records if r["metric"] == "note" and r.get("metric_missing") == "commonsense_pct"]
     assert {r["variant"] for r in notes} == {"llama", "mamba"}
     table = roadmap_table(records)
@@ -250,3 +257,59 @@ def test_accuracy_budget_errors(tmp_path: Path) -> None:
         quiet_run(tmp_path, ["llama"], skip={"throughput"}, train={"steps": 0})
     with pytest.raises(HymbaBenchError, match=r"recall queries: expected 1\.\.pairs"):
         quiet_run(tmp_path, ["llama"], skip={"throughput"}, train={"steps": 1, "queries": 30})
+
+
+def test_seeds_give_mean_and_spread_across_training_runs(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = quiet_run(tmp_path, ["mamba"], skip={"throughput"}, train={**TINY_BUDGET, "seeds": 2},
+                    log_samples=True)
+    records = ResultsFile(out / "results.jsonl").load()
+    per_seed = [r for r in records if r["metric"] == "recall_synthetic_pct"]
+    assert [r["train_seed"] for r in per_seed] == [0, 1]
+    # two seeds are two trainings: different initial weights, so different trained weights
+    weights = [load_file(out / "checkpoints" / "mamba" / f"seed-{k}" / "model.safetensors")
+               for k in (0, 1)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    (recall,) = [r for r in records if r["metric"] == "recall_pct"]
+    values = [r["value"] for r in per_seed]
+    assert recall["seeds"] == 2 and recall["value"] == pytest.approx(sum(values) / 2)
+    assert recall["seed_sd"] == pytest.approx(statistics.stdev(values))
+    assert recall["stderr"] == pytest.approx(math.hypot(*(r["stderr"] for r in per_seed)) / 2)
+    for k in (0, 1):  # per-sample logs on request
+        assert list((out / "lm_eval" / "mamba" / f"seed-{k}").rglob("samples_*.jsonl"))
+    table = roadmap_table(records)
+    assert " ± " in table.display_frame().loc[1, "Recall (%)"]
+    assert any("across 2 training seeds" in note for note in table.footnotes)
+    assert extended_table(records).frame.loc[0, "Seeds"] == 2
+
+
+def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from hymba_bench import accuracy
+    from hymba_bench.registry import get_profile, resolve
+
+    trained = []
+
+    def one_seed(rv, out, device, budget, seed, record, *rest):  # stands in for train + eval
+        trained.append(seed)
+        fields = {"value": 30.0, "stderr": 4.0, "n": 16, "train_steps": 3, "train_batch": 4,
+                  "train_lr": 3e-3, "recall_pairs": 8, "recall_queries": 8, "train_seed": seed,
+                  "train_loss": 1.0}
+        record("recall_synthetic_pct", 30.0, **{k: v for k, v in fields.items() if k != "value"})
+        return fields, None
+
+    monkeypatch.setattr(accuracy, "_one_seed", one_seed)
+    earlier = {"variant": "llama", "metric": "recall_synthetic_pct", "value": 10.0, "stderr": 3.0,
+               "n": 16, "train_steps": 3, "train_batch": 4, "train_lr": 3e-3, "recall_pairs": 8,
+               "recall_queries": 8, "train_seed": 0, "train_loss": 2.0}
+    recorded = []
+    budget = accuracy.AccuracyBudget.from_profile(get_profile("tiny"), {**TINY_BUDGET, "seeds": 2})
+    accuracy.measure_accuracy(resolve("llama", "tiny"), tmp_path, "cpu", budget,
+                              lambda metric, value, **extra: recorded.append((metric, value, extra)),
+                              {"recall_pct"}, previous=[earlier])
+    assert trained == [1]
+    final = {m: (v, e) for m, v, e in recorded}
+    value, extra = final["recall_pct"]
+    assert value == 20.0 and extra["seeds"] == 2 and extra["seed_sd"] == pytest.approx(14.142, abs=1e-3)
+    assert extra["stderr"] == pytest.approx(2.5) and final["train_loss"][0] == 1.5

@@ -2,7 +2,9 @@
 
 Every op has a pure-PyTorch implementation that runs anywhere and a `*_ref` twin with the same
 signature. On CUDA, with the optional `cuda` extra installed, the mamba-ssm / causal-conv1d
-kernels are used instead. `backend_report(device)` says which ran, for the results file.
+kernels are used instead; on the CPU the selective scan uses the compiled kernel of
+`cpu_kernel.py` when a C++ compiler is there. `backend_report(device)` says which ran, for the
+results file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hymba_bench.ops import cpu_kernel
 from hymba_bench.ops.attention import attention, attention_ref
 from hymba_bench.ops.conv import (
     causal_conv1d as causal_conv1d_torch,
@@ -32,6 +35,7 @@ from hymba_bench.ops.long_conv import (
 from hymba_bench.ops.moe import moe_combine, moe_combine_ref
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
+    selective_scan_cpu,
     selective_scan_ref,
     selective_state_update_ref,
 )
@@ -61,7 +65,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Tensor | None = None, z: Tensor | None = None,
                    delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    fn = _scan_cuda if _on_cuda(u, _scan_cuda) else selective_scan_chunked
+    fn = _scan_cuda if _on_cuda(u, _scan_cuda) else \
+        selective_scan_cpu if cpu_kernel.available() else selective_scan_chunked
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
@@ -93,7 +98,8 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
     """Which implementation each op uses on `device`: recorded beside every measurement."""
     cuda = torch.device(device).type == "cuda"
     return {
-        "selective_scan": "mamba_ssm" if cuda and _scan_cuda else "torch-chunked",
+        "selective_scan": "mamba_ssm" if cuda and _scan_cuda else
+        "cpu-kernel" if not cuda and cpu_kernel.available() else "torch-chunked",
         "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
         "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
         "causal_conv1d_update": "causal_conv1d" if cuda and _conv_update_cuda else "torch",
@@ -123,6 +129,7 @@ __all__ = [
     "moe_combine_ref",
     "selective_scan",
     "selective_scan_chunked",
+    "selective_scan_cpu",
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
