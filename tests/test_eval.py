@@ -35,6 +35,26 @@ def test_synthetic_recall_runs(lm: HymbaBenchLM, tmp_path: Path) -> None:
     assert list(tmp_path.glob("recall_synthetic_s5_*.jsonl"))
 
 
+@pytest.mark.parametrize(("suites", "library"), [(["recall_synthetic"], False),
+                                                 (["recall_synthetic", "text_bpb"], False),
+                                                 (["recall_synthetic", "recall"], True)])
+def test_lm_eval_library_indexed_only_for_the_paper_suites(monkeypatch, suites, library) -> None:
+    """Our suites live in tasks/; indexing lm-eval's library (about 10 s) is for the paper's."""
+    import lm_eval.tasks
+
+    seen = []
+
+    class Manager:
+        def __init__(self, **kwargs) -> None:
+            seen.append(kwargs["include_defaults"])
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Manager)
+    with pytest.raises(RuntimeError, match="stop here"):
+        evaluate(object(), suites)
+    assert seen == [library]
+
+
 def test_bits_per_byte_equals_direct_computation(lm: HymbaBenchLM, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("x" * 900 + "Now is the winter of our discontent made glorious summer. " * 2)
