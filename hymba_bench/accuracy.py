@@ -141,20 +141,23 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     losses = [r["train_loss"] for r in runs if r.get("train_loss") is not None]
     if losses:
         record("train_loss", statistics.fmean(losses), **info)
+    def paper_mean(metric: str) -> dict[str, Any] | None:
+        """The paper task's seed summary when every seed scored it in this call, else None."""
+        got = [p for p in paper.values() if p is not None and metric in p.values]
+        if len(got) != len(seeds):
+            return None
+        return seed_summary([p.values[metric] for p in got], [p.stderr.get(metric) for p in got])
+
     if "recall_pct" in wanted:
-        got = [p.values["recall_pct"] for p in paper.values()
-               if p is not None and "recall_pct" in p.values]
-        if len(got) == len(seeds):
-            summary = seed_summary(got, [p.stderr.get("recall_pct") for p in paper.values()])
+        summary = paper_mean("recall_pct")
+        if summary is not None:
             record("recall_pct", summary.pop("value"), recall_source=PAPER_RECALL, **summary, **info)
         else:
             record("recall_pct", syn["value"], recall_source=SYNTHETIC, n=n_items,
                    **{k: v for k, v in syn.items() if k != "value"}, **info)
     if "commonsense_pct" in wanted:
-        got = [p.values["commonsense_pct"] for p in paper.values()
-               if p is not None and "commonsense_pct" in p.values]
-        if len(got) == len(seeds):
-            summary = seed_summary(got, [p.stderr.get("commonsense_pct") for p in paper.values()])
+        summary = paper_mean("commonsense_pct")
+        if summary is not None:
             record("commonsense_pct", summary.pop("value"), **summary, **info)
         else:
             missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
@@ -162,7 +165,6 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
                 "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
                 "--data-dir (a datasets cache)"
             record("note", why, stage="accuracy", metric_missing="commonsense_pct")
-
 
 def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget, seed: int,
               record: Callable[..., None], on_step: Callable[[int, float], None] | None,

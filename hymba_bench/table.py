@@ -223,18 +223,11 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _seed_field(frame: pd.DataFrame, variant: str, metric: str, key: str) -> float:
-    rows = frame[(frame.variant == variant) & (frame.metric == metric)]
-    if rows.empty or key not in rows or rows[key].iloc[-1] is None or pd.isna(rows[key].iloc[-1]):
-        return math.nan
-    return float(rows[key].iloc[-1])
-
-
 def _seeds_note(recall: pd.DataFrame) -> str:
     counts = sorted({int(n) for n in recall["seeds"].dropna()}) if "seeds" in recall else []
     if not counts or counts == [1]:
-        return ("Accuracy: one training seed per design (the CPU default keeps the whole run near "
-                "five minutes; `--seeds N` trains N): the spread across training runs is not "
+        return ("Accuracy: one training seed per design (the CPU default, which keeps the run short; "
+                "`--seeds N` trains N): the spread across training runs is not "
                 "measured, and the standard error in the extended table covers the evaluation "
                 "sample only.")
     return (f"Accuracy: mean ± standard deviation across {' or '.join(map(str, counts))} training "
@@ -247,7 +240,7 @@ def _spreads(table: Table, frame: pd.DataFrame, rows: dict[str, int],
     """Across-seed standard deviations of the accuracy cells, for the "± sd" display."""
     for variant, row in rows.items():
         for metric, column in columns.items():
-            sd = _seed_field(frame, variant, metric, "seed_sd")
+            sd = _recorded(frame, variant, metric, "seed_sd")
             if not math.isnan(sd):
                 table.spread[(row, column)] = sd
 
@@ -310,12 +303,13 @@ def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
     return Table(pd.DataFrame(rows), _conventions(frame), [])
 
 
-def _stderr(frame: pd.DataFrame, variant: str, metric: str) -> float:
-    """The standard error recorded with a metric (percentage points for percentages)."""
+def _recorded(frame: pd.DataFrame, variant: str, metric: str, key: str) -> float:
+    """A field recorded beside a metric's latest value (its `stderr`, `seed_sd`, `seeds`), NaN
+    where there is none."""
     rows = frame[(frame.variant == variant) & (frame.metric == metric)]
-    if rows.empty or "stderr" not in rows or pd.isna(rows["stderr"].iloc[-1]):
+    if rows.empty or key not in rows or pd.isna(rows[key].iloc[-1]):
         return math.nan
-    return float(rows["stderr"].iloc[-1])
+    return float(rows[key].iloc[-1])
 
 
 def paper_reference() -> pd.DataFrame:
@@ -350,9 +344,9 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
             "Cache (bytes)": get(name, "cache_bytes"),
             "Cache (MB)": mb,
             "Recall (%)": get(name, "recall_pct"),
-            "Recall SE": _stderr(frame, name, "recall_pct"),
-            "Recall seed SD": _seed_field(frame, name, "recall_pct", "seed_sd"),
-            "Seeds": _seed_field(frame, name, "recall_pct", "seeds"),
+            "Recall SE": _recorded(frame, name, "recall_pct", "stderr"),
+            "Recall seed SD": _recorded(frame, name, "recall_pct", "seed_sd"),
+            "Seeds": _recorded(frame, name, "recall_pct", "seeds"),
             "Train loss": get(name, "train_loss"),
             "Decode vs Llama": ratio(tps, base_tps),
             "Cache vs Llama": ratio(mb, base_mb),

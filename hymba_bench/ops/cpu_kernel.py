@@ -130,7 +130,7 @@ def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def _over_blocks(call: object, blocks: int, work: int, make_scratch: object = None) -> None:
+def _over_blocks(call: object, blocks: int, work: int) -> None:
     """Run `call(..., blk0, blk1)` over [0, blocks), split across torch's CPU threads."""
     threads = min(torch.get_num_threads(), blocks) if work >= _PARALLEL_MIN else 1
     bounds = [blocks * i // threads for i in range(threads + 1)]
