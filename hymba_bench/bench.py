@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hymba_bench import ops
-from hymba_bench.timing import measure
+from hymba_bench.timing import Timing, measure, synchronize
 
 
 def machine() -> dict[str, Any]:
@@ -90,4 +90,83 @@ def bench_scan(batch: int = 1, channels: int = 512, state: int = 16, length: int
         "rows": rows,
         "cpu_kernel": "built" if cpu_kernel.available() else cpu_kernel.unavailable_reason(),
         "machine": machine(),
+    }
+
+
+def _is_launch(name: str) -> bool:
+    return name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
+                    "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
+
+
+def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
+                   settings: Any = None, top: int = 8) -> dict[str, Any]:
+    """Where one design's decode step spends its time: `gen_tokens` steps from the filled cache,
+    timed (wall, synchronised) and traced by `torch.profiler` in the mode the throughput stage
+    would use. Per step: wall ms; device ms (the sum of GPU kernel times on CUDA, of operators'
+    self time on the CPU); host launches (kernel, copy and graph launches) or operators; the
+    busiest kernels; and the bandwidth bound (weights + cache read, states written, at the
+    device's measured copy rate). Wall >> device means the step is launch- or host-bound.
+    On the CPU "launches" counts aten operators (nested ones included)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from hymba_bench.registry import resolve
+    from hymba_bench.throughput import (
+        decode_bytes_per_step,
+        device_bandwidth,
+        halve_on_oom,
+        prepare_decode,
+        settings_from_profile,
+    )
+
+    rv = resolve(name, profile)
+    dev = torch.device(device)
+    s = settings or settings_from_profile(rv.profile.bench, dev)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        from hymba_bench.model.lm import HybridLM
+
+        model = HybridLM(rv.config).to(s.torch_dtype).eval()
+    prepared, batch = halve_on_oom(lambda b: prepare_decode(model, s, b), s.batch)
+    wall = Timing.of([prepared.once() for _ in range(s.repeats)])  # warmed up by prepare_decode
+    cuda = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.inference_mode(), torch_profile(activities=activities) as prof:
+        prepared._restore()
+        synchronize(dev)
+        prof.step()  # what follows is the steps alone
+        prepared._generate()
+        if cuda:
+            torch.cuda.synchronize(dev)
+    steps = s.gen_tokens
+    busy: dict[str, float] = {}
+    launches = kernels = 0
+    for event in prof.events():
+        on_device = event.device_type == torch.autograd.DeviceType.CUDA
+        if cuda and on_device:
+            busy[event.name] = busy.get(event.name, 0.0) + event.device_time
+            kernels += 1
+        elif cuda and _is_launch(event.name):
+            launches += 1
+        elif not cuda and event.name.startswith("aten::"):
+            busy[event.name] = busy.get(event.name, 0.0) + event.self_cpu_time_total
+            launches += 1
+            kernels += 1
+    moved = decode_bytes_per_step(rv.config, model.num_parameters(), batch, s.context, s.torch_dtype)
+    bandwidth = device_bandwidth(str(dev))
+    device_ms = sum(busy.values()) / 1e3 / steps
+    ranked = sorted(busy.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "variant": name, "profile": profile, "device": torch.cuda.get_device_name(dev) if cuda
+        else machine()["cpu"], "mode": prepared.mode, "batch": batch, "context": s.context,
+        "steps": steps, "dtype": s.dtype, "cuda": cuda,
+        "wall_ms_per_step": 1e3 * wall.median_s / steps,
+        "device_ms_per_step": device_ms,
+        "launches_per_step": launches / steps,
+        "kernels_per_step": kernels / steps,  # GPU kernels and copies (in a graph too); CPU: operators
+        "bytes_per_step": moved, "bandwidth_bytes_s": bandwidth,
+        "roofline_ms_per_step": 1e3 * moved / bandwidth,
+        "roofline_pct": 100.0 * (moved / bandwidth) / (wall.median_s / steps),
+        "top": [{"name": n, "ms_per_step": t / 1e3 / steps, "share": t / max(sum(busy.values()), 1e-9)}
+                for n, t in ranked],
     }

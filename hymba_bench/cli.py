@@ -470,6 +470,55 @@ def bench_scan_cmd(
     console.print(table)
 
 
+@app.command("profile-decode")
+def profile_decode_cmd(
+    variants: Annotated[str, typer.Option(help="Comma-separated names.")] = "llama,mamba",
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    device: DeviceOpt = "auto",
+    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
+    context: Annotated[int | None, typer.Option(help="Cached tokens (default: the profile's).")] = None,
+    gen_tokens: Annotated[int | None, typer.Option(help="Steps traced.")] = None,
+    decode: Annotated[str | None, typer.Option(help="eager, compiled, graph or auto.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Append each design's profile to this JSONL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Profile decode steps: wall vs device time per step, launches per step, the busiest
+    kernels, and the bandwidth bound (what limits each design before optimising it)."""
+    import torch
+
+    from hymba_bench.bench import profile_decode
+    from hymba_bench.registry import resolve
+    from hymba_bench.runner import parse_variants
+    from hymba_bench.throughput import settings_from_profile
+
+    dev = _device(device)
+    names_ = parse_variants(variants)
+    overrides = {"batch": batch, "context": context, "gen_tokens": gen_tokens, "decode": decode}
+    for name in names_:
+        rv = resolve(name, profile)
+        settings = settings_from_profile(rv.profile.bench, torch.device(dev), overrides)
+        with console.status(f"profiling {name} ..."):
+            row = profile_decode(name, profile, dev, settings)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        if as_json:
+            print(json.dumps(row))
+            continue
+        unit = "launches" if row["cuda"] else "operators"
+        console.print(f"[bold]{name}[/] on {row['device']}: {row['mode']} steps, batch {row['batch']}, "
+                      f"{row['context']:,} cached tokens, {row['dtype']}: wall {row['wall_ms_per_step']:.3f} "
+                      f"ms/step, device {row['device_ms_per_step']:.3f} ms/step, "
+                      f"{row['launches_per_step']:.0f} {unit} and {row['kernels_per_step']:.0f} "
+                      "kernels/step; bandwidth bound "
+                      f"{row['roofline_ms_per_step']:.3f} ms/step ({row['roofline_pct']:.1f}% reached)")
+        table = Table("kernel / operator", "ms/step", "share")
+        for k in row["top"]:
+            table.add_row(k["name"][:70], f"{k['ms_per_step']:.3f}", f"{100 * k['share']:.0f}%")
+        console.print(table)
+
+
 def main() -> None:
     """Console entry point: library errors become one line on stderr and exit status 2."""
     from typer.exceptions import TyperException  # base of the (vendored) click exceptions

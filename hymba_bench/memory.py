@@ -95,6 +95,16 @@ class PeakMemory:
             self._sampler.start()
         return self
 
+    def reset_peak(self) -> None:
+        """Start the peak again from what is held now: a set-up's transient (the prefill that
+        fills a decode cache) is not the figure; what stays allocated (weights, cache) still is."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()  # NVML sees reserved blocks: give the transient's back
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self._sampler is not None:
+            self._sampler.peak = self._sampler.read() or 0
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         sampled = self._sampler.stop() if self._sampler is not None else 0

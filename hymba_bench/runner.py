@@ -222,8 +222,8 @@ def time_throughput(jobs: list[ThroughputJob], device: str,
                    unstable=timing.unstable_reason, decode_mode=dec.mode,
                    decode_probe_ms=dec.probe_ms, **extra)
         job.record("peak_memory_bytes", dec.peak_memory_bytes, memory_source=dec.memory_source,
-                   peak_memory_nvml_net_bytes=dec.nvml_net_bytes, stage_measured="decode set-up",
-                   **extra)
+                   peak_memory_nvml_net_bytes=dec.nvml_net_bytes,
+                   stage_measured="decode (cache filled, then steps built, warmed up)", **extra)
         moved = decode_bytes_per_step(job.rv.config, job.model.num_parameters(), job.batch,
                                       job.settings.context, job.settings.torch_dtype)
         job.record("decode_roofline_pct", roofline_pct(dec.tok_s, job.batch, moved, bandwidth),

@@ -62,6 +62,8 @@ class BenchSettings:
 
 DECODE_MODES = ("auto", "eager", "compiled", "graph")
 Step = Callable[[Tensor], Tensor]  # (B, 1) token ids -> (B, 1, vocab) logits, advancing the cache
+GRAPH_WARMUP = 2  # eager steps before a CUDA-graph capture (allocator and cuBLAS set-up)
+SETUP_STEPS = GRAPH_WARMUP + 1  # positions a step's set-up writes (then undoes): the cache needs them
 
 
 @dataclass
@@ -152,11 +154,11 @@ def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int) ->
 def _graph_step(model: nn.Module, cache: InferenceCache, first: Tensor) -> Step:
     """A CUDA graph of one decode step, captured after warm-up steps (then undone)."""
     token = first.clone()  # the graph's input buffer: each call copies its token in
-    undo = cache.checkpoint(3)
+    undo = cache.checkpoint(SETUP_STEPS)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-        for _ in range(2):
+        for _ in range(GRAPH_WARMUP):
             model(token, cache)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
@@ -226,9 +228,12 @@ def _generator(step: Step, first: Tensor, n: int) -> Callable[[], None]:
 
 
 def _probe_ms(step: Step, first: Tensor, cache: InferenceCache, n: int) -> float:
+    """ms per step over `n` steps; the cache is left as it was found. A replayed graph cannot
+    check for overflow, so each probe must not eat into the positions the timing needs."""
     restore = cache.checkpoint(n)
     timing = measure(_generator(step, first, n), warmup=1, repeats=3, device=first.device,
                      setup=restore)
+    restore()
     return 1e3 * timing.median_s / n
 
 
@@ -236,9 +241,11 @@ def _probe_ms(step: Step, first: Tensor, cache: InferenceCache, n: int) -> float
 def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedDecode:
     """Fill the cache, build the step in `settings.decode` (auto: measured), warm it up."""
     device = next(model.parameters()).device
-    check_fits(model.cfg, batch, settings.context + settings.gen_tokens, settings.torch_dtype, device)
+    room = max(settings.gen_tokens, SETUP_STEPS)  # positions after the context
+    check_fits(model.cfg, batch, settings.context + room, settings.torch_dtype, device)
     with PeakMemory(device) as peak:
-        cache = filled_cache(model, batch, settings.context, settings.gen_tokens)
+        cache = filled_cache(model, batch, settings.context, room)
+        peak.reset_peak()  # the figure is decoding's: weights, cache and steps, not the fill
         first = _prompt(model, batch, 1, seed=1)
         mode, probe = settings.decode, None
         if mode == "auto":

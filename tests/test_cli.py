@@ -71,3 +71,16 @@ def test_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_profile_decode_reports_where_a_step_goes(tmp_path) -> None:
+    from hymba_bench.bench import profile_decode
+    from hymba_bench.throughput import BenchSettings
+
+    settings = BenchSettings(batch=2, context=64, gen_tokens=3, warmup=1, repeats=2)
+    row = profile_decode("mamba", "tiny", "cpu", settings)
+    assert row["mode"] == "eager" and row["steps"] == 3 and row["batch"] == 2
+    assert row["wall_ms_per_step"] > 0 and row["device_ms_per_step"] > 0
+    assert row["launches_per_step"] >= 10  # a Mamba step is dozens of operators
+    assert row["roofline_pct"] > 0 and row["roofline_ms_per_step"] > 0
+    assert sum(k["share"] for k in row["top"]) <= 1 + 1e-9 and row["top"][0]["ms_per_step"] > 0

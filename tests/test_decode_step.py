@@ -14,9 +14,12 @@ import torch
 
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.throughput import (
+    SETUP_STEPS,
     BenchSettings,
+    _probe_ms,
     decode_bytes_per_step,
     decode_throughput,
+    filled_cache,
     make_step,
     measure_bandwidth,
     roofline_pct,
@@ -143,3 +146,19 @@ def test_every_layout_mixer_has_a_class_that_declares_its_state() -> None:
     cfg = ModelConfig()
     for cls in MIXER_TYPES.values():  # shapes only: no weights needed to size a cache
         assert all(shape[0] == 3 for shape in cls.state_shapes(cfg, 3).values())
+
+
+def test_a_probe_leaves_the_cache_where_it_found_it() -> None:
+    """`auto` probes each mode before timing: a probe that advanced the cache would push the
+    timed steps past its end, where a replayed CUDA graph writes out of bounds unchecked."""
+    model = small_model("c-local-global")
+    first = torch.ones(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        cache = filled_cache(model, 2, 24, SETUP_STEPS)  # the room prepare_decode leaves at least
+        start = cache.pos
+        undo = cache.checkpoint(1)
+        want = model(first, cache)
+        undo()
+        _probe_ms(make_step(model, cache, first, "eager"), first, cache, SETUP_STEPS)
+        assert cache.pos == start
+        torch.testing.assert_close(model(first, cache), want)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hymba_bench import ops
 from hymba_bench.ops import cpu_kernel
 from hymba_bench.ops import scan as scan_mod
+from hymba_bench.ops.attention import _decode_fused
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel.available(),
                                   reason=f"compiled CPU scan: {cpu_kernel.unavailable_reason()}")
@@ -218,6 +219,30 @@ def test_causal_conv1d_matches_torch_conv_module() -> None:
     torch.testing.assert_close(got, expected)
 
 
+def test_cuda_kernels_are_called_by_their_own_signatures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA dispatch as the kernels declare their parameters (causal-conv1d 1.7's order, where
+    the 4th positional is `seq_idx`); stand-ins compute with the twins, so only the call is tested."""
+
+    def conv_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
+                return_final_states=False, final_states_out=None, activation=None):
+        assert seq_idx is None and initial_states is None and not return_final_states
+        return ops.causal_conv1d_ref(x, weight, bias, activation)
+
+    def conv_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                    conv_state_indices=None):
+        assert cache_seqlens is None and conv_state_indices is None
+        return ops.causal_conv1d_update_torch(x, conv_state, weight, bias, activation)
+
+    monkeypatch.setattr(ops, "_on_cuda", lambda t, kernel: kernel is not None)
+    monkeypatch.setattr(ops, "_conv_cuda", conv_fn)
+    monkeypatch.setattr(ops, "_conv_update_cuda", conv_update)
+    x, w, b = torch.randn(2, 6, 9), torch.randn(6, 4), torch.randn(6)
+    want = ops.causal_conv1d_ref(x, w, b, "silu")
+    torch.testing.assert_close(ops.causal_conv1d(x, w, b, "silu"), want)
+    state = ops.conv_state_from_prefix(x[:, :, :8], 4).clone()
+    torch.testing.assert_close(ops.causal_conv1d_update(x[:, :, 8], state, w, b, "silu"), want[:, :, 8])
+
+
 @pytest.mark.gpu
 def test_cuda_scan_equals_ref() -> None:
     x = {k: v.cuda() for k, v in scan_inputs(2, 64, 16, 512, "var", 4).items()}
@@ -241,6 +266,9 @@ def test_attention_equals_ref(batch, hkv, group, lq, extra, e, ev, masked, seed)
         mask[torch.arange(lq), torch.randint(0, lk, (lq,), generator=g)] = True
     torch.testing.assert_close(ops.attention(q, k, v, mask), ops.attention_ref(q, k, v, mask),
                                rtol=1e-4, atol=1e-5)
+    if lq == 1:  # CUDA's decode path (the group folded into SDPA's query length), run here too
+        torch.testing.assert_close(_decode_fused(q, k, v, mask), ops.attention_ref(q, k, v, mask),
+                                   rtol=1e-4, atol=1e-5)
     if lq > 1:
 
         causal = ops.attention(q, k[:, :, :lq], v[:, :, :lq], causal=True)

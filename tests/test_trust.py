@@ -289,3 +289,22 @@ def test_regress_does_not_judge_figures_timed_on_a_busy_machine(tmp_path: Path) 
 def test_too_few_samples_leave_the_verdict_to_the_tolerance() -> None:
     assert significant([1.0, 1.1, 0.9], [1.0, 1.05, 0.95])  # 3 + 3: no split reaches 5%
     assert not significant([1.0, 1.1, 0.9, 1.05], [1.0, 1.05, 0.95, 1.1])  # 4 + 4 can: noise
+
+
+def test_peak_restarts_after_a_set_up_transient() -> None:
+    """The decode row's peak excludes the prefill that filled its cache, keeps what stays held."""
+    import time
+
+    import torch
+
+    from hymba_bench.memory import PeakMemory
+
+    with PeakMemory("cpu") as peak:
+        kept = torch.ones(16 << 20)  # 64 MB held through the block
+        transient = torch.ones(64 << 20)  # 256 MB, freed before the part that counts
+        time.sleep(0.05)
+        del transient
+        peak.reset_peak()
+        time.sleep(0.05)
+    assert 48e6 < peak.peak_bytes < 200e6, peak.peak_bytes
+    assert kept.sum() > 0

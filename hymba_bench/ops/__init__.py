@@ -80,13 +80,14 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                   activation: str | None = None) -> Tensor:
     fn = _conv_cuda if _on_cuda(x, _conv_cuda) else causal_conv1d_torch
-    return fn(x, weight, bias, activation)
+    # by keyword: causal-conv1d's 4th positional parameter is seq_idx, not the activation
+    return fn(x, weight, bias, activation=activation)
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          activation: str | None = None) -> Tensor:
     fn = _conv_update_cuda if _on_cuda(x, _conv_update_cuda) else causal_conv1d_update_torch
-    return fn(x, conv_state, weight, bias, activation)
+    return fn(x, conv_state, weight, bias, activation=activation)
 
 
 def long_conv(u: Tensor, h: Tensor) -> Tensor:
