@@ -118,8 +118,11 @@ def run_lock(out: Path) -> Iterator[None]:
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The commit measured, "-dirty" when the working tree differs from it (uncommitted code, or
+    a copy whose git metadata is older than its files): a figure names the code behind it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7",
+                              "--exclude=*"], capture_output=True,
                              text=True, timeout=5, cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -313,3 +313,18 @@ def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path,
     value, extra = final["recall_pct"]
     assert value == 20.0 and extra["seeds"] == 2 and extra["seed_sd"] == pytest.approx(14.142, abs=1e-3)
     assert extra["stderr"] == pytest.approx(2.5) and final["train_loss"][0] == 1.5
+
+
+def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
+    from hymba_bench.results import git_commit
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short=7", "HEAD")
+    if not head:
+        pytest.skip("not a git checkout")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    assert git_commit() == head + ("-dirty" if dirty else "")
