@@ -157,19 +157,26 @@ def run(
     log_samples: Annotated[bool, typer.Option(
         help="Also write lm-eval's per-sample logs (<out>/lm_eval/<design>/seed-<k>).")] = False,
     data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Designs trained at once in the accuracy stage, a process each (default: "
+        "one per CPU core on the CPU, 1 on a GPU).")] = None,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     from hymba_bench.runner import RunOptions, parse_variants
     from hymba_bench.runner import run as run_all
+    from hymba_bench.workers import default_workers
 
     files = variant_file or []
-    opts = RunOptions(variants=parse_variants(variants, files), profile=profile, out=out,
-                      skip=set(_split(skip)), resume=resume, device=_device(device),
+    chosen = parse_variants(variants, files)
+    dev = _device(device)
+    opts = RunOptions(variants=chosen, profile=profile, out=out,
+                      skip=set(_split(skip)), resume=resume, device=dev,
                       variant_files=files,
                       bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
                              "repeats": repeats, "decode": decode},
                       train={"steps": train_steps, "seeds": seeds}, data_dir=data_dir,
-                      log_samples=log_samples)
+                      log_samples=log_samples,
+                      workers=workers or default_workers(dev, len(chosen)))
     try:
         run_all(opts, console)
     except KeyboardInterrupt:

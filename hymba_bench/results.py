@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -49,14 +49,21 @@ class ResultsFile:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, record: dict[str, Any]) -> None:
-        if not self._checked:
-            self._drop_torn_tail()
-            self._checked = True
-        line = json.dumps(record, sort_keys=True, default=str)
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One line, written whole under an exclusive lock: the accuracy stage's worker processes
+        append to the same file, and a torn tail found under the lock is a crash's, never a
+        writer's in flight."""
+        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+        with self.path.open("ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if not self._checked:
+                    self._drop_torn_tail()
+                    self._checked = True
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def load(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -157,6 +164,20 @@ def base_context(device: Any) -> dict[str, Any]:
         "git_commit": git_commit(),
         "backend": backend_report(device),
     }
+
+
+def recorder(results: ResultsFile, rv: Any, context: dict[str, Any],
+             profile: str) -> Callable[..., None]:
+    """`record(metric, value, **extra)` for one design (a `ResolvedVariant`): appended at once,
+    with the run's context and the design's table placement."""
+    vctx = {**context, "profile": profile, "table_label": rv.info["table_label"],
+            "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
+            "order": rv.variant.keys.get("order", 1000), "variant_file": str(rv.variant.path)}
+
+    def record(metric: str, value: float, **extra: Any) -> None:
+        results.append(make_record(rv.config.name, metric, value, vctx, **extra))
+
+    return record
 
 
 def make_record(variant: str, metric: str, value: float | int | str, base: dict[str, Any], /,

@@ -20,8 +20,9 @@ from hymba_bench.errors import HymbaBenchError
 from hymba_bench.plots import roadmap_plot
 from hymba_bench.progress import RunProgress
 from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
-from hymba_bench.results import ResultsFile, base_context, make_record, run_lock
+from hymba_bench.results import ResultsFile, base_context, make_record, recorder, run_lock
 from hymba_bench.table import extended_table, roadmap_table
+from hymba_bench.workers import AccuracyUnit, train_in_parallel
 
 STAGES = ("cache", "throughput", "accuracy")
 STAGE_METRICS = {
@@ -48,6 +49,7 @@ class RunOptions:
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's train block
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
     log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
+    workers: int = 1  # designs trained at once in the accuracy stage (CPU: a process each)
 
 
 def parse_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
@@ -101,15 +103,21 @@ def allocated_cache_bytes(cfg: Any, seq: int) -> int:
     return measured
 
 
-def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, dict[str, Any]]]:
+def _parameters(rv: ResolvedVariant) -> int:
     import torch
 
-    from hymba_bench.cache import cache_mb_paper
     from hymba_bench.model.lm import HybridLM
 
+    with torch.device("meta"):  # counted, not allocated
+        return HybridLM(rv.config).num_parameters()
+
+
+def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, dict[str, Any]]]:
+
+    from hymba_bench.cache import cache_mb_paper
+
     cfg, seq = rv.config, rv.info["cache_seq_len"]
-    with torch.device("meta"):
-        params = HybridLM(cfg).num_parameters()
+    params = _parameters(rv)
     extra = {"seq_len": seq, "batch": 1, "dtype": "float16"}
     measured = allocated_cache_bytes(cfg, seq)
     out: dict[str, tuple[float, dict[str, Any]]] = {
@@ -257,19 +265,6 @@ def fits_together(resolved: list[ResolvedVariant], settings: dict[str, Any], dev
     return need <= free // 2
 
 
-def _recorder(results: ResultsFile, rv: ResolvedVariant, context: dict[str, Any],
-              opts: RunOptions) -> Callable[..., None]:
-    """`record(metric, value, **extra)` for one design: its context, appended at once."""
-    vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
-            "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
-            "order": rv.variant.keys.get("order", 1000), "variant_file": str(rv.variant.path)}
-
-    def record(metric: str, value: float, **extra: Any) -> None:
-        results.append(make_record(rv.config.name, metric, value, vctx, **extra))
-
-    return record
-
-
 def run(opts: RunOptions, console: Console | None = None, show_tables: bool = True) -> Path:
     console = console or Console()
     for stage in opts.skip:
@@ -314,16 +309,22 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
             results.append(make_record("*", "note", f"{stage} skipped (--skip {stage})", context,
                                        stage=stage, profile=opts.profile))
         stages = [s for s in STAGES if s not in opts.skip]
+        # several accuracy designs at once, each in its own process, only on the CPU
+        parallel = opts.workers > 1 and opts.device.startswith("cpu") and len(resolved) > 1
+        threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
 
         with RunProgress(console, len(resolved), len(stages)) as progress:
-            records = {rv.config.name: _recorder(results, rv, context, opts) for rv in resolved}
+            records = {rv.config.name: recorder(results, rv, context, opts.profile)
+                       for rv in resolved}
             for stage in stages:  # stage by stage, so that decode timings can be interleaved
                 jobs: list[ThroughputJob] = []
+                units: list[AccuracyUnit] = []  # accuracy designs for the worker pool
                 together = stage == "throughput" and fits_together(resolved, bench, opts.device)
                 for index, rv in enumerate(resolved, 1):
                     name = rv.config.name
                     record = records[name]
-                    progress.start(index, name, stage)
+                    if not (stage == "accuracy" and parallel):  # workers say when they start
+                        progress.start(index, name, stage)
                     wanted = {m for m in STAGE_METRICS[stage] if (name, m, opts.profile) not in done}
                     if stage == "cache" and wanted:
                         for metric, (value, extra) in measure_cache(rv, opts.device).items():
@@ -336,6 +337,14 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                             jobs.append(job)
                         else:  # timed alone, and its memory freed before the next design
                             time_throughput([job], opts.device)
+                    elif stage == "accuracy" and wanted and parallel:
+                        assert budget is not None
+                        units.append(AccuracyUnit(
+                            name, index, opts.profile, opts.out, budget, wanted, context,
+                            opts.variant_files, paper_data,
+                            [r for r in results.load() if r.get("variant") == name],
+                            opts.log_samples, opts.data_dir, threads, _parameters(rv)))
+                        continue  # advanced when its worker finishes
                     elif stage == "accuracy" and wanted:
                         from hymba_bench.accuracy import measure_accuracy
 
@@ -355,6 +364,10 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                                          paper_data, previous, opts.log_samples, on_seed)
                         steps.close()
                     progress.advance()
+                if units:
+                    progress.log(f"training {len(units)} designs, {min(opts.workers, len(units))} at "
+                                 f"a time ({threads} thread{'s' if threads > 1 else ''} each)")
+                    train_in_parallel(units, min(opts.workers, len(units)), progress)
                 if jobs:
                     progress.log(f"timing prefill and decode of {len(jobs)} designs, interleaved "
                                  "round by round")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -221,14 +222,18 @@ def test_git_commit_is_recorded() -> None:
 TINY_BUDGET = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16}
 
 
-def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path,
+@pytest.mark.parametrize("workers", [1, 2])  # 2: each design trained in its own process
+def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path, workers: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on CI: the paper's datasets are unreachable
-    out = quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET)
+    out = quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET,
+                    workers=workers)
     records = ResultsFile(out / "results.jsonl").load()
     recall = {r["variant"]: r for r in records if r["metric"] == "recall_pct"}
     assert set(recall) == {"llama", "mamba"}
     for r in recall.values():
+        assert r["threads"] == (torch.get_num_threads() if workers == 1 else
+                                max(1, (os.cpu_count() or 1) // workers))
         assert 0 <= r["value"] <= 100 and r["n"] == 16 and r["stderr"] >= 0
         assert r["recall_source"] == "synthetic associative recall" and r["train_steps"] == 3
         assert r["seeds"] == 1 and r["seed_sd"] is None and r["train_seeds"] == [0]
@@ -248,7 +253,8 @@ def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path,
     assert (ext["Recall SE"] >= 0).all() and ext["Train loss"].notna().all()
     # resuming finds nothing missing: no retraining, no new records
     before = len(records)
-    quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET, resume=True)
+    quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET, resume=True,
+              workers=workers)
     assert len(ResultsFile(out / "results.jsonl").load()) == before
 
 
