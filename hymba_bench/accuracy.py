@@ -35,6 +35,7 @@ from hymba_bench.registry import Profile, ResolvedVariant
 
 SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
 PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
+PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
 
 
 @dataclass
@@ -123,6 +124,13 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     already in `previous`, this design's earlier records), evaluate each, record the mean."""
     per_seed = {r["train_seed"]: r for r in previous or []
                 if r.get("metric") == "recall_synthetic_pct" and "train_seed" in r}
+    # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
+    # seeds still averages the paper's tasks over every seed
+    scored: dict[str, dict[int, tuple[float, float | None]]] = {m: {} for m in PAPER_METRICS}
+    for r in previous or []:
+        metric = str(r.get("metric", "")).removesuffix("_seed")
+        if r.get("metric") == f"{metric}_seed" and metric in scored and "train_seed" in r:
+            scored[metric][r["train_seed"]] = (r["value"], r.get("stderr"))
     seeds = [budget.seed + k for k in range(budget.seeds)]
     paper: dict[int, Any] = {}
     for k, seed in enumerate(seeds):
@@ -132,6 +140,12 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
             on_seed(k)
         per_seed[seed], paper[seed] = _one_seed(rv, out, device, budget, seed, record, on_step,
                                                 paper_data, log_samples)
+        for metric in PAPER_METRICS:
+            outcome = paper[seed]
+            if outcome is not None and metric in outcome.values:
+                scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
+                record(f"{metric}_seed", outcome.values[metric], stderr=outcome.stderr.get(metric),
+                       train_seed=seed)
     runs = [per_seed[s] for s in seeds]
     info = {key: runs[0][key] for key in ("train_steps", "train_batch", "train_lr", "recall_pairs",
                                           "recall_queries")}
@@ -142,11 +156,11 @@ def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: Accura
     if losses:
         record("train_loss", statistics.fmean(losses), **info)
     def paper_mean(metric: str) -> dict[str, Any] | None:
-        """The paper task's seed summary when every seed scored it in this call, else None."""
-        got = [p for p in paper.values() if p is not None and metric in p.values]
-        if len(got) != len(seeds):
+        """The paper task's seed summary when every seed has scored it, else None."""
+        if any(s not in scored[metric] for s in seeds):
             return None
-        return seed_summary([p.values[metric] for p in got], [p.stderr.get(metric) for p in got])
+        got = [scored[metric][s] for s in seeds]
+        return seed_summary([v for v, _ in got], [e for _, e in got])
 
     if "recall_pct" in wanted:
         summary = paper_mean("recall_pct")

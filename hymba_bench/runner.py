@@ -89,8 +89,9 @@ def prepare_out_dir(out: Path, resume: bool, filename: str = "results.jsonl") ->
     return results
 
 
-def allocated_cache_bytes(cfg: Any, seq: int) -> int:
-    """Bytes of a real FP16 batch-1 cache for `seq` tokens; an error if the formula disagrees."""
+def allocated_cache_bytes(cfg: Any, seq: int) -> tuple[int, int]:
+    """(bytes of a real FP16 batch-1 cache for `seq` tokens, the formula's bytes); an error if
+    they disagree."""
     import torch
 
     from hymba_bench.cache import InferenceCache, cache_bytes
@@ -100,7 +101,7 @@ def allocated_cache_bytes(cfg: Any, seq: int) -> int:
     if measured != analytic:
         raise MeasurementError(f"{cfg.name}: allocated cache holds {measured} bytes but the "
                                f"formula gives {analytic}")
-    return measured
+    return measured, analytic
 
 
 def _parameters(rv: ResolvedVariant) -> int:
@@ -119,11 +120,11 @@ def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, di
     cfg, seq = rv.config, rv.info["cache_seq_len"]
     params = _parameters(rv)
     extra = {"seq_len": seq, "batch": 1, "dtype": "float16"}
-    measured = allocated_cache_bytes(cfg, seq)
+    measured, analytic = allocated_cache_bytes(cfg, seq)
     out: dict[str, tuple[float, dict[str, Any]]] = {
         "params": (params, {}),
         "cache_bytes": (measured, extra),
-        "cache_bytes_analytic": (measured, extra),  # equal, or allocated_cache_bytes raised
+        "cache_bytes_analytic": (analytic, extra),
         "cache_mb": (cache_mb_paper(cfg, seq), extra),
     }
     if device.startswith("cuda"):
