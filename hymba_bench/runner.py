@@ -190,8 +190,9 @@ def set_up_throughput(job: ThroughputJob, device: str, log: Callable[[str], None
     if "prefill_tok_s" in job.wanted:
         job.prefill, _ = halve_on_oom(lambda b: prepare_prefill(model, settings, b),
                                       settings.prefill_batch, halved)
-    if job.wanted & DECODE_METRICS:
-        job.prepared, job.batch = halve_on_oom(lambda b: prepare_decode(model, settings, b),
+    if job.wanted & DECODE_METRICS:  # filled from the warmed-up prefill's cache: no second prefill
+        seed = job.prefill.cache if job.prefill is not None else None
+        job.prepared, job.batch = halve_on_oom(lambda b: prepare_decode(model, settings, b, seed),
                                                settings.batch, halved)
 
 

@@ -76,7 +76,7 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
                 for seq in opts.seq_lens:
                     progress.start(index, cfg.name, f"context {seq}")
                     if (cfg.name, "cache_bytes", seq) not in done:
-                        allocated = allocated_cache_bytes(cfg, seq)
+                        allocated, _ = allocated_cache_bytes(cfg, seq)  # equal, or it raised
                         results.append(make_record(cfg.name, "cache_bytes", allocated, vctx,
                                                    context=seq, seq_len=seq, batch=1))
                         results.append(make_record(cfg.name, "cache_mb", cache_mb_paper(cfg, seq), vctx,

@@ -4,7 +4,8 @@ Decode: the cache is set up first and already holds `context` tokens; the timed 
 `gen_tokens` greedy steps for the whole batch, repeated from a checkpoint of the same cache
 state; throughput = batch x gen_tokens / median decode time. The cache is filled by prefilling
 one sequence and copying its state to every row: the decode cost does not depend on what the rows
-hold, and it keeps an 8K x batch-128 fill within memory and time.
+hold, and it keeps an 8K x batch-128 fill within memory and time. Where the prefill benchmark ran
+first at batch 1, its warmed-up cache is that one sequence (the same prompt): no second prefill.
 
 Prefill: `prefill_batch` x `context` tokens into a fresh cache, timed separately.
 
@@ -144,8 +145,14 @@ def _prompt(model: nn.Module, batch: int, length: int, seed: int = 0) -> torch.T
 
 
 @torch.no_grad()  # not inference_mode: callers may keep decoding into this cache outside it
-def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int) -> InferenceCache:
-    """A cache for `batch` rows holding `context` prompt tokens, with room for `gen_tokens` more."""
+def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int,
+                 prefilled: InferenceCache | None = None) -> InferenceCache:
+    """A cache for `batch` rows holding `context` prompt tokens, with room for `gen_tokens` more.
+    `prefilled`: a batch-1 cache already holding that prompt (the prefill benchmark's), tiled
+    instead of prefilling the prompt again."""
+    if prefilled is not None and (prefilled.batch, prefilled.pos, prefilled.max_seq_len) == (
+            1, model.cfg.meta_tokens + context, context + gen_tokens):
+        return prefilled.tile(batch)
     one = model.allocate_cache(1, context + gen_tokens)
     model(_prompt(model, 1, context), one)
     return one.tile(batch) if batch > 1 else one
@@ -237,14 +244,21 @@ def _probe_ms(step: Step, first: Tensor, cache: InferenceCache, n: int) -> float
     return 1e3 * timing.median_s / n
 
 
+def decode_room(settings: BenchSettings) -> int:
+    """Positions a decode cache keeps after the context: the timed steps, or a step's set-up."""
+    return max(settings.gen_tokens, SETUP_STEPS)
+
+
 @torch.inference_mode()
-def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedDecode:
-    """Fill the cache, build the step in `settings.decode` (auto: measured), warm it up."""
+def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int,
+                   prefilled: InferenceCache | None = None) -> PreparedDecode:
+    """Fill the cache (from `prefilled`, the prefill benchmark's warmed-up batch-1 cache, when
+    it holds the same prompt), build the step in `settings.decode` (auto: measured), warm it up."""
     device = next(model.parameters()).device
-    room = max(settings.gen_tokens, SETUP_STEPS)  # positions after the context
+    room = decode_room(settings)
     check_fits(model.cfg, batch, settings.context + room, settings.torch_dtype, device)
     with PeakMemory(device) as peak:
-        cache = filled_cache(model, batch, settings.context, room)
+        cache = filled_cache(model, batch, settings.context, room, prefilled)
         peak.reset_peak()  # the figure is decoding's: weights, cache and steps, not the fill
         first = _prompt(model, batch, 1, seed=1)
         mode, probe = settings.decode, None
@@ -336,11 +350,13 @@ class PreparedPrefill:
 
 
 def prepare_prefill(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedPrefill:
+    """The prompt and a fresh cache, warmed up. The cache keeps the decode's room after the
+    context (the same prefill work) so that, batch 1, it can seed the decode cache."""
     device = next(model.parameters()).device
-    check_fits(model.cfg, batch, settings.context, settings.torch_dtype, device)
+    tokens = settings.context + decode_room(settings)
+    check_fits(model.cfg, batch, tokens, settings.torch_dtype, device)
     ids = _prompt(model, batch, settings.context)
-    prepared = PreparedPrefill(model, ids, model.allocate_cache(batch, settings.context), settings,
-                               batch)
+    prepared = PreparedPrefill(model, ids, model.allocate_cache(batch, tokens), settings, batch)
     for _ in range(settings.warmup):
         prepared.once()
     return prepared

@@ -191,6 +191,24 @@ def test_checkpoint_restore_replays_decode_exactly(name: str) -> None:
                                atol=1e-5, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_the_prefill_benchmarks_cache_seeds_the_decode_cache() -> None:
+    """The decode cache is tiled from the prefill benchmark's warmed-up cache (one 8K prefill
+    per design, not two): it must decode exactly as a cache filled on its own."""
+    from hymba_bench.throughput import prepare_prefill
+
+    model = small_model("e-meta-tokens")
+    settings = BenchSettings(batch=3, context=40, gen_tokens=5, warmup=1)
+    prefill = prepare_prefill(model, settings, 1)
+    seeded = filled_cache(model, 3, 40, 5, prefill.cache)
+    assert seeded is not prefill.cache and seeded.batch == 3
+    first = torch.randint(0, model.cfg.vocab_size, (3, 1))
+    torch.testing.assert_close(model(first, seeded), model(first, filled_cache(model, 3, 40, 5)),
+                               atol=0, rtol=0)
+    cold = prepare_prefill(model, BenchSettings(batch=3, context=40, gen_tokens=5, warmup=0), 1)
+    assert filled_cache(model, 3, 40, 5, cold.cache).pos == model.cfg.meta_tokens + 40  # prefilled anew
+
+
 def test_decode_throughput_records_batch() -> None:
     model = small_model("llama")
     res = decode_throughput(model, BenchSettings(batch=2, context=16, gen_tokens=2, repeats=2), 2)
