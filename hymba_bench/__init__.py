@@ -16,21 +16,18 @@ __version__ = "0.1.0"
 
 def build_model(name: str, profile: str = "tiny", *, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None, variant_files: list[Any] | None = None,
-                **overrides: Any) -> HybridLM:
-    """Build a registered variant as a PyTorch module.
+                seed: int | None = 0, **overrides: Any) -> HybridLM:
+    """Build a registered variant as a PyTorch module, its weights initialised from `seed`
+    (the same weights wherever the same design is built with the same seed).
 
     `device="meta"` builds without allocating weights (for parameter counts of large models).
     Keyword overrides replace any `ModelConfig` field, e.g. `build_model("llama", n_layers=4)`.
     """
-    import torch
-
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import instantiate
     from hymba_bench.registry import resolve
 
     config = resolve(name, profile, variant_files, **overrides).config
-    with torch.device(device or "cpu"):
-        model = HybridLM(config)
-    return model.to(dtype) if dtype is not None else model
+    return instantiate(config, device or "cpu", dtype, seed)
 
 
 def build_config(name: str, profile: str = "tiny", **overrides: Any) -> ModelConfig:

@@ -185,11 +185,10 @@ def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudge
               paper_data: bool, log_samples: bool) -> tuple[dict[str, Any], Any]:
     """Train and evaluate one seed; record its synthetic recall; return that record's fields
     and the paper suites' outcome (None without their data)."""
-    import torch
 
     from hymba_bench.evaluate import evaluate
     from hymba_bench.lm_eval_adapter import HymbaBenchLM
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import instantiate
     from hymba_bench.recall import RecallSpec
     from hymba_bench.train import TrainSettings, train
 
@@ -199,9 +198,7 @@ def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudge
                              seq_len=spec.rendered_length(), lr=budget.lr,
                              warmup=min(budget.warmup, budget.steps), seed=seed,
                              save_every=max(1, budget.steps // 4))
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = HybridLM(rv.config)
+    model = instantiate(rv.config, device, seed=seed)
     ckpt = out / "checkpoints" / name / f"seed-{seed}"
     summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
                     resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,

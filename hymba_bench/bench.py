@@ -110,6 +110,7 @@ def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from hymba_bench.model.lm import instantiate
     from hymba_bench.registry import resolve
     from hymba_bench.throughput import (
         decode_bytes_per_step,
@@ -122,11 +123,7 @@ def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
     rv = resolve(name, profile)
     dev = torch.device(device)
     s = settings or settings_from_profile(rv.profile.bench, dev)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        from hymba_bench.model.lm import HybridLM
-
-        model = HybridLM(rv.config).to(s.torch_dtype).eval()
+    model = instantiate(rv.config, dev, s.torch_dtype).eval()
     prepared, batch = halve_on_oom(lambda b: prepare_decode(model, s, b), s.batch)
     wall = Timing.of([prepared.once() for _ in range(s.repeats)])  # warmed up by prepare_decode
     cuda = dev.type == "cuda"

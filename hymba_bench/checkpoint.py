@@ -10,7 +10,7 @@ import torch
 
 from hymba_bench.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.model.lm import HybridLM
+from hymba_bench.model.lm import HybridLM, instantiate
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -82,8 +82,7 @@ def load_checkpoint(path: Path, variant: str | None = None,
         raise HymbaBenchError(f"--checkpoint: {path} holds variant {meta.get('variant')!r}, "
                               f"not {variant!r}")
     cfg = ModelConfig(**meta["config"])
-    with torch.device(device):
-        model = HybridLM(cfg)
+    model = instantiate(cfg, device, seed=None)  # every weight is loaded next
     state = read_safetensors(Path(path) / WEIGHTS, device)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -73,7 +73,7 @@ def describe(name: str, profile: str, seq_len: int | None,
     import torch
 
     from hymba_bench.cache import cache_bytes, cache_mb_paper
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import count_parameters
     from hymba_bench.registry import resolve
 
     resolved = resolve(name, profile, variant_files)
@@ -82,8 +82,7 @@ def describe(name: str, profile: str, seq_len: int | None,
     if seq_len is not None and seq_len <= 0:
         raise HymbaBenchError(f"--seq-len: expected a positive integer, got {seq_len}")
     seq = seq_len or resolved.info["cache_seq_len"]
-    with torch.device("meta"):  # count parameters without allocating them
-        params = HybridLM(cfg).num_parameters()
+    params = count_parameters(cfg)
     return {
         "name": cfg.name,
         "profile": None if fixed else resolved.profile.name,  # a fixed-size design has none

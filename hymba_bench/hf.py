@@ -134,7 +134,7 @@ def is_hf_checkpoint(path: Path) -> bool:
 def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     """Build the model a Hugging Face Hymba checkpoint describes and load its weights."""
     from hymba_bench.checkpoint import aliases, read_safetensors
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import instantiate
 
     path = Path(path)
     try:
@@ -145,8 +145,7 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise HymbaBenchError(f"--checkpoint: {path} has no *.safetensors weights")
-    with torch.device(device):
-        model = HybridLM(cfg)
+    model = instantiate(cfg, device, seed=None)  # every weight is loaded next
     ours = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     for file in files:

@@ -105,12 +105,9 @@ def allocated_cache_bytes(cfg: Any, seq: int) -> tuple[int, int]:
 
 
 def _parameters(rv: ResolvedVariant) -> int:
-    import torch
+    from hymba_bench.model.lm import count_parameters
 
-    from hymba_bench.model.lm import HybridLM
-
-    with torch.device("meta"):  # counted, not allocated
-        return HybridLM(rv.config).num_parameters()
+    return count_parameters(rv.config)
 
 
 def measure_cache(rv: ResolvedVariant, device: str) -> dict[str, tuple[float, dict[str, Any]]]:
@@ -173,16 +170,12 @@ class ThroughputJob:
 def set_up_throughput(job: ThroughputJob, device: str, log: Callable[[str], None]) -> None:
     """The bench model, then prefill and decode set up (caches filled, step built, warmed up)
     for `time_throughput` to time beside the other designs'. `job.settings` is already resolved."""
-    import torch
 
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import instantiate
     from hymba_bench.throughput import halve_on_oom, prepare_decode, prepare_prefill
 
     settings, name = job.settings, job.rv.config.name
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = HybridLM(job.rv.config)
-    job.model = model = model.to(settings.torch_dtype).eval()
+    job.model = model = instantiate(job.rv.config, device, settings.torch_dtype).eval()
 
     def halved(old: int, new: int) -> None:
         log(f"{name}: out of memory at batch {old}, retrying at {new}")

@@ -47,7 +47,7 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
     import torch
 
     from hymba_bench.cache import cache_mb_paper
-    from hymba_bench.model.lm import HybridLM
+    from hymba_bench.model.lm import instantiate
     from hymba_bench.throughput import (
         check_fits,
         decode_throughput,
@@ -83,9 +83,7 @@ def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
                                                    context=seq, seq_len=seq, batch=1))
                     if (cfg.name, "decode_tok_s", seq) not in done:
                         if model is None:
-                            torch.manual_seed(0)
-                            with dev:
-                                model = HybridLM(cfg).to(settings.torch_dtype).eval()
+                            model = instantiate(cfg, dev, settings.torch_dtype).eval()
                         run_settings = type(settings)(**{**settings.__dict__, "context": seq})
                         res, batch = halve_on_oom(
                             lambda b, s=run_settings, m=model: decode_throughput(m, s, b), settings.batch)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from hymba_bench import build_model
 from hymba_bench.model.lm import HybridLM
 from hymba_bench.registry import names, resolve
@@ -28,6 +26,5 @@ def small_overrides(name: str) -> dict[str, Any]:
 
 
 def small_model(name: str, seed: int = 0, **extra: Any) -> HybridLM:
-    torch.manual_seed(seed)
-    model = build_model(name, "tiny", **{**small_overrides(name), **extra})
+    model = build_model(name, "tiny", seed=seed, **{**small_overrides(name), **extra})
     return model.eval()

@@ -101,3 +101,21 @@ class HybridLM(nn.Module):
                 cache.prefilled = True
         x = self.norm(x[:, n_meta:])
         return self.lm_head(x)
+
+
+def instantiate(cfg: ModelConfig, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None, seed: int | None = 0) -> HybridLM:
+    """The one way a model is built. Weights are initialised right after
+    `torch.manual_seed(seed)`, so a design built with the same seed has the same weights in every
+    stage, command and test; `seed=None` leaves the generator alone (weights about to be loaded
+    from a checkpoint). `device="meta"` builds without allocating (parameter counts)."""
+    if seed is not None and torch.device(device).type != "meta":
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = HybridLM(cfg)
+    return model.to(dtype) if dtype is not None else model
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of a design, counted on the meta device (nothing allocated)."""
+    return instantiate(cfg, "meta", seed=None).num_parameters()
