@@ -233,9 +233,12 @@ def test_cuda_kernels_are_called_by_their_own_signatures(monkeypatch: pytest.Mon
         assert cache_seqlens is None and conv_state_indices is None
         return ops.causal_conv1d_update_torch(x, conv_state, weight, bias, activation)
 
-    monkeypatch.setattr(ops, "_on_cuda", lambda t, kernel: kernel is not None)
     monkeypatch.setattr(ops, "_conv_cuda", conv_fn)
     monkeypatch.setattr(ops, "_conv_update_cuda", conv_update)
+    for name in ("_conv_path", "_conv_update_path"):  # as if these CPU tensors were on CUDA
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda cuda, real=real: real(True))
+    assert ops._conv_path(False)[0] == "causal_conv1d"
     x, w, b = torch.randn(2, 6, 9), torch.randn(6, 4), torch.randn(6)
     want = ops.causal_conv1d_ref(x, w, b, "silu")
     torch.testing.assert_close(ops.causal_conv1d(x, w, b, "silu"), want)

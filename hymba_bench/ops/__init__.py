@@ -9,11 +9,14 @@ results file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from hymba_bench.ops import cpu_kernel
-from hymba_bench.ops.attention import attention, attention_ref
+from hymba_bench.ops.attention import attention, attention_ref, decode_path
 from hymba_bench.ops.conv import (
     causal_conv1d as causal_conv1d_torch,
 )
@@ -57,36 +60,59 @@ except ImportError:
     _conv_cuda = _conv_update_cuda = None
 
 
-def _on_cuda(t: Tensor, kernel: object) -> bool:
-    return t.is_cuda and kernel is not None
+def _scan_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
+    """(name, implementation) of the selective scan for a tensor on CUDA or not: the dispatch
+    calls it and `backend_report` names it, so the two cannot disagree."""
+    if cuda and _scan_cuda is not None:
+        return "mamba_ssm", _scan_cuda
+    if not cuda and cpu_kernel.available():
+        return "cpu-kernel", selective_scan_cpu
+    return "torch-chunked", selective_scan_chunked
+
+
+def _state_update_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
+    if cuda and _state_update_cuda is not None:
+        return "mamba_ssm-triton", _state_update_cuda
+    return "torch", selective_state_update_ref
+
+
+def _conv_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
+    if cuda and _conv_cuda is not None:
+        return "causal_conv1d", _conv_cuda
+    return "torch-conv1d", causal_conv1d_torch
+
+
+def _conv_update_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
+    if cuda and _conv_update_cuda is not None:
+        return "causal_conv1d", _conv_update_cuda
+    return "torch", causal_conv1d_update_torch
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Tensor | None = None, z: Tensor | None = None,
                    delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    fn = _scan_cuda if _on_cuda(u, _scan_cuda) else \
-        selective_scan_cpu if cpu_kernel.available() else selective_scan_chunked
+    fn = _scan_path(u.is_cuda)[1]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Tensor | None = None, z: Tensor | None = None,
                            dt_bias: Tensor | None = None, dt_softplus: bool = False) -> Tensor:
-    fn = _state_update_cuda if _on_cuda(x, _state_update_cuda) else selective_state_update_ref
+    fn = _state_update_path(x.is_cuda)[1]
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                   activation: str | None = None) -> Tensor:
-    fn = _conv_cuda if _on_cuda(x, _conv_cuda) else causal_conv1d_torch
+    fn = _conv_path(x.is_cuda)[1]
     # by keyword: causal-conv1d's 4th positional parameter is seq_idx, not the activation
     return fn(x, weight, bias, activation=activation)
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          activation: str | None = None) -> Tensor:
-    fn = _conv_update_cuda if _on_cuda(x, _conv_update_cuda) else causal_conv1d_update_torch
+    fn = _conv_update_path(x.is_cuda)[1]
     return fn(x, conv_state, weight, bias, activation=activation)
 
 
@@ -99,12 +125,11 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
     """Which implementation each op uses on `device`: recorded beside every measurement."""
     cuda = torch.device(device).type == "cuda"
     return {
-        "selective_scan": "mamba_ssm" if cuda and _scan_cuda else
-        "cpu-kernel" if not cuda and cpu_kernel.available() else "torch-chunked",
-        "selective_state_update": "mamba_ssm-triton" if cuda and _state_update_cuda else "torch",
-        "causal_conv1d": "causal_conv1d" if cuda and _conv_cuda else "torch-conv1d",
-        "causal_conv1d_update": "causal_conv1d" if cuda and _conv_update_cuda else "torch",
-        "attention": "grouped-matmul decode, torch-sdpa prefill",
+        "selective_scan": _scan_path(cuda)[0],
+        "selective_state_update": _state_update_path(cuda)[0],
+        "causal_conv1d": _conv_path(cuda)[0],
+        "causal_conv1d_update": _conv_update_path(cuda)[0],
+        "attention": f"{decode_path(cuda)[0]} decode, torch-sdpa prefill",
         "long_conv": "torch-fft",
         "moe": "torch-gather",
     }

@@ -15,6 +15,8 @@ Two measured reasons for not calling scaled_dot_product_attention as-is (2-core 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,10 +57,15 @@ def _decode_fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tenso
     return out.reshape(b, hq, 1, v.shape[-1])
 
 
+def decode_path(cuda: bool) -> tuple[str, Callable[..., Tensor]]:
+    """(name, implementation) of one-query attention on CUDA or not; `backend_report` names it."""
+    return ("sdpa, query group folded", _decode_fused) if cuda else ("grouped-matmul", _decode)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
               causal: bool = False) -> Tensor:
     if q.shape[2] == 1:  # a single query is causal by construction
-        return (_decode_fused if q.is_cuda else _decode)(q, k, v, mask)
+        return decode_path(q.is_cuda)[1](q, k, v, mask)
     e, ev = q.shape[-1], v.shape[-1]
     if ev > e:
         q, k = F.pad(q, (0, ev - e)), F.pad(k, (0, ev - e))
