@@ -133,8 +133,7 @@ def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
         synchronize(dev)
         prof.step()  # what follows is the steps alone
         prepared._generate()
-        if cuda:
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     steps = s.gen_tokens
     busy: dict[str, float] = {}
     launches = kernels = 0

@@ -52,6 +52,24 @@ class SubTask:
             self.owner._bar.remove_task(self._task)
 
 
+class TrainingBar:
+    """One design's proxy training: a SubTask per design, restarted per seed, with the loss."""
+
+    def __init__(self, owner: RunProgress, name: str, steps: int, seeds: int) -> None:
+        self.name, self.seeds = name, seeds
+        self.bar = owner.subtask(f"{name}: training", steps)
+
+    def seed(self, k: int) -> None:
+        of = f" (seed {k + 1} of {self.seeds})" if self.seeds > 1 else ""
+        self.bar.restart(f"{self.name}: training{of}")
+
+    def step(self, step: int, loss: float) -> None:
+        self.bar.update(step, f"{self.bar.description}, loss {loss:.2f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class RunProgress:
     """`with RunProgress(console, designs=9, stages=3) as p: p.start(k, name, stage); ...; p.advance()`."""
 

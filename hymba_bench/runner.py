@@ -18,7 +18,7 @@ from rich.console import Console
 
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.plots import roadmap_plot
-from hymba_bench.progress import RunProgress
+from hymba_bench.progress import RunProgress, TrainingBar
 from hymba_bench.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
 from hymba_bench.results import ResultsFile, base_context, make_record, recorder, run_lock
 from hymba_bench.table import extended_table, roadmap_table
@@ -314,6 +314,8 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
             for stage in stages:  # stage by stage, so that decode timings can be interleaved
                 jobs: list[ThroughputJob] = []
                 units: list[AccuracyUnit] = []  # accuracy designs for the worker pool
+                # what each design recorded before this stage (seeds already evaluated): read once
+                earlier = results.load() if stage == "accuracy" else []
                 together = stage == "throughput" and fits_together(resolved, bench, opts.device)
                 for index, rv in enumerate(resolved, 1):
                     name = rv.config.name
@@ -332,32 +334,21 @@ def run(opts: RunOptions, console: Console | None = None, show_tables: bool = Tr
                             jobs.append(job)
                         else:  # timed alone, and its memory freed before the next design
                             time_throughput([job], opts.device)
-                    elif stage == "accuracy" and wanted and parallel:
-                        assert budget is not None
-                        units.append(AccuracyUnit(
-                            name, index, opts.profile, opts.out, budget, wanted, context,
-                            opts.variant_files, paper_data,
-                            [r for r in results.load() if r.get("variant") == name],
-                            opts.log_samples, opts.data_dir, threads, _parameters(rv)))
-                        continue  # advanced when its worker finishes
                     elif stage == "accuracy" and wanted:
+                        assert budget is not None
+                        previous = [r for r in earlier if r.get("variant") == name]
+                        if parallel:
+                            units.append(AccuracyUnit(
+                                name, index, opts.profile, opts.out, budget, wanted, context,
+                                opts.variant_files, paper_data, previous, opts.log_samples,
+                                opts.data_dir, threads, _parameters(rv)))
+                            continue  # advanced when its worker finishes
                         from hymba_bench.accuracy import measure_accuracy
 
-                        assert budget is not None
-                        steps = progress.subtask(f"{name}: training", budget.steps)
-
-                        def on_seed(k: int, steps: Any = steps, name: str = name) -> None:
-                            assert budget is not None
-                            of = f" (seed {k + 1} of {budget.seeds})" if budget.seeds > 1 else ""
-                            steps.restart(f"{name}: training{of}")
-
-                        def on_step(step: int, loss: float, steps: Any = steps) -> None:
-                            steps.update(step, f"{steps.description}, loss {loss:.2f}")
-
-                        previous = [r for r in results.load() if r.get("variant") == name]
-                        measure_accuracy(rv, opts.out, opts.device, budget, record, wanted, on_step,
-                                         paper_data, previous, opts.log_samples, on_seed)
-                        steps.close()
+                        bar = TrainingBar(progress, name, budget.steps, budget.seeds)
+                        measure_accuracy(rv, opts.out, opts.device, budget, record, wanted,
+                                         bar.step, paper_data, previous, opts.log_samples, bar.seed)
+                        bar.close()
                     progress.advance()
                 if units:
                     progress.log(f"training {len(units)} designs, {min(opts.workers, len(units))} at "

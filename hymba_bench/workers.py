@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hymba_bench.progress import RunProgress, SubTask
+from hymba_bench.progress import RunProgress, TrainingBar
 
 _QUEUE: Any = None  # the worker's end of the progress queue, set by `_init`
 
@@ -65,7 +65,7 @@ def _run_unit(unit: AccuracyUnit) -> str:
     use_data_dir(unit.data_dir)
     record = recorder(ResultsFile(unit.out / "results.jsonl"), rv,
                       {**unit.context, "threads": unit.threads}, unit.profile)
-    _QUEUE.put((name, "start", unit.index, None))
+    _QUEUE.put((name, "start", None, None))
     measure_accuracy(rv, unit.out, "cpu", unit.budget, record, unit.wanted,
                      on_step=lambda step, loss: _QUEUE.put((name, "step", step, loss)),
                      paper_data=unit.paper_data, previous=unit.previous,
@@ -84,18 +84,18 @@ def default_workers(device: str, designs: int) -> int:
 def train_in_parallel(units: list[AccuracyUnit], workers: int, progress: RunProgress) -> None:
     """Run `units` on a pool of `workers` processes, showing each design's training progress;
     the first unit to fail stops the pool and its error is raised here."""
-    seeds = max(u.budget.seeds for u in units)
     ctx = mp.get_context("spawn")  # a clean interpreter: no fork of torch's thread pools
     messages = ctx.Queue()
-    bars: dict[str, SubTask] = {}
+    by_name = {u.variant: u for u in units}
+    bars: dict[str, TrainingBar] = {}
     pool = ctx.Pool(workers, initializer=_init, initargs=(messages,))
     try:  # longest first: the last designs to finish then run beside others, not alone
         order = sorted(units, key=lambda u: -u.cost)
         pending = {u.variant: pool.apply_async(_run_unit, (u,)) for u in order}
         while pending:
-            _show(messages, bars, progress, units[0].budget.steps, seeds)
+            _show(messages, bars, progress, by_name)
             for name in [n for n, r in pending.items() if r.ready()]:
-                _show(messages, bars, progress, units[0].budget.steps, seeds)
+                _show(messages, bars, progress, by_name)
                 pending.pop(name).get()  # the unit's own error, raised in this process
                 if name in bars:
                     bars.pop(name).close()
@@ -108,8 +108,8 @@ def train_in_parallel(units: list[AccuracyUnit], workers: int, progress: RunProg
         pool.join()
 
 
-def _show(messages: Any, bars: dict[str, SubTask], progress: RunProgress, steps: int,
-          seeds: int) -> None:
+def _show(messages: Any, bars: dict[str, TrainingBar], progress: RunProgress,
+          units: dict[str, AccuracyUnit]) -> None:
     """Apply every progress message waiting (up to a quarter of a second for the first)."""
     timeout: float | None = 0.25
     while True:
@@ -119,9 +119,10 @@ def _show(messages: Any, bars: dict[str, SubTask], progress: RunProgress, steps:
             return
         timeout = None
         if kind == "start":
-            progress.start(a, name, "accuracy")
-            bars[name] = progress.subtask(f"{name}: training", steps)
+            unit = units[name]
+            progress.start(unit.index, name, "accuracy")
+            bars[name] = TrainingBar(progress, name, unit.budget.steps, unit.budget.seeds)
         elif kind == "seed" and name in bars:
-            bars[name].restart(f"{name}: training" + (f" (seed {a + 1} of {seeds})" if seeds > 1 else ""))
+            bars[name].seed(a)
         elif kind == "step" and name in bars:
-            bars[name].update(a, f"{bars[name].description}, loss {b:.2f}")
+            bars[name].step(a, b)

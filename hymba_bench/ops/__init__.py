@@ -60,32 +60,31 @@ except ImportError:
     _conv_cuda = _conv_update_cuda = None
 
 
-def _scan_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
-    """(name, implementation) of the selective scan for a tensor on CUDA or not: the dispatch
-    calls it and `backend_report` names it, so the two cannot disagree."""
-    if cuda and _scan_cuda is not None:
-        return "mamba_ssm", _scan_cuda
-    if not cuda and cpu_kernel.available():
-        return "cpu-kernel", selective_scan_cpu
-    return "torch-chunked", selective_scan_chunked
+KernelPath = tuple[str, Callable[..., Any]]  # (name for backend_report, implementation)
 
 
-def _state_update_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
-    if cuda and _state_update_cuda is not None:
-        return "mamba_ssm-triton", _state_update_cuda
-    return "torch", selective_state_update_ref
+def _cuda_or(cuda: bool, kernel: Callable[..., Any] | None, name: str, fallback: KernelPath) -> KernelPath:
+    """The CUDA kernel where it is installed and the tensors are on CUDA, else `fallback`."""
+    return (name, kernel) if cuda and kernel is not None else fallback
 
 
-def _conv_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
-    if cuda and _conv_cuda is not None:
-        return "causal_conv1d", _conv_cuda
-    return "torch-conv1d", causal_conv1d_torch
+# Each op's path: the dispatch calls it and `backend_report` names it, so they cannot disagree.
+def _scan_path(cuda: bool) -> KernelPath:
+    cpu = ("cpu-kernel", selective_scan_cpu) if not cuda and cpu_kernel.available() else \
+        ("torch-chunked", selective_scan_chunked)
+    return _cuda_or(cuda, _scan_cuda, "mamba_ssm", cpu)
 
 
-def _conv_update_path(cuda: bool) -> tuple[str, Callable[..., Any]]:
-    if cuda and _conv_update_cuda is not None:
-        return "causal_conv1d", _conv_update_cuda
-    return "torch", causal_conv1d_update_torch
+def _state_update_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _state_update_cuda, "mamba_ssm-triton", ("torch", selective_state_update_ref))
+
+
+def _conv_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _conv_cuda, "causal_conv1d", ("torch-conv1d", causal_conv1d_torch))
+
+
+def _conv_update_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _conv_update_cuda, "causal_conv1d", ("torch", causal_conv1d_update_torch))
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
