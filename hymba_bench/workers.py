@@ -3,12 +3,13 @@ thread each.
 
 Why: a tiny design's training step is hundreds of small operators, and a second thread in the same
 process barely shortens it (measured on the 2-core machine, ms per step at 1 and 2 threads: Llama
-155 / 112, B 268 / 249, F 474 / 490), while a second process training another design leaves the
-first's speed alone. So on a CPU with more than one core, `run` trains `workers` designs at once
-(default: one per core). Each worker appends its own records to the run's results file (appends
-take a lock and write one whole line); progress comes back over a queue, so the bars and lines
-look as they do in one process. On failure or Ctrl-C the pool is terminated: what a finished
-design recorded stays, a design cut short resumes from its checkpoints under `--resume`.
+155 / 112, B 268 / 249, F 474 / 490), while two processes, one thread each, train two designs at
+1.36x the throughput of one at a time (README, "Running the roadmap"). So on a CPU with more
+than one core, `run` trains `workers` designs at once (default: one per core). Each worker
+appends its own records to the run's results file (appends take a lock and write one whole line);
+progress comes back over a queue, so the bars and lines look as they do in one process. On
+failure or Ctrl-C the pool is terminated: what a finished design recorded stays, a design cut short
+resumes from its checkpoints under `--resume`.
 """
 
 from __future__ import annotations
