@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hymba_bench.config import ConfigError, LayerSpec, ModelConfig
+from hymba_bench.design.config import ConfigError, LayerSpec, ModelConfig
 
 if TYPE_CHECKING:
     import torch
@@ -23,22 +23,22 @@ def build_model(name: str, profile: str = "tiny", *, device: str | torch.device 
     `device="meta"` builds without allocating weights (for parameter counts of large models).
     Keyword overrides replace any `ModelConfig` field, e.g. `build_model("llama", n_layers=4)`.
     """
+    from hymba_bench.design.registry import resolve
     from hymba_bench.model.lm import instantiate
-    from hymba_bench.registry import resolve
 
     config = resolve(name, profile, variant_files, **overrides).config
     return instantiate(config, device or "cpu", dtype, seed)
 
 
 def build_config(name: str, profile: str = "tiny", **overrides: Any) -> ModelConfig:
-    from hymba_bench.registry import resolve
+    from hymba_bench.design.registry import resolve
 
     return resolve(name, profile, **overrides).config
 
 
 def __getattr__(name: str) -> Any:
     if name == "HymbaBenchLM":  # lazy: importing lm-eval takes seconds
-        from hymba_bench.lm_eval_adapter import HymbaBenchLM
+        from hymba_bench.accuracy.adapter import HymbaBenchLM
 
         return HymbaBenchLM
     raise AttributeError(f"module 'hymba_bench' has no attribute {name!r}")

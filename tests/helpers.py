@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hymba_bench import build_model
+from hymba_bench.design.registry import names, resolve
 from hymba_bench.model.lm import HybridLM
-from hymba_bench.registry import names, resolve
 
 VARIANTS = names()
 

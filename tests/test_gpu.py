@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hymba_bench import ops
+from hymba_bench.bench.throughput import BenchSettings, decode_throughput, make_step
 from hymba_bench.ops.conv import causal_conv1d_update as conv_update_torch
-from hymba_bench.throughput import BenchSettings, decode_throughput, make_step
 from tests.helpers import VARIANTS, small_model
 
 pytestmark = pytest.mark.gpu

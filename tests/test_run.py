@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hymba_bench import results as results_mod
-from hymba_bench import runner
+import hymba_bench.results.records as results_mod
+import hymba_bench.run as runner
+from hymba_bench.bench.throughput import BenchSettings, decode_throughput, filled_cache, halve_on_oom
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results import ResultsFile
-from hymba_bench.runner import RunOptions, run
-from hymba_bench.table import COLUMNS, EMPTY, extended_table, roadmap_table
-from hymba_bench.throughput import BenchSettings, decode_throughput, filled_cache, halve_on_oom
+from hymba_bench.results.records import ResultsFile
+from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
+from hymba_bench.run import RunOptions, run
 from tests.helpers import small_model
 
 FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
@@ -67,8 +67,8 @@ def test_cache_records_are_exact(tmp_path: Path) -> None:
     out = quiet_run(tmp_path, ["d-kv-share"], skip={"accuracy", "throughput"})
     by_metric = {r["metric"]: r for r in ResultsFile(out / "results.jsonl").load()}
     # each record against its own computation here: a cache allocated, and the formula by hand
-    from hymba_bench.cache import InferenceCache
-    from hymba_bench.registry import resolve
+    from hymba_bench.design.registry import resolve
+    from hymba_bench.model.cache import InferenceCache
 
     cfg = resolve("d-kv-share", "tiny").config
     held = InferenceCache(cfg, 1, 8192, torch.float16)
@@ -119,7 +119,7 @@ def test_existing_results_need_resume(tmp_path: Path) -> None:
 
 
 def test_cache_mismatch_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hymba_bench.cache as cache_mod
+    import hymba_bench.model.cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "cache_bytes", lambda *a, **k: 1)
     with pytest.raises(runner.MeasurementError, match="formula gives 1"):
@@ -195,7 +195,7 @@ def test_checkpoint_restore_replays_decode_exactly(name: str) -> None:
 def test_the_prefill_benchmarks_cache_seeds_the_decode_cache() -> None:
     """The decode cache is tiled from the prefill benchmark's warmed-up cache (one 8K prefill
     per design, not two): it must decode exactly as a cache filled on its own."""
-    from hymba_bench.throughput import prepare_prefill
+    from hymba_bench.bench.throughput import prepare_prefill
 
     model = small_model("e-meta-tokens")
     settings = BenchSettings(batch=3, context=40, gen_tokens=5, warmup=1)
@@ -326,8 +326,8 @@ def test_seeds_give_mean_and_spread_across_training_runs(tmp_path: Path,
 
 def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from hymba_bench import accuracy
-    from hymba_bench.registry import get_profile, resolve
+    import hymba_bench.accuracy.stage as accuracy
+    from hymba_bench.design.registry import get_profile, resolve
 
     trained = []
 
@@ -356,7 +356,7 @@ def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path,
 
 
 def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
-    from hymba_bench.results import git_commit
+    from hymba_bench.results.records import git_commit
 
     repo = Path(__file__).resolve().parents[1]
 
@@ -374,9 +374,9 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """With the paper's data, each seed's SWDE/SQuAD-C and commonsense scores are recorded, so a
     run resumed between seeds still reports the paper tasks' mean over every seed."""
-    from hymba_bench import accuracy
-    from hymba_bench.evaluate import EvalOutcome
-    from hymba_bench.registry import get_profile, resolve
+    import hymba_bench.accuracy.stage as accuracy
+    from hymba_bench.accuracy.evaluate import EvalOutcome
+    from hymba_bench.design.registry import get_profile, resolve
 
     def one_seed(rv, out, device, budget, seed, record, *rest):  # stands in for train + eval
         fields = {"value": 30.0, "stderr": 4.0, "n": 16, "train_steps": 3, "train_batch": 4,

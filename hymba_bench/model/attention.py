@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.config import LayerSpec, ModelConfig
-from hymba_bench.masks import visible
+from hymba_bench.design.config import LayerSpec, ModelConfig
+from hymba_bench.design.masks import visible
 from hymba_bench.model.context import Context
 from hymba_bench.model.layers import Rotary
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.design.config import LayerSpec, ModelConfig
 from hymba_bench.model.attention import Attention, attend, qkv_widths, split_heads
 from hymba_bench.model.context import Context
 from hymba_bench.model.hyena import Hyena

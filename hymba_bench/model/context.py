@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 if TYPE_CHECKING:  # the cache allocates what the mixers declare, so it imports them, not back
-    from hymba_bench.cache import InferenceCache, LayerCache
+    from hymba_bench.model.cache import InferenceCache, LayerCache
 
 # layer index -> (K, V, key positions): what a K/V producer attended over, for its consumers
 SharedKV = dict[int, tuple[Tensor, Tensor, Tensor]]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.design.config import LayerSpec, ModelConfig
 from hymba_bench.model.context import Context
 
 

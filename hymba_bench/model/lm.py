@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hymba_bench.cache import InferenceCache
-from hymba_bench.config import ModelConfig
+from hymba_bench.design.config import ModelConfig
 from hymba_bench.model.blocks import DecoderLayer
+from hymba_bench.model.cache import InferenceCache
 from hymba_bench.model.context import Context
 from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.config import LayerSpec, ModelConfig
+from hymba_bench.design.config import LayerSpec, ModelConfig
 from hymba_bench.model.context import Context
 
 if TYPE_CHECKING:
-    from hymba_bench.cache import LayerCache
+    from hymba_bench.model.cache import LayerCache
 from hymba_bench.model.layers import RMSNorm
 
 

@@ -1,0 +1,151 @@
+"""lm-eval adapter: any variant (and checkpoint) as an `lm_eval.api.model.LM`, registered as
+`hymba_bench`.
+
+- `loglikelihood`: batched by length with right padding (a causal model's logits do not see the
+  padding to their right), exact sums of continuation log-probabilities, BOS for empty contexts.
+- `loglikelihood_rolling`: lm-eval's rolling windows over documents longer than the context.
+- `generate_until`: greedy, batched over prompts of equal token length, with the inference
+  cache; stop strings and `max_gen_toks` honoured. Sampling is not supported (greedy only).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from hymba_bench.accuracy.tokenizer import load_tokenizer
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.model.generate import greedy_generate
+
+
+@register_model("hymba_bench")
+class HymbaBenchLM(LM):
+    def __init__(self, variant: str = "e-meta-tokens", profile: str = "tiny",
+                 checkpoint: str | Path | None = None, batch_size: int | str = 8,
+                 device: str = "cpu", max_length: int | None = None,
+                 variant_files: list[Path] | None = None, model: torch.nn.Module | None = None,
+                 **overrides: Any) -> None:
+        super().__init__()
+        from hymba_bench import build_model
+
+        if model is not None:  # an already-built (e.g. just trained) model
+            self.model = model  # type: ignore[assignment]
+        elif checkpoint:
+            from hymba_bench.accuracy.checkpoint import load_checkpoint
+            from hymba_bench.accuracy.hf import is_hf_checkpoint, load_hf_checkpoint
+
+            if is_hf_checkpoint(Path(checkpoint)):  # released weights: their config.json rules
+                self.model = load_hf_checkpoint(Path(checkpoint), device)
+            else:
+                self.model, _ = load_checkpoint(Path(checkpoint), variant, device)
+        else:
+            self.model = build_model(variant, profile, device=device, variant_files=variant_files,
+                                     **overrides)
+        self.model.eval()
+        self.tokenizer = load_tokenizer(Path(checkpoint) if checkpoint else None)
+        if self.tokenizer.vocab_size > self.model.cfg.vocab_size:
+            raise HymbaBenchError(f"tokenizer has {self.tokenizer.vocab_size} tokens but the "
+                                  f"model's vocabulary is {self.model.cfg.vocab_size}")
+        self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
+        self.max_length = int(max_length or self.model.cfg.max_seq_len)
+        self._device = torch.device(device)
+
+    # ------------------------------------------------------------------ scoring
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:  # lm-eval's convention: word-boundary spaces belong to the continuation
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        ctx = self.tokenizer.encode(context) or [self.tokenizer.bos_id]
+        return ctx, self.tokenizer.encode(continuation)
+
+    @torch.no_grad()
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """Sum of log p(continuation | context) and whether greedy decoding would produce it."""
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        rows = []
+        for i, (ctx, cont) in enumerate(pairs):
+            whole = (ctx + cont)[-(self.max_length + 1):]
+            rows.append((i, whole[:-1], len(cont)))
+        rows.sort(key=lambda r: -len(r[1]))
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            width = len(chunk[0][1])
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            for j, (_, inp, _) in enumerate(chunk):
+                ids[j, :len(inp)] = torch.tensor(inp)
+            logprobs = F.log_softmax(self.model(ids.to(self._device)).float(), dim=-1).cpu()
+            for j, (i, inp, n) in enumerate(chunk):
+                targets = torch.tensor(pairs[i][1], dtype=torch.long)  # the continuation
+                lp = logprobs[j, len(inp) - n:len(inp)]  # the positions that predict the continuation
+                total = float(lp.gather(-1, targets[:, None]).sum()) if n else 0.0
+                greedy = bool((lp.argmax(-1) == targets).all()) if n else True
+                out[i] = (total, greedy)
+        return out  # type: ignore[return-value]
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        results = self._score([self._encode_pair(*r.args) for r in requests])
+        for r, res in zip(requests, results, strict=True):
+            self.cache_hook.add_partial("loglikelihood", r.args, res)
+        return results
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        out = []
+        for r in requests:
+            (text,) = r.args
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=self.tokenizer.encode(text), prefix_token=self.tokenizer.bos_id,
+                max_seq_len=self.max_length, context_len=1)]
+            total = sum(score for score, _ in self._score(windows))
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+            out.append(total)
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[tuple[int, int, tuple[str, ...]], list[tuple[int, list[int]]]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            context, kwargs = r.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.get("max_gen_toks", 256))
+            ids = (self.tokenizer.encode(context) or [self.tokenizer.bos_id])
+            ids = ids[-max(1, self.max_length - max_new):]
+            groups[(len(ids), max_new, tuple(until))].append((i, ids))
+        for (_, max_new, until), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start:start + self.batch_size]
+                prompt = torch.tensor([ids for _, ids in chunk], device=self._device)
+                stop = self._stopper(list(until))
+                generated = greedy_generate(self.model, prompt, max_new, self.tokenizer.eos_id, stop)
+                for (i, _), row in zip(chunk, generated.tolist(), strict=True):
+                    text = self.tokenizer.decode([t for t in row if t != self.tokenizer.eos_id])
+                    out[i] = _cut(text, list(until))
+                    self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+        return out  # type: ignore[return-value]
+
+    def _stopper(self, until: list[str]) -> Any:
+        if not until:
+            return None
+
+        def stop(generated: torch.Tensor) -> torch.Tensor:
+            texts = [self.tokenizer.decode(row) for row in generated.tolist()]
+            return torch.tensor([any(u in t for u in until) for t in texts])
+
+        return stop
+
+
+def _cut(text: str, until: list[str]) -> str:
+    for u in until:
+        if u and u in text:
+            text = text.split(u, 1)[0]
+    return text

@@ -1,0 +1,141 @@
+"""Accuracy through lm-eval: the paper's task suites, the synthetic recall task and bits per byte.
+
+Each task runs on its own, so a task whose data cannot be reached (offline, no local copy) leaves
+its cell empty with the reason, and never stops the others or invents a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hymba_bench.errors import HymbaBenchError
+
+# The Mamba paper's convention, followed by Hymba: acc, except acc_norm for HellaSwag and ARC-C.
+COMMONSENSE = {"lambada_openai": "acc", "piqa": "acc", "arc_easy": "acc",
+               "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "winogrande": "acc",
+               "truthfulqa_mc2": "acc", "social_iqa": "acc"}
+RECALL = {"swde": "contains", "squad_completion": "contains"}
+SUITES: dict[str, dict[str, str]] = {
+    "commonsense": COMMONSENSE,
+    "recall": RECALL,
+    "recall_synthetic": {"hymba_recall_synthetic": "contains"},
+    "text_bpb": {"hymba_text_bpb": "bits_per_byte"},
+}
+OWN_SUITES = {"recall_synthetic", "text_bpb"}  # defined in tasks/, not in lm-eval's library
+# suite -> (aggregate metric, scale): the mean over the suite's tasks
+AGGREGATES = {"commonsense": ("commonsense_pct", 100.0), "recall": ("recall_pct", 100.0),
+              "recall_synthetic": ("recall_synthetic_pct", 100.0), "text_bpb": ("text_bpb", 1.0)}
+
+
+@dataclass
+class EvalOutcome:
+    values: dict[str, float] = field(default_factory=dict)  # metric -> value
+    stderr: dict[str, float] = field(default_factory=dict)
+    n: dict[str, int] = field(default_factory=dict)  # metric -> items scored
+    missing: dict[str, str] = field(default_factory=dict)  # metric or task -> why it has no value
+
+
+def tasks_dir() -> Path:
+    from hymba_bench.design.registry import _package_data
+
+    return _package_data("tasks")
+
+
+def parse_suites(text: str) -> list[str]:
+    suites = [s.strip() for s in text.split(",") if s.strip()]
+    for s in suites:
+        if s not in SUITES:
+            raise HymbaBenchError(f"--tasks: unknown suite {s!r}; valid: {', '.join(SUITES)}")
+    if not suites:
+        raise HymbaBenchError("--tasks: expected at least one suite")
+    return suites
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hold back what lm-eval, datasets and their subprocesses write to stderr (progress bars,
+    `git` asking for a repository outside a checkout): Python's stream and file descriptor 2
+    both. Failures still surface, as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stderr(io.StringIO()):
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def evaluate(lm: Any, suites: list[str], limit: int | None = None,
+             metadata: dict[str, Any] | None = None, output_path: Path | None = None,
+             log_samples: bool = False,
+             on_task: Callable[[str, int, int], None] | None = None) -> EvalOutcome:
+    """Run the suites' tasks one by one through lm-eval.
+
+    With `output_path`, each task's results are also written the way `lm_eval --output_path`
+    writes them (`results_<date>.json` with the config, versions and n-samples; with
+    `log_samples`, `samples_<task>_<date>.jsonl`), so lm-eval's own tools read them.
+    `on_task(task, i, n)` is called before each task, for progress.
+    """
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    # Indexing lm-eval's own task library reads some 14,000 YAML files (about 10 s, far more
+    # than scoring a proxy model): only the paper's suites need it, ours live in tasks/.
+    manager = TaskManager(include_path=str(tasks_dir()), metadata=metadata or {},
+                          include_defaults=any(suite not in OWN_SUITES for suite in suites))
+    out = EvalOutcome()
+    todo = [(suite, task, metric) for suite in suites for task, metric in SUITES[suite].items()]
+    done = 0
+    for suite in suites:
+        scores, errors = [], []
+        for task, metric in SUITES[suite].items():
+            key = f"{task}/{metric}"
+            if on_task is not None:
+                on_task(task, done, len(todo))
+            done += 1
+            tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
+            try:
+                with quiet_stderr():
+                    res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
+                                                  limit=limit, bootstrap_iters=100,
+                                                  log_samples=log_samples, verbosity="ERROR",
+                                                  evaluation_tracker=tracker)
+                    if tracker is not None:
+                        samples = res.pop("samples", None)
+                        tracker.save_results_aggregated(results=res, samples=samples)
+                        for name, rows in (samples or {}).items():
+                            tracker.save_results_samples(task_name=name, samples=rows)
+            except Exception as exc:  # unreachable data, missing local copy: a reason, not a number
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                out.missing[key] = f"{task}: data not reachable ({type(exc).__name__}: {first})"
+                errors.append(out.missing[key])
+                continue
+            row = res["results"][task]
+            value = float(row[f"{metric},none"])
+            out.values[key] = value
+            se = row.get(f"{metric}_stderr,none")
+            if isinstance(se, int | float) and not math.isnan(float(se)):
+                out.stderr[key] = float(se)
+            out.n[key] = int(res.get("n-samples", {}).get(task, {}).get("effective", 0))
+            scores.append(value)
+        name, scale = AGGREGATES[suite]
+        if errors:
+            out.missing[name] = f"{len(errors)} of {len(SUITES[suite])} tasks unavailable; " + errors[0]
+        elif scores:
+            out.values[name] = scale * sum(scores) / len(scores)
+            ses = [out.stderr.get(f"{t}/{m}") for t, m in SUITES[suite].items()]
+            if all(s is not None for s in ses):  # the mean's standard error, tasks independent
+                out.stderr[name] = scale * math.sqrt(sum(s * s for s in ses)) / len(ses)  # type: ignore[operator]
+    return out

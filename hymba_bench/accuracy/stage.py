@@ -1,0 +1,226 @@
+"""The `accuracy` stage of `hymba-bench run`: proxy-train every design under one budget, then
+evaluate it through lm-eval.
+
+The budget (steps, batch, learning rate, the recall task's size, the number of training seeds)
+comes from the profile's `train` block and is the same for every design: no per-design tuning, so
+the comparison is honest. Each seed trains its own model from its own initialisation and data
+order; its checkpoint lands in `<out>/checkpoints/<variant>/seed-<k>` (training resumes there after
+an interruption) and its lm-eval output, in lm-eval's own format, in `<out>/lm_eval/<variant>/
+seed-<k>`. A seed already evaluated in the results file is not trained again.
+
+The recorded Recall is the mean over seeds, with two spreads kept apart: `seed_sd`, the standard
+deviation across seeds (how the design trains), and `stderr`, the evaluation standard error of that
+mean (how many items were asked).
+
+What fills the table:
+- Recall (%): lm-eval's SWDE and SQuAD-completion when their data is reachable (the hub, or a
+  `--data-dir` cache); otherwise the synthetic associative-recall task after proxy training,
+  marked as such (`recall_source`) and explained in a footnote.
+- Commonsense (%): the paper's eight tasks when their data is reachable; otherwise empty, with the
+  reason. A proxy-trained byte-level model scores chance on them anyway, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hymba_bench.design.registry import Profile, ResolvedVariant
+from hymba_bench.errors import HymbaBenchError
+
+SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
+PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
+PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
+
+
+@dataclass
+class AccuracyBudget:
+    """The profile's `train` and `eval` blocks."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 30
+    seed: int = 0
+    seeds: int = 1
+    pairs: int = 8
+    queries: int = 8
+    eval_items: int = 512
+    eval_seed: int = 1234
+    eval_batch_size: int = 64
+    paper_tasks: list[str] = field(default_factory=lambda: ["commonsense", "recall"])
+
+    @classmethod
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> AccuracyBudget:
+        blocks = {**profile.train, **profile.eval}
+        values = {**blocks, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise HymbaBenchError(f"{profile.path}: train/eval: unknown key {unknown[0]!r}")
+        budget = cls(**values)
+        for key in ("steps", "batch_size", "seeds", "pairs", "queries", "eval_items",
+                    "eval_batch_size"):
+            value = getattr(budget, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
+        from hymba_bench.accuracy.recall import RecallSpec
+
+        RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
+        return budget
+
+
+def use_data_dir(data_dir: Path | None) -> None:
+    """Point the Hugging Face datasets cache at local copies (see the README for the layout)."""
+    if data_dir is None:
+        return
+    if not Path(data_dir).is_dir():
+        raise HymbaBenchError(f"--data-dir: {data_dir} is not a directory")
+    os.environ["HF_DATASETS_CACHE"] = str(Path(data_dir).resolve())
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether lm-eval could download the paper's datasets; offline runs skip them at once."""
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` with stderr held back: lm-eval's and datasets' progress bars would tear through
+    the run's own; failures still surface, as exceptions."""
+    from hymba_bench.accuracy.evaluate import quiet_stderr
+
+    with quiet_stderr():
+        return fn(*args, **kwargs)
+
+
+def seed_summary(values: list[float], stderrs: list[float | None]) -> dict[str, Any]:
+    """Mean over seeds, the across-seed standard deviation (None for one seed) and the
+    evaluation standard error of the mean (independent item samples: root-sum-square / N)."""
+    known = [e for e in stderrs if e is not None and not math.isnan(e)]
+    return {"value": statistics.fmean(values), "seeds": len(values),
+            "seed_sd": statistics.stdev(values) if len(values) > 1 else None,
+            "stderr": math.sqrt(sum(e * e for e in known)) / len(known) if known else None}
+
+
+def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget,
+                     record: Callable[..., None], wanted: set[str],
+                     on_step: Callable[[int, float], None] | None = None,
+                     paper_data: bool = False, previous: list[dict[str, Any]] | None = None,
+                     log_samples: bool = False,
+                     on_seed: Callable[[int], None] | None = None) -> None:
+    """Train `rv` under `budget` once per seed (resuming checkpoints in `out`, skipping seeds
+    already in `previous`, this design's earlier records), evaluate each, record the mean."""
+    per_seed = {r["train_seed"]: r for r in previous or []
+                if r.get("metric") == "recall_synthetic_pct" and "train_seed" in r}
+    # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
+    # seeds still averages the paper's tasks over every seed
+    scored: dict[str, dict[int, tuple[float, float | None]]] = {m: {} for m in PAPER_METRICS}
+    for r in previous or []:
+        metric = str(r.get("metric", "")).removesuffix("_seed")
+        if r.get("metric") == f"{metric}_seed" and metric in scored and "train_seed" in r:
+            scored[metric][r["train_seed"]] = (r["value"], r.get("stderr"))
+    seeds = [budget.seed + k for k in range(budget.seeds)]
+    paper: dict[int, Any] = {}
+    for k, seed in enumerate(seeds):
+        if seed in per_seed:
+            continue
+        if on_seed is not None:
+            on_seed(k)
+        per_seed[seed], paper[seed] = _one_seed(rv, out, device, budget, seed, record, on_step,
+                                                paper_data, log_samples)
+        for metric in PAPER_METRICS:
+            outcome = paper[seed]
+            if outcome is not None and metric in outcome.values:
+                scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
+                record(f"{metric}_seed", outcome.values[metric], stderr=outcome.stderr.get(metric),
+                       train_seed=seed)
+    runs = [per_seed[s] for s in seeds]
+    info = {key: runs[0][key] for key in ("train_steps", "train_batch", "train_lr", "recall_pairs",
+                                          "recall_queries")}
+    info["train_seeds"] = seeds
+    syn = seed_summary([r["value"] for r in runs], [r.get("stderr") for r in runs])
+    n_items = sum(int(r.get("n") or 0) for r in runs)
+    losses = [r["train_loss"] for r in runs if r.get("train_loss") is not None]
+    if losses:
+        record("train_loss", statistics.fmean(losses), **info)
+    def paper_mean(metric: str) -> dict[str, Any] | None:
+        """The paper task's seed summary when every seed has scored it, else None."""
+        if any(s not in scored[metric] for s in seeds):
+            return None
+        got = [scored[metric][s] for s in seeds]
+        return seed_summary([v for v, _ in got], [e for _, e in got])
+
+    if "recall_pct" in wanted:
+        summary = paper_mean("recall_pct")
+        if summary is not None:
+            record("recall_pct", summary.pop("value"), recall_source=PAPER_RECALL, **summary, **info)
+        else:
+            record("recall_pct", syn["value"], recall_source=SYNTHETIC, n=n_items,
+                   **{k: v for k, v in syn.items() if k != "value"}, **info)
+    if "commonsense_pct" in wanted:
+        summary = paper_mean("commonsense_pct")
+        if summary is not None:
+            record("commonsense_pct", summary.pop("value"), **summary, **info)
+        else:
+            missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
+            why = next((m for m in missing if m), None) or \
+                "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
+                "--data-dir (a datasets cache)"
+            record("note", why, stage="accuracy", metric_missing="commonsense_pct")
+
+def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget, seed: int,
+              record: Callable[..., None], on_step: Callable[[int, float], None] | None,
+              paper_data: bool, log_samples: bool) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one seed; record its synthetic recall; return that record's fields
+    and the paper suites' outcome (None without their data)."""
+
+    from hymba_bench.accuracy.adapter import HymbaBenchLM
+    from hymba_bench.accuracy.evaluate import evaluate
+    from hymba_bench.accuracy.recall import RecallSpec
+    from hymba_bench.accuracy.train import TrainSettings, train
+    from hymba_bench.model.lm import instantiate
+
+    name = rv.config.name
+    spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)
+    settings = TrainSettings(steps=budget.steps, batch_size=budget.batch_size,
+                             seq_len=spec.rendered_length(), lr=budget.lr,
+                             warmup=min(budget.warmup, budget.steps), seed=seed,
+                             save_every=max(1, budget.steps // 4))
+    model = instantiate(rv.config, device, seed=seed)
+    ckpt = out / "checkpoints" / name / f"seed-{seed}"
+    summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
+                    resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,
+                    on_step=on_step)
+    info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
+            "train_lr": budget.lr, "recall_pairs": budget.pairs,
+            "recall_queries": budget.queries, "checkpoint": str(ckpt), "train_seed": seed,
+            "train_loss": summary["final_loss"]}
+
+    lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
+    metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
+                "queries": budget.queries, "data_dir": str(out / "data")}
+    lm_eval_dir = out / "lm_eval" / name / f"seed-{seed}"
+    synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata,
+                       output_path=lm_eval_dir, log_samples=log_samples)
+    if "recall_synthetic_pct" not in synthetic.values:
+        raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
+                              f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
+    fields = {"value": synthetic.values["recall_synthetic_pct"],
+              "stderr": synthetic.stderr.get("recall_synthetic_pct"),
+              "n": synthetic.n.get("hymba_recall_synthetic/contains"), **info}
+    record("recall_synthetic_pct", fields["value"], **{k: v for k, v in fields.items() if k != "value"})
+    paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")],
+                   output_path=lm_eval_dir, log_samples=log_samples) if paper_data else None
+    return fields, paper

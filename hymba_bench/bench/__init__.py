@@ -1,0 +1,2 @@
+"""Efficiency measurements: timing, memory, throughput, the sweep over context, kernel and
+decode profiles, and the regression check against a baseline."""

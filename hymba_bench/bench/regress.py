@@ -1,0 +1,235 @@
+"""Efficiency baselines and the regression check CI runs against them.
+
+A baseline keeps, per design, the exact metrics (parameters, cache bytes), which must match
+exactly, and the throughput with its samples. Throughput is compared as a ratio to a reference
+design measured in the same run, which cancels a slower or busier machine; when the machine
+fingerprint (device, threads, torch) matches, the absolute figures are compared too. A throughput
+check fails only when the change passes the tolerance *and* is significant given both runs'
+samples (`timing.significant`): two runs of the same code on a noisy machine do not fail.
+Ratios are taken round by round, since a run times its designs interleaved (sample i of every
+design comes from round i).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hymba_bench.bench.timing import LOAD_LIMIT, significant
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.results.records import ResultsFile
+
+FORMAT = "hymba-bench-baseline/1"
+EXACT = ("params", "cache_bytes", "cache_bytes_analytic")
+SPEED = ("decode_tok_s", "prefill_tok_s")
+FINGERPRINT = ("device", "device_type", "threads", "torch")
+SETTINGS = ("profile", "context", "batch", "gen_tokens", "dtype")
+
+
+def _latest(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """variant -> metric -> the last record of it in the run."""
+    path = Path(run_dir) / "results.jsonl"
+    if not path.is_file():
+        raise HymbaBenchError(f"{run_dir}: no results.jsonl here (is it a run directory?)")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in ResultsFile(path).load():
+        if r.get("metric") != "note":
+            out.setdefault(r["variant"], {})[r["metric"]] = r
+    if not out:
+        raise HymbaBenchError(f"{path}: no measurements")
+    return out
+
+
+def _speed_record(run: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    for metrics in run.values():
+        if "decode_tok_s" in metrics:
+            return metrics["decode_tok_s"]
+    raise HymbaBenchError("the run has no throughput measurements (was it run with --skip throughput?)")
+
+
+def make_baseline(run_dir: Path, reference: str = "llama") -> dict[str, Any]:
+    run = _latest(run_dir)
+    if reference not in run:
+        raise HymbaBenchError(f"--reference: {reference!r} was not measured in {run_dir} "
+                              f"(measured: {', '.join(run)})")
+    speed = _speed_record(run)
+    variants = {}
+    for name, metrics in run.items():
+        variants[name] = {
+            "exact": {m: metrics[m]["value"] for m in EXACT if m in metrics},
+            "throughput": {m: {"value": metrics[m]["value"], "spread": metrics[m].get("spread"),
+                               "samples": (metrics[m].get("timing") or {}).get("samples")}
+                           for m in SPEED if m in metrics},
+        }
+    return {
+        "format": FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": speed.get("git_commit"),
+        "reference": reference,
+        "fingerprint": {k: speed.get(k) for k in FINGERPRINT},
+        "settings": {k: speed.get(k) for k in SETTINGS},
+        "variants": variants,
+    }
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HymbaBenchError(f"--baseline: no such file {path}") from None
+    except json.JSONDecodeError as exc:
+        raise HymbaBenchError(f"--baseline: {path} is not valid JSON ({exc.msg})") from None
+    if data.get("format") != FORMAT:
+        raise HymbaBenchError(f"--baseline: {path} is not a {FORMAT} file")
+    return data
+
+
+@dataclass
+class Check:
+    variant: str
+    metric: str
+    kind: str  # exact | vs-reference | absolute
+    baseline: float | None
+    current: float | None
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    checks: list[Check] = field(default_factory=list)
+    same_machine: bool = False
+    baseline: dict[str, Any] = field(default_factory=dict)
+    current_fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
+            abs_tolerance: float | None = None) -> Comparison:
+    if not 0 <= tolerance < 1:
+        raise HymbaBenchError(f"--tolerance: expected a fraction in [0, 1), got {tolerance}")
+    abs_tol = tolerance if abs_tolerance is None else abs_tolerance
+    run = _latest(run_dir)
+    speed = _speed_record(run)
+    settings = {k: speed.get(k) for k in SETTINGS}
+    if settings != baseline["settings"]:
+        raise HymbaBenchError(f"the run's benchmark settings {settings} differ from the baseline's "
+                              f"{baseline['settings']}; re-run with the same ones")
+    fingerprint = {k: speed.get(k) for k in FINGERPRINT}
+    out = Comparison(same_machine=fingerprint == baseline["fingerprint"], baseline=baseline,
+                     current_fingerprint=fingerprint)
+    ref = baseline["reference"]
+    for name, base in baseline["variants"].items():
+        cur = run.get(name, {})
+        for metric, value in base["exact"].items():
+            now = cur.get(metric, {}).get("value")
+            out.checks.append(Check(name, metric, "exact", value, now, now == value,
+                                    "not measured" if now is None else ""))
+        for metric, entry in base["throughput"].items():
+            now = cur.get(metric, {}).get("value")
+            if now is None:
+                out.checks.append(Check(name, metric, "vs-reference", entry["value"], None, False,
+                                        "not measured"))
+                continue
+            base_ref_entry = baseline["variants"][ref]["throughput"].get(metric, {})
+            base_ref = base_ref_entry.get("value")
+            cur_ref = run.get(ref, {}).get(metric, {}).get("value")
+            samples = _samples(cur[metric])
+            busy = _busy(cur[metric])
+            if busy:  # load changes ratios too (small-op designs lose more): no verdict either way
+                out.checks.append(Check(name, metric, "vs-reference", None, None, True,
+                                        f"not judged: {busy}; re-run on an idle machine"))
+            elif name != ref and base_ref and cur_ref:
+                b, c = entry["value"] / base_ref, now / cur_ref
+                noisy = _ratios(entry.get("samples"), base_ref_entry.get("samples")), \
+                    _ratios(samples, _samples(run[ref][metric]))
+                out.checks.append(_speed_check(name, metric, "vs-reference", b, c, tolerance, *noisy))
+            if out.same_machine and not busy:
+                # times, not speeds: slower means larger; invert so that both read "higher is better"
+                noisy = ([1 / t for t in entry.get("samples") or []] or None,
+                         [1 / t for t in samples or []] or None)
+                out.checks.append(_speed_check(name, metric, "absolute", entry["value"], now,
+                                               abs_tol, *noisy))
+    return out
+
+
+def _busy(record: dict[str, Any]) -> str | None:
+    """Why a figure was timed on a busy machine (other processes above the load limit), or None."""
+    others = (record.get("timing") or {}).get("others_cpu")
+    if others is not None and others > LOAD_LIMIT:
+        return f"other processes used {others:.0%} of the CPU while it was timed"
+    return None
+
+
+def _samples(record: dict[str, Any]) -> list[float] | None:
+    return (record.get("timing") or {}).get("samples")
+
+
+def _ratios(design: list[float] | None, reference: list[float] | None) -> list[float] | None:
+    """Round-by-round speed relative to the reference: its time over the design's."""
+    if not design or not reference or len(design) != len(reference):
+        return None
+    return [r / d for d, r in zip(design, reference, strict=True)]
+
+
+def _speed_check(name: str, metric: str, kind: str, base: float, now: float, tolerance: float,
+                 base_samples: list[float] | None, now_samples: list[float] | None) -> Check:
+    """Higher is better. A regression passes the tolerance and stands out from the noise."""
+    change = f"{now / base - 1:+.1%}"
+    if now >= base * (1 - tolerance):
+        return Check(name, metric, kind, base, now, True, change)
+    if base_samples and now_samples and not significant(base_samples, now_samples):
+        return Check(name, metric, kind, base, now, True, f"{change}, within the runs' noise")
+    return Check(name, metric, kind, base, now, False, change)
+
+
+def report(cmp: Comparison, tolerance: float, abs_tolerance: float | None = None) -> str:
+    """A Markdown report fit for a pull-request comment."""
+    base = cmp.baseline
+    unjudged = sum(c.note.startswith("not judged") for c in cmp.checks)
+    verdict = "FAIL" if cmp.failed else "PASS" + (
+        f" ({unjudged} throughput checks not judged: the run was timed on a busy machine)"
+        if unjudged else "")
+    lines = [
+        f"## hymba-bench efficiency regression check: {verdict}",
+        "",
+        f"Baseline from commit `{base.get('git_commit')}` ({base.get('created')}), profile "
+        f"`{base['settings'].get('profile')}`, context {base['settings'].get('context')}, batch "
+        f"{base['settings'].get('batch')}. Throughput is compared as a ratio to "
+        f"`{base['reference']}` measured in the same run (tolerance {tolerance:.0%}; a drop "
+        "fails only if it is also significant given both runs' samples, permutation test, 5%)"
+        + (f", and in absolute terms on the same machine (tolerance "
+           f"{(abs_tolerance if abs_tolerance is not None else tolerance):.0%})."
+           if cmp.same_machine else "; the machine differs from the baseline's, so absolute "
+           "figures are not compared."),
+        "",
+        f"Baseline machine: {_fp(base['fingerprint'])}. This run: {_fp(cmp.current_fingerprint)}.",
+        "",
+        "| design | metric | check | baseline | current | change | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in cmp.checks:
+        lines.append(f"| {c.variant} | {c.metric} | {c.kind} | {_num(c.baseline)} | {_num(c.current)} "
+                     f"| {c.note} | {'ok' if c.ok else '**REGRESSION**'} |")
+    if cmp.failed:
+        lines += ["", f"{len(cmp.failed)} check(s) failed."]
+    return "\n".join(lines) + "\n"
+
+
+def _fp(fp: dict[str, Any]) -> str:
+    return (f"{fp.get('device')} ({fp.get('device_type')}, {fp.get('threads')} threads, "
+            f"torch {fp.get('torch')})")
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if float(v).is_integer() and abs(v) >= 100:
+        return f"{int(v):,}"
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:,.1f}"

@@ -1,0 +1,3 @@
+from hymba_bench.cli.app import main
+
+main()

@@ -1,0 +1,551 @@
+"""The `hymba-bench` command line: a thin layer over the library.
+
+Heavy imports (torch, the model, the measurements) happen inside the commands that need them, so
+`hymba-bench list` answers instantly and imports no kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hymba_bench.errors import HymbaBenchError, Interrupted
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Build and measure the Hymba design roadmap and other hybrid attention + SSM designs.",
+)
+console = Console()
+
+VariantFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--variant-file", help="A user design file (YAML); repeatable."),
+]
+# Options several commands share, declared once.
+ProfileOpt = Annotated[str, typer.Option(help="Size profile.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")]
+BatchOpt = Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")]
+ContextOpt = Annotated[int | None, typer.Option(help="Tokens in the cache before decoding.")]
+GenTokensOpt = Annotated[int | None, typer.Option(help="Timed decode steps.")]
+RepeatsOpt = Annotated[int | None, typer.Option(help="Timed repeats (median reported).")]
+DecodeOpt = Annotated[str | None, typer.Option(
+    help="How a decode step runs: eager, compiled (torch.compile), graph (CUDA-graph replay) or "
+         "auto (measured: the faster of eager and graph on CUDA; eager on the CPU).")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="Local copies of lm-eval's datasets: a Hugging Face datasets cache (see README).")]
+
+
+@app.command("list")
+def list_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    variant_file: VariantFiles = None,
+    profiles: Annotated[bool, typer.Option("--profiles", help="List the size profiles instead.")] = False,
+) -> None:
+    """List the registered variants (or, with --profiles, the size profiles)."""
+    from hymba_bench.design.registry import profiles as all_profiles
+    from hymba_bench.design.registry import variants
+
+    if profiles:
+        rows = [{"name": p.name, "description": p.description} for p in all_profiles().values()]
+    else:
+        rows = [{"name": v.name, "description": v.description}
+                for v in variants(variant_file).values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    out = Table("name", "description", title=f"hymba-bench {'profiles' if profiles else 'variants'}")
+    for row in rows:
+        out.add_row(row["name"], row["description"])
+    console.print(out)
+
+
+def describe(name: str, profile: str, seq_len: int | None,
+             variant_files: list[Path] | None = None) -> dict[str, Any]:
+    """Everything `show` prints: the layer plan, the parameter count and the cache at batch 1."""
+    import torch
+
+    from hymba_bench.design.registry import resolve
+    from hymba_bench.model.cache import cache_bytes, cache_mb_paper
+    from hymba_bench.model.lm import count_parameters
+
+    resolved = resolve(name, profile, variant_files)
+    fixed = resolved.info["fixed_size"]
+    cfg = resolved.config
+    if seq_len is not None and seq_len <= 0:
+        raise HymbaBenchError(f"--seq-len: expected a positive integer, got {seq_len}")
+    seq = seq_len or resolved.info["cache_seq_len"]
+    params = count_parameters(cfg)
+    return {
+        "name": cfg.name,
+        "profile": None if fixed else resolved.profile.name,  # a fixed-size design has none
+        "description": cfg.description,
+        "params": params,
+        "meta_tokens": cfg.meta_tokens,
+        "layers": [spec.as_dict() for spec in cfg.layers],
+        "cache": {
+            "seq_len": seq,
+            "batch": 1,
+            "dtype": "float16",
+            # the formula (tests hold it equal to the allocation): a design too large for this
+            # machine is described without allocating it
+            "bytes": cache_bytes(cfg, 1, seq, torch.float16),
+            "mb_paper": round(cache_mb_paper(cfg, seq), 4),
+        },
+        "config": cfg.to_dict(),
+    }
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="A registered variant name.")],
+    profile: ProfileOpt = "tiny",
+    seq_len: Annotated[int | None, typer.Option(help="Context for the cache size.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    variant_file: VariantFiles = None,
+) -> None:
+    """Show a variant's layer plan, parameter count and cache size."""
+    info = describe(name, profile, seq_len, variant_file)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    cache = info["cache"]
+    scale = f"{info['profile']} profile" if info["profile"] else "fixed size"
+    console.print(f"[bold]{info['name']}[/] ({scale}): {info['description']}")
+    console.print(f"parameters: {info['params']:,}   meta tokens: {info['meta_tokens']}")
+    console.print(
+        f"cache at {cache['seq_len']} tokens, batch 1, fp16: {cache['bytes']:,} bytes; "
+        f"{cache['mb_paper']:.1f} MB in the paper's convention (10^6 B, meta tokens not counted)"
+    )
+    table = Table("layer", "mixer", "attention", "window", "kv")
+    for layer in info["layers"]:
+        table.add_row(str(layer["index"]), layer["mixer"], layer["attention"] or "-",
+                      str(layer["window"] or "-"), layer["kv"] or "-")
+    console.print(table)
+
+
+@app.command()
+def run(
+    variants: Annotated[str, typer.Option(
+        help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names.")] = "all",
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
+        "runs/latest"),
+    skip: Annotated[list[str] | None, typer.Option(
+        help="Stage to skip: accuracy, throughput or cache; repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a run: measure only what is missing.")] = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    batch: BatchOpt = None,
+    context: ContextOpt = None,
+    gen_tokens: GenTokensOpt = None,
+    repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
+    train_steps: Annotated[int | None, typer.Option(
+        min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="Training seeds per design: Recall is their mean, with the standard deviation "
+        "across seeds (default: the profile's train block).")] = None,
+    log_samples: Annotated[bool, typer.Option(
+        help="Also write lm-eval's per-sample logs (<out>/lm_eval/<design>/seed-<k>).")] = False,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Designs trained at once in the accuracy stage, a process each (default: "
+        "one per CPU core on the CPU, 1 on a GPU).")] = None,
+) -> None:
+    """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
+    from hymba_bench.accuracy.workers import default_workers
+    from hymba_bench.run import RunOptions, parse_variants
+    from hymba_bench.run import run as run_all
+
+    files = variant_file or []
+    chosen = parse_variants(variants, files)
+    dev = _device(device)
+    opts = RunOptions(variants=chosen, profile=profile, out=out,
+                      skip=set(_split(skip)), resume=resume, device=dev,
+                      variant_files=files,
+                      bench={"batch": batch, "context": context, "gen_tokens": gen_tokens,
+                             "repeats": repeats, "decode": decode},
+                      train={"steps": train_steps, "seeds": seeds}, data_dir=data_dir,
+                      log_samples=log_samples,
+                      workers=workers or default_workers(dev, len(chosen)))
+    try:
+        run_all(opts, console)
+    except KeyboardInterrupt:
+        kept = len(_load(out)) if (out / "results.jsonl").exists() else 0
+        raise Interrupted(f"interrupted; {kept} records kept in {out / 'results.jsonl'}; "
+                          "rerun with --resume to finish") from None
+
+
+@app.command()
+def sweep(
+    variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = (
+        "llama,mamba,b-parallel,c-local-global,e-meta-tokens"),
+    seq_lens: Annotated[str, typer.Option(help="Context lengths, comma-separated.")] = (
+        "256,512,1024,2048,4096,8192"),
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Sweep directory (sweep.jsonl, PNG plots).")] = Path(
+        "runs/sweep"),
+    resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    batch: BatchOpt = None,
+    gen_tokens: GenTokensOpt = None,
+    repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
+) -> None:
+    """Decode throughput and cache size against context length, as results and PNG plots."""
+    from hymba_bench.bench.sweep import SweepOptions, parse_seq_lens
+    from hymba_bench.bench.sweep import sweep as run_sweep
+    from hymba_bench.run import parse_variants
+
+    files = variant_file or []
+    opts = SweepOptions(variants=parse_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
+                        profile=profile, out=out, resume=resume, device=_device(device),
+                        variant_files=files,
+                        bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats,
+                               "decode": decode})
+    try:
+        run_sweep(opts, console)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; what was measured is kept in {out / 'sweep.jsonl'}; "
+                          "rerun with --resume to finish") from None
+
+
+@app.command()
+def table(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
+    format: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
+    extended: Annotated[bool, typer.Option(help="Ours beside the paper's figures, with ratios.")] = False,
+) -> None:
+    """Render a run's results again as Table 1."""
+    from hymba_bench.results.tables import extended_table, roadmap_table
+
+    if format not in ("md", "csv", "json"):
+        raise HymbaBenchError(f"--format: expected md, csv or json, got {format!r}")
+    if not (run_dir / "results.jsonl").is_file():
+        raise HymbaBenchError(f"{run_dir}: no results.jsonl here (is it a run directory?)")
+    records = _load(run_dir)
+    built = extended_table(records) if extended else roadmap_table(records)
+    print({"md": built.to_markdown, "csv": built.to_csv, "json": built.to_json}[format](), end="")
+
+
+def _load(run_dir: Path) -> list[dict[str, Any]]:
+    from hymba_bench.results.records import ResultsFile
+
+    return ResultsFile(run_dir / "results.jsonl").load()
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept both `--skip a --skip b` and `--skip a,b`."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        if name.split(":")[0] not in ("cpu", "cuda"):
+            raise HymbaBenchError(f"--device: expected cpu, cuda or auto, got {name!r}")
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@app.command()
+def train(
+    variant: Annotated[str, typer.Argument(help="A registered variant name.")],
+    profile: ProfileOpt = "tiny",
+    task: Annotated[str, typer.Option(help="'recall' (synthetic MQAR-style) or 'text:PATH'.")] = "recall",
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
+    seq_len: Annotated[int, typer.Option(min=8, help="Tokens per sequence.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    variant_file: VariantFiles = None,
+) -> None:
+    """Proxy-train a variant (AdamW, warm-up + cosine, clipping); writes a safetensors checkpoint."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from hymba_bench import build_model
+    from hymba_bench.accuracy.train import TrainSettings
+    from hymba_bench.accuracy.train import train as run_train
+
+    out = out or Path("runs/checkpoints") / f"{variant}-{profile}-{task.split(':')[0]}"
+    torch.manual_seed(seed)
+    model = build_model(variant, profile, variant_files=variant_file)
+    settings = TrainSettings(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
+                             warmup=max(1, steps // 10))
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"train {variant}", total=steps, loss="-")
+        summary = run_train(model, variant, profile, task, settings, out, resume=resume,
+                            on_step=lambda step, loss: progress.update(
+                                bar, completed=step, loss=f"{loss:.3f}"))
+    console.print(f"{summary['steps']} steps, final loss {summary['final_loss']:.4f}; "
+                  f"checkpoint in {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    variant: Annotated[str, typer.Argument(help="A registered variant name.")],
+    tasks: Annotated[str, typer.Option(
+        help="Suites: commonsense, recall, recall_synthetic, text_bpb (comma-separated).")] = (
+        "recall_synthetic,text_bpb"),
+    profile: ProfileOpt = "tiny",
+    checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint directory.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many items per task.")] = None,
+    text: Annotated[Path | None, typer.Option(help="Text file for text_bpb (held-out tail).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items.")] = 1234,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write lm-eval's results files (results_<date>.json per task) and eval.json here.")] = None,
+    log_samples: Annotated[bool, typer.Option(
+        help="With --out: also lm-eval's per-sample logs (samples_<task>_<date>.jsonl).")] = False,
+) -> None:
+    """Evaluate a variant (random weights, or --checkpoint) on the accuracy suites via lm-eval."""
+    from hymba_bench.accuracy.adapter import HymbaBenchLM
+    from hymba_bench.accuracy.evaluate import SUITES, evaluate, parse_suites
+    from hymba_bench.accuracy.stage import use_data_dir
+    from hymba_bench.cli.progress import RunProgress
+
+    use_data_dir(data_dir)
+    suites = parse_suites(tasks)
+    if text is not None and not text.is_file():
+        raise HymbaBenchError(f"--text: no such file {text}")
+    if log_samples and out is None:
+        raise HymbaBenchError("--log-samples: needs --out (where the sample logs go)")
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
+    lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
+                      device=_device(device), variant_files=variant_file)
+    metadata = {"seed": seed, "data_dir": "runs/data", "text_path": str(text) if text else None}
+    n_tasks = sum(len(SUITES[s]) for s in suites)
+    with RunProgress(console, 1, n_tasks, unit="tasks") as progress:
+
+        def on_task(task: str, done: int, total: int) -> None:
+            if done:
+                progress.advance()
+            progress.start(1, variant, task)
+
+        outcome = evaluate(lm, suites, limit=limit, metadata=metadata, output_path=out,
+                           log_samples=log_samples, on_task=on_task)
+        progress.advance()
+    if out is not None:
+        summary = {"variant": variant, "profile": profile,
+                   "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
+                   "limit": limit, "values": outcome.values, "stderr": outcome.stderr,
+                   "n": outcome.n, "missing": outcome.missing}
+        (out / "eval.json").write_text(json.dumps(summary, indent=2))
+        console.print(f"wrote {out / 'eval.json'} and lm-eval's results files under {out}")
+    table = Table("metric", "value", "stderr", "items")
+    for key, value in outcome.values.items():
+        se = outcome.stderr.get(key)
+        table.add_row(key, f"{value:.4f}", f"{se:.4f}" if se is not None else "-",
+                      str(outcome.n.get(key, "")))
+    for key, why in outcome.missing.items():
+        table.add_row(key, "—", "-", why)
+    console.print(table)
+
+
+@app.command()
+def compare(
+    designs: Annotated[list[str], typer.Argument(help="Two or more variant names; ratios are to the first.")],
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, compare.md).")] = Path(
+        "runs/compare"),
+    resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    batch: BatchOpt = None,
+    context: ContextOpt = None,
+    repeats: RepeatsOpt = None,
+    decode: DecodeOpt = None,
+) -> None:
+    """Measure designs in one run and print them side by side, as ratios to the first."""
+    from hymba_bench.results.plots import roadmap_plot
+    from hymba_bench.results.tables import compare_table
+    from hymba_bench.run import RunOptions, parse_variants, print_table
+    from hymba_bench.run import run as run_all
+
+    files = variant_file or []
+    names = parse_variants(",".join(designs), files)
+    if len(names) < 2:
+        raise HymbaBenchError("compare: name at least two designs")
+    opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
+                      device=_device(device), variant_files=files,
+                      bench={"batch": batch, "context": context, "repeats": repeats,
+                             "decode": decode})
+    run_all(opts, console, show_tables=False)
+    built = compare_table(_load(out), names)
+    (out / "compare.md").write_text(built.to_markdown())
+    (out / "compare.csv").write_text(built.to_csv())
+    print_table(built, console, title=f"{' vs '.join(names)} ({out / 'compare.md'})")
+    console.print(f"wrote {roadmap_plot(_load(out), out / 'compare.png', designs=names)}")
+
+
+@app.command()
+def baseline(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Baseline JSON to write.")],
+    reference: Annotated[str, typer.Option(help="Design throughput is compared against.")] = "llama",
+) -> None:
+    """Write an efficiency baseline (exact metrics, throughput, machine) from a run."""
+    from hymba_bench.bench.regress import make_baseline
+
+    data = make_baseline(run_dir, reference)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise HymbaBenchError(f"--out: cannot write {out}: {exc.strerror}") from None
+    console.print(f"baseline of {len(data['variants'])} designs written to {out}")
+
+
+@app.command()
+def regress(
+    baseline: Annotated[Path, typer.Option(help="A baseline JSON (hymba-bench baseline).")],
+    current: Annotated[Path, typer.Option(help="The run directory to check.")],
+    tolerance: Annotated[float, typer.Option(help="Allowed drop of throughput vs the reference.")] = 0.15,
+    abs_tolerance: Annotated[float | None, typer.Option(
+        help="Allowed drop of absolute throughput on the same machine (default: --tolerance).")] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", help="Write the Markdown here.")] = None,
+) -> None:
+    """Compare a run with a baseline; exit 1 on a regression, printing a Markdown report."""
+    from hymba_bench.bench.regress import compare, load_baseline, report
+
+    cmp = compare(load_baseline(baseline), current, tolerance, abs_tolerance)
+    text = report(cmp, tolerance, abs_tolerance)
+    print(text, end="")
+    if report_path is not None:
+        try:
+            report_path.write_text(text)
+        except OSError as exc:
+            raise HymbaBenchError(f"--report: cannot write {report_path}: {exc.strerror}") from None
+    if cmp.failed:
+        raise typer.Exit(1)
+
+
+@app.command("bench-scan")
+def bench_scan_cmd(
+    length: Annotated[int, typer.Option(help="Sequence length.")] = 8192,
+    channels: Annotated[int, typer.Option(help="SSM channels (d_inner).")] = 512,
+    state: Annotated[int, typer.Option(help="SSM state size.")] = 16,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats (median reported).")] = 3,
+    backward: Annotated[bool, typer.Option(help="Also time forward+backward (training).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Benchmark the CPU selective-scan paths against the per-step reference loop."""
+    from hymba_bench.bench.profile import bench_scan
+
+    for key, value in (("--length", length), ("--channels", channels), ("--state", state),
+                       ("--batch", batch)):
+        if value <= 0:
+            raise HymbaBenchError(f"{key}: expected a positive integer, got {value}")
+    with console.status("timing selective_scan (the reference loop is slow) ..."):
+        result = bench_scan(batch, channels, state, length, repeats, backward=backward)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    shape = result["shape"]
+    console.print(f"selective_scan fp32, batch {shape['batch']}, {shape['channels']} channels, "
+                  f"state {shape['state']}, length {shape['length']} on {result['machine']['cpu']} "
+                  f"({result['machine']['threads']} threads); compiled kernel: {result['cpu_kernel']}")
+    table = Table("pass", "path", "median s", "min s", "max s", "vs reference", "max rel. diff")
+    for row in result["rows"]:
+        table.add_row(row["pass"], row["path"], f"{row['median_s']:.3f}", f"{row['min_s']:.3f}",
+                      f"{row['max_s']:.3f}", f"{row['speedup_vs_ref']:.1f}x", f"{row['max_rel_err']:.1e}")
+    console.print(table)
+
+
+@app.command("profile-decode")
+def profile_decode_cmd(
+    variants: Annotated[str, typer.Option(help="Comma-separated names.")] = "llama,mamba",
+    profile: Annotated[str, typer.Option(help="Size profile.")] = "tiny",
+    device: DeviceOpt = "auto",
+    batch: Annotated[int | None, typer.Option(help="Decode batch (default: the profile's).")] = None,
+    context: Annotated[int | None, typer.Option(help="Cached tokens (default: the profile's).")] = None,
+    gen_tokens: Annotated[int | None, typer.Option(help="Steps traced.")] = None,
+    decode: Annotated[str | None, typer.Option(help="eager, compiled, graph or auto.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Append each design's profile to this JSONL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Profile decode steps: wall vs device time per step, launches per step, the busiest
+    kernels, and the bandwidth bound (what limits each design before optimising it)."""
+    import torch
+
+    from hymba_bench.bench.profile import profile_decode
+    from hymba_bench.bench.throughput import settings_from_profile
+    from hymba_bench.design.registry import resolve
+    from hymba_bench.run import parse_variants
+
+    dev = _device(device)
+    names_ = parse_variants(variants)
+    overrides = {"batch": batch, "context": context, "gen_tokens": gen_tokens, "decode": decode}
+    for name in names_:
+        rv = resolve(name, profile)
+        settings = settings_from_profile(rv.profile.bench, torch.device(dev), overrides)
+        with console.status(f"profiling {name} ..."):
+            row = profile_decode(name, profile, dev, settings)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        if as_json:
+            print(json.dumps(row))
+            continue
+        unit = "launches" if row["cuda"] else "operators"
+        console.print(f"[bold]{name}[/] on {row['device']}: {row['mode']} steps, batch {row['batch']}, "
+                      f"{row['context']:,} cached tokens, {row['dtype']}: wall {row['wall_ms_per_step']:.3f} "
+                      f"ms/step, device {row['device_ms_per_step']:.3f} ms/step, "
+                      f"{row['launches_per_step']:.0f} {unit} and {row['kernels_per_step']:.0f} "
+                      "kernels/step; bandwidth bound "
+                      f"{row['roofline_ms_per_step']:.3f} ms/step ({row['roofline_pct']:.1f}% reached)")
+        table = Table("kernel / operator", "ms/step", "share")
+        for k in row["top"]:
+            table.add_row(k["name"][:70], f"{k['ms_per_step']:.3f}", f"{100 * k['share']:.0f}%")
+        console.print(table)
+
+
+def main() -> None:
+    """Console entry point: library errors become one line on stderr and exit status 2."""
+    from typer.exceptions import TyperException  # base of the (vendored) click exceptions
+
+    try:
+        code = app(standalone_mode=False)
+    except HymbaBenchError as exc:
+        print(f"hymba-bench: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except TyperException as exc:  # bad option values: one line too, not a usage panel
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"hymba-bench: error: {message}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (KeyboardInterrupt, typer.Abort):
+        print("hymba-bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
