@@ -1,10 +1,23 @@
 """The project's user-facing error: the CLI prints its message on one line and exits non-zero."""
 
+from __future__ import annotations
+
 
 class HymbaBenchError(ValueError):
-    """Bad input or configuration; the message says what is wrong and where, in one line."""
+    """Bad input or configuration; the message says what is wrong and where, in one line.
+
+    `param`: the library parameter at fault (`out`, `variants`, `checkpoint` ...). The message
+    then reads "param: detail"; a front end names the parameter its own way (the CLI as its
+    `--flag`, lm-eval as a model argument), so the library never speaks one front end's words.
+    Another parameter named in the message is written in backticks (`resume`), for the same
+    reason.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param, self.detail = param, message
 
 
 class Interrupted(HymbaBenchError):

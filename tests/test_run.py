@@ -15,39 +15,37 @@ import torch
 from safetensors.torch import load_file
 
 import hymba_bench.results.records as results_mod
-import hymba_bench.run as runner
+from hymba_bench.bench.stages import CacheStage, MeasurementError, ThroughputStage
 from hymba_bench.bench.throughput import BenchSettings, decode_throughput, filled_cache, halve_on_oom
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import ResultsFile
+from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
 from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
 from hymba_bench.run import RunOptions, run
 from tests.helpers import small_model
 
 FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
-ALL_METRICS = set(runner.STAGE_METRICS["cache"]) | set(runner.STAGE_METRICS["throughput"])
+ALL_METRICS = set(CacheStage().metrics) | set(ThroughputStage({}).metrics)
 
 
 def quiet_run(tmp_path: Path, variants: list[str], **kw) -> Path:
-    from rich.console import Console
-
     opts = RunOptions(variants=variants, out=tmp_path / "run", bench=FAST, **kw)
-    return run(opts, Console(quiet=True))
+    return run(opts).path
 
 
 def test_results_round_trip_to_table(tmp_path: Path) -> None:
     out = quiet_run(tmp_path, ["llama", "mamba", "e-meta-tokens"], skip={"accuracy"})
     records = ResultsFile(out / "results.jsonl").load()
-    measured = {(r["variant"], r["metric"]) for r in records if r["metric"] != "note"}
+    measured = {(r.variant, r.metric) for r in records if r.kind == "metric"}
     assert measured == {(v, m) for v in ("llama", "mamba", "e-meta-tokens") for m in ALL_METRICS}
-    for r in records:
+    for line in (out / "results.jsonl").read_text().splitlines():  # each line stands alone
         assert {"variant", "metric", "value", "unit", "profile", "device", "threads", "git_commit",
-                "torch", "timestamp", "backend"} <= set(r)
+                "torch", "timestamp", "backend", "schema"} <= set(json.loads(line))
     table = roadmap_table(records)
     assert list(table.frame.columns) == COLUMNS
     labels = list(table.frame["Configuration"])
     assert labels == ["Ablations (tiny profile)", "Transformer (Llama)",
                       "State Space Models (Mamba)", "E. + Meta tokens"]
-    decode = {r["variant"]: r["value"] for r in records if r["metric"] == "decode_tok_s"}
+    decode = {r.variant: r.value for r in records if r.metric == "decode_tok_s"}
     assert table.frame.loc[1, "Throughput (token/sec)"] == decode["llama"]
     written = (out / "roadmap.csv").read_text().splitlines()
     assert written[0] == ",".join(["Section", *COLUMNS])  # sections are a column, not rows
@@ -65,14 +63,14 @@ def test_results_round_trip_to_table(tmp_path: Path) -> None:
 
 def test_cache_records_are_exact(tmp_path: Path) -> None:
     out = quiet_run(tmp_path, ["d-kv-share"], skip={"accuracy", "throughput"})
-    by_metric = {r["metric"]: r for r in ResultsFile(out / "results.jsonl").load()}
+    by_metric = {r.metric: r for r in ResultsFile(out / "results.jsonl").load()}
     # each record against its own computation here: a cache allocated, and the formula by hand
     from hymba_bench.design.registry import resolve
     from hymba_bench.model.cache import InferenceCache
 
     cfg = resolve("d-kv-share", "tiny").config
     held = InferenceCache(cfg, 1, 8192, torch.float16)
-    assert by_metric["cache_bytes"]["value"] == sum(
+    assert by_metric["cache_bytes"].value == sum(
         t.numel() * 2 for layer in held.layers for t in layer.tensors())
     by_hand = 0
     for spec in cfg.layers:
@@ -82,15 +80,16 @@ def test_cache_records_are_exact(tmp_path: Path) -> None:
             by_hand += slots * spec.n_kv_heads * (cfg.d_qk + cfg.d_v) * 2
     # the SSM heads' states: conv (d_inner x (d_conv - 1)) and ssm (d_inner x d_state), per layer
     by_hand += len(cfg.ssm_layers) * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state) * 2
-    assert by_metric["cache_bytes_analytic"]["value"] == by_hand
-    assert by_metric["cache_bytes"]["seq_len"] == 8192 and by_metric["cache_bytes"]["dtype"] == "float16"
+    assert by_metric["cache_bytes_analytic"].value == by_hand
+    assert by_metric["cache_bytes"].get("seq_len") == 8192
+    assert by_metric["cache_bytes"].get("dtype") == "float16"
 
 
 def test_resume_after_interrupt_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_append = ResultsFile.append
     calls = {"n": 0}
 
-    def flaky(self: ResultsFile, record: dict) -> None:
+    def flaky(self: ResultsFile, record: Record) -> None:
         calls["n"] += 1
         if calls["n"] == 7:  # Ctrl-C while the 7th measurement is being taken
             raise KeyboardInterrupt
@@ -105,35 +104,34 @@ def test_resume_after_interrupt_loses_nothing(tmp_path: Path, monkeypatch: pytes
     with open(tmp_path / "run" / "results.jsonl", "a") as f:
         f.write('{"variant": "llama", "metr')  # and a line torn by the kill
     quiet_run(tmp_path, ["llama", "c-local-global"], skip={"accuracy"}, resume=True)
-    after = [r for r in ResultsFile(tmp_path / "run" / "results.jsonl").load() if r["metric"] != "note"]
-    pairs = [(r["variant"], r["metric"]) for r in after]
+    after = [r for r in ResultsFile(tmp_path / "run" / "results.jsonl").load() if r.kind == "metric"]
+    pairs = [(r.variant, r.metric) for r in after]
     assert len(pairs) == len(set(pairs))  # nothing measured twice
     assert set(pairs) == {(v, m) for v in ("llama", "c-local-global") for m in ALL_METRICS}
-    assert [r for r in after if r["metric"] != "note"][:5] == [r for r in before if r["metric"] != "note"][:5]
+    assert after[:5] == [r for r in before if r.kind == "metric"][:5]
 
 
 def test_existing_results_need_resume(tmp_path: Path) -> None:
     quiet_run(tmp_path, ["mamba"], skip={"accuracy", "throughput"})
-    with pytest.raises(HymbaBenchError, match="pass --resume"):
+    with pytest.raises(HymbaBenchError, match="already holds results: continue it with `resume`"):
         quiet_run(tmp_path, ["mamba"], skip={"accuracy", "throughput"})
 
 
 def test_cache_mismatch_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hymba_bench.model.cache as cache_mod
+    import hymba_bench.bench.stages as stages
 
-    monkeypatch.setattr(cache_mod, "cache_bytes", lambda *a, **k: 1)
-    with pytest.raises(runner.MeasurementError, match="formula gives 1"):
+    monkeypatch.setattr(stages, "cache_bytes", lambda *a, **k: 1)
+    with pytest.raises(MeasurementError, match="formula gives 1"):
         quiet_run(tmp_path, ["llama"], skip={"accuracy", "throughput"})
 
 
 def test_table_shows_dash_and_reason_for_missing_cells() -> None:
     base = {"profile": "tiny", "table_section": "ablation", "order": 0, "design_reason": "r"}
-    records = [
-        {"variant": "llama", "metric": "cache_mb", "value": 1.5, "table_label": "Transformer (Llama)",
-         "seq_len": 8192, **base},
-        {"variant": "*", "metric": "note", "value": "throughput skipped (--skip throughput)",
-         "stage": "throughput"},
-    ]
+    records = RecordSet([
+        Record.measured("llama", "cache_mb", 1.5, table_label="Transformer (Llama)", seq_len=8192,
+                        **base),
+        Record.note("*", "throughput", "throughput skipped (--skip throughput)"),
+    ])
     table = roadmap_table(records)
     shown = table.display_frame()
     assert shown.loc[1, "Throughput (token/sec)"] == EMPTY
@@ -263,20 +261,21 @@ def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path, workers: in
     out = quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET,
                     workers=workers)
     records = ResultsFile(out / "results.jsonl").load()
-    recall = {r["variant"]: r for r in records if r["metric"] == "recall_pct"}
+    recall = {r.variant: r for r in records if r.metric == "recall_pct"}
     assert set(recall) == {"llama", "mamba"}
     for r in recall.values():
-        assert r["threads"] == (torch.get_num_threads() if workers == 1 else
-                                max(1, (os.cpu_count() or 1) // workers))
-        assert 0 <= r["value"] <= 100 and r["n"] == 16 and r["stderr"] >= 0
-        assert r["recall_source"] == "synthetic associative recall" and r["train_steps"] == 3
-        assert r["seeds"] == 1 and r["seed_sd"] is None and r["train_seeds"] == [0]
-        assert (out / "checkpoints" / r["variant"] / "seed-0" / "model.safetensors").is_file()
+        assert r.get("threads") == (torch.get_num_threads() if workers == 1 else
+                                    max(1, (os.cpu_count() or 1) // workers))
+        assert 0 <= r.value <= 100 and r.get("n") == 16 and r.get("stderr") >= 0
+        assert r.get("recall_source") == "synthetic associative recall" and r.get("train_steps") == 3
+        assert r.get("seeds") == 1 and r.get("seed_sd") is None and r.get("train_seeds") == [0]
+        assert r.get("table_label") and r.get("git_commit")  # stamped, in the workers too
+        assert (out / "checkpoints" / r.variant / "seed-0" / "model.safetensors").is_file()
         # lm-eval's own output format, for its tools
-        lm_eval_json = list((out / "lm_eval" / r["variant"] / "seed-0").rglob("results_*.json"))
+        lm_eval_json = list((out / "lm_eval" / r.variant / "seed-0").rglob("results_*.json"))
         assert lm_eval_json and "hymba_recall_synthetic" in json.loads(lm_eval_json[0].read_text())["results"]
-    notes = [r for r in records if r["metric"] == "note" and r.get("metric_missing") == "commonsense_pct"]
-    assert {r["variant"] for r in notes} == {"llama", "mamba"}
+    notes = [r for r in records if r.kind == "missing" and r.get("metric_missing") == "commonsense_pct"]
+    assert {r.variant for r in notes} == {"llama", "mamba"}
     table = roadmap_table(records)
     shown = table.display_frame()
     assert shown.loc[1, "Recall (%)"] != EMPTY and shown.loc[1, "Commonsense Reasoning (%)"] == EMPTY
@@ -305,17 +304,17 @@ def test_seeds_give_mean_and_spread_across_training_runs(tmp_path: Path,
     out = quiet_run(tmp_path, ["mamba"], skip={"throughput"}, train={**TINY_BUDGET, "seeds": 2},
                     log_samples=True)
     records = ResultsFile(out / "results.jsonl").load()
-    per_seed = [r for r in records if r["metric"] == "recall_synthetic_pct"]
-    assert [r["train_seed"] for r in per_seed] == [0, 1]
+    per_seed = [r for r in records if r.metric == "recall_synthetic_pct"]
+    assert [r.get("train_seed") for r in per_seed] == [0, 1]
     # two seeds are two trainings: different initial weights, so different trained weights
     weights = [load_file(out / "checkpoints" / "mamba" / f"seed-{k}" / "model.safetensors")
                for k in (0, 1)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    (recall,) = [r for r in records if r["metric"] == "recall_pct"]
-    values = [r["value"] for r in per_seed]
-    assert recall["seeds"] == 2 and recall["value"] == pytest.approx(sum(values) / 2)
-    assert recall["seed_sd"] == pytest.approx(statistics.stdev(values))
-    assert recall["stderr"] == pytest.approx(math.hypot(*(r["stderr"] for r in per_seed)) / 2)
+    (recall,) = [r for r in records if r.metric == "recall_pct"]
+    values = [r.value for r in per_seed]
+    assert recall.get("seeds") == 2 and recall.value == pytest.approx(sum(values) / 2)
+    assert recall.get("seed_sd") == pytest.approx(statistics.stdev(values))
+    assert recall.get("stderr") == pytest.approx(math.hypot(*(r.get("stderr") for r in per_seed)) / 2)
     for k in (0, 1):  # per-sample logs on request
         assert list((out / "lm_eval" / "mamba" / f"seed-{k}").rglob("samples_*.jsonl"))
     table = roadmap_table(records)
@@ -324,35 +323,44 @@ def test_seeds_give_mean_and_spread_across_training_runs(tmp_path: Path,
     assert extended_table(records).frame.loc[0, "Seeds"] == 2
 
 
-def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+SEED_FIELDS = {"stderr": 4.0, "n": 16, "train_steps": 3, "train_batch": 4, "train_lr": 3e-3,
+               "recall_pairs": 8, "recall_queries": 8, "train_loss": 1.0}
+
+
+def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[str],
+                 paper: object = None) -> tuple[object, object, list[int]]:
+    """The accuracy stage for llama with `_one_seed` (train + evaluate) standing in: each seed
+    it is asked for scores 30 on the synthetic task and `paper` on the paper's."""
     import hymba_bench.accuracy.stage as accuracy
     from hymba_bench.design.registry import get_profile, resolve
+    from hymba_bench.run import Design, Job
 
-    trained = []
+    trained: list[int] = []
 
-    def one_seed(rv, out, device, budget, seed, record, *rest):  # stands in for train + eval
-        trained.append(seed)
-        fields = {"value": 30.0, "stderr": 4.0, "n": 16, "train_steps": 3, "train_batch": 4,
-                  "train_lr": 3e-3, "recall_pairs": 8, "recall_queries": 8, "train_seed": seed,
-                  "train_loss": 1.0}
-        record("recall_synthetic_pct", 30.0, **{k: v for k, v in fields.items() if k != "value"})
-        return fields, None
+    class Stage(accuracy.AccuracyStage):
+        def _one_seed(self, job, seed, on_step):
+            trained.append(seed)
+            return Record.measured("llama", "recall_synthetic_pct", 30.0, train_seed=seed,
+                                   **SEED_FIELDS), paper
 
-    monkeypatch.setattr(accuracy, "_one_seed", one_seed)
-    earlier = {"variant": "llama", "metric": "recall_synthetic_pct", "value": 10.0, "stderr": 3.0,
-               "n": 16, "train_steps": 3, "train_batch": 4, "train_lr": 3e-3, "recall_pairs": 8,
-               "recall_queries": 8, "train_seed": 0, "train_loss": 2.0}
-    recorded = []
-    budget = accuracy.AccuracyBudget.from_profile(get_profile("tiny"), {**TINY_BUDGET, "seeds": 2})
-    accuracy.measure_accuracy(resolve("llama", "tiny"), tmp_path, "cpu", budget,
-                              lambda metric, value, **extra: recorded.append((metric, value, extra)),
-                              {"recall_pct"}, previous=[earlier])
+    budget = accuracy.AccuracyBudget.from_profile(get_profile("tiny"), {**TINY_BUDGET, "seeds": seeds})
+    stage = Stage(budget, RunDir(tmp_path), paper_data=paper is not None)
+    job = Job(Design(1, resolve("llama", "tiny")), frozenset(wanted), RecordSet(earlier))
+    return stage, job, trained
+
+
+def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path) -> None:
+    from hymba_bench.run import Silent
+
+    earlier = Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
+                              **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0})
+    stage, job, trained = accuracy_job(tmp_path, [earlier], 2, {"recall_pct"})
+    final = {r.metric: r for r in stage.measure(job, Silent())}
     assert trained == [1]
-    final = {m: (v, e) for m, v, e in recorded}
-    value, extra = final["recall_pct"]
-    assert value == 20.0 and extra["seeds"] == 2 and extra["seed_sd"] == pytest.approx(14.142, abs=1e-3)
-    assert extra["stderr"] == pytest.approx(2.5) and final["train_loss"][0] == 1.5
+    recall = final["recall_pct"]
+    assert recall.value == 20.0 and recall.get("seeds") == 2
+    assert recall.get("seed_sd") == pytest.approx(14.142, abs=1e-3)
+    assert recall.get("stderr") == pytest.approx(2.5) and final["train_loss"].value == 1.5
 
 
 def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
@@ -370,39 +378,26 @@ def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
     assert git_commit() == head + ("-dirty" if dirty else "")
 
 
-def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None:
     """With the paper's data, each seed's SWDE/SQuAD-C and commonsense scores are recorded, so a
     run resumed between seeds still reports the paper tasks' mean over every seed."""
-    import hymba_bench.accuracy.stage as accuracy
     from hymba_bench.accuracy.evaluate import EvalOutcome
-    from hymba_bench.design.registry import get_profile, resolve
+    from hymba_bench.accuracy.stage import PAPER_RECALL
+    from hymba_bench.run import Silent
 
-    def one_seed(rv, out, device, budget, seed, record, *rest):  # stands in for train + eval
-        fields = {"value": 30.0, "stderr": 4.0, "n": 16, "train_steps": 3, "train_batch": 4,
-                  "train_lr": 3e-3, "recall_pairs": 8, "recall_queries": 8, "train_seed": seed,
-                  "train_loss": 1.0}
-        record("recall_synthetic_pct", 30.0, **{k: v for k, v in fields.items() if k != "value"})
-        return fields, EvalOutcome(values={"recall_pct": 50.0, "commonsense_pct": 40.0},
-                                   stderr={"recall_pct": 2.0, "commonsense_pct": 1.0})
-
-    monkeypatch.setattr(accuracy, "_one_seed", one_seed)
-    budget = accuracy.AccuracyBudget.from_profile(get_profile("tiny"), {**TINY_BUDGET, "seeds": 2})
+    paper = EvalOutcome(values={"recall_pct": 50.0, "commonsense_pct": 40.0},
+                        stderr={"recall_pct": 2.0, "commonsense_pct": 1.0})
     earlier = [  # seed 0 was trained, evaluated and recorded before the interruption
-        {"variant": "llama", "metric": "recall_synthetic_pct", "value": 10.0, "stderr": 3.0, "n": 16,
-         "train_steps": 3, "train_batch": 4, "train_lr": 3e-3, "recall_pairs": 8,
-         "recall_queries": 8, "train_seed": 0, "train_loss": 2.0},
-        {"variant": "llama", "metric": "recall_pct_seed", "value": 30.0, "stderr": 2.0, "train_seed": 0},
-        {"variant": "llama", "metric": "commonsense_pct_seed", "value": 44.0, "stderr": 1.0,
-         "train_seed": 0},
+        Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
+                        **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0}),
+        Record.measured("llama", "recall_pct_seed", 30.0, stderr=2.0, train_seed=0),
+        Record.measured("llama", "commonsense_pct_seed", 44.0, stderr=1.0, train_seed=0),
     ]
-    recorded = []
-    accuracy.measure_accuracy(resolve("llama", "tiny"), tmp_path, "cpu", budget,
-                              lambda metric, value, **extra: recorded.append((metric, value, extra)),
-                              {"recall_pct", "commonsense_pct"}, paper_data=True, previous=earlier)
-    final = {m: (v, e) for m, v, e in recorded}
-    assert final["recall_pct_seed"][1]["train_seed"] == 1
-    value, extra = final["recall_pct"]
-    assert value == 40.0 and extra["recall_source"] == accuracy.PAPER_RECALL and extra["seeds"] == 2
-    assert extra["stderr"] == pytest.approx(math.sqrt(8) / 2)
-    assert final["commonsense_pct"][0] == 42.0
+    stage, job, trained = accuracy_job(tmp_path, earlier, 2, {"recall_pct", "commonsense_pct"},
+                                       paper)
+    final = {r.metric: r for r in stage.measure(job, Silent())}
+    assert trained == [1] and final["recall_pct_seed"].get("train_seed") == 1
+    recall = final["recall_pct"]
+    assert recall.value == 40.0 and recall.get("recall_source") == PAPER_RECALL
+    assert recall.get("seeds") == 2 and recall.get("stderr") == pytest.approx(math.sqrt(8) / 2)
+    assert final["commonsense_pct"].value == 42.0

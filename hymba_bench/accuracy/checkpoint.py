@@ -49,9 +49,9 @@ def aliases(model: torch.nn.Module) -> set[str]:
 def read_meta(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
-        raise HymbaBenchError(f"--checkpoint: {path} is not a directory")
+        raise HymbaBenchError(f"{path} is not a directory", param="checkpoint")
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise HymbaBenchError(f"--checkpoint: {path} has no {CONFIG} and {WEIGHTS}")
+        raise HymbaBenchError(f"{path} has no {CONFIG} and {WEIGHTS}", param="checkpoint")
     try:
         return json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as exc:
@@ -77,10 +77,10 @@ def load_checkpoint(path: Path, variant: str | None = None,
     """Rebuild the model a checkpoint was trained as, and load its weights."""
     meta = read_meta(path)
     if meta.get("format") != "hymba-bench":
-        raise HymbaBenchError(f"--checkpoint: {path} is not a hymba-bench checkpoint")
+        raise HymbaBenchError(f"{path} is not a hymba-bench checkpoint", param="checkpoint")
     if variant is not None and meta.get("variant") != variant:
-        raise HymbaBenchError(f"--checkpoint: {path} holds variant {meta.get('variant')!r}, "
-                              f"not {variant!r}")
+        raise HymbaBenchError(f"{path} holds variant {meta.get('variant')!r}, "
+                              f"not {variant!r}", param="checkpoint")
     cfg = ModelConfig(**meta["config"])
     model = instantiate(cfg, device, seed=None)  # every weight is loaded next
     state = read_safetensors(Path(path) / WEIGHTS, device)
@@ -88,10 +88,10 @@ def load_checkpoint(path: Path, variant: str | None = None,
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: {first}") from None
+        raise HymbaBenchError(f"{path} does not fit {cfg.name}: {first}", param="checkpoint") from None
     repeated = aliases(model)
     missing = [k for k in missing if k not in repeated]
     if missing or unexpected:
-        raise HymbaBenchError(f"--checkpoint: {path} does not fit {cfg.name}: missing "
-                              f"{missing[:3]}, unexpected {unexpected[:3]}")
+        raise HymbaBenchError(f"{path} does not fit {cfg.name}: missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]}", param="checkpoint")
     return model, meta

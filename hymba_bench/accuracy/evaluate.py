@@ -54,9 +54,9 @@ def parse_suites(text: str) -> list[str]:
     suites = [s.strip() for s in text.split(",") if s.strip()]
     for s in suites:
         if s not in SUITES:
-            raise HymbaBenchError(f"--tasks: unknown suite {s!r}; valid: {', '.join(SUITES)}")
+            raise HymbaBenchError(f"unknown suite {s!r}; valid: {', '.join(SUITES)}", param="tasks")
     if not suites:
-        raise HymbaBenchError("--tasks: expected at least one suite")
+        raise HymbaBenchError("expected at least one suite", param="tasks")
     return suites
 
 

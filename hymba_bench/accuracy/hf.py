@@ -144,7 +144,7 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     cfg = config_from_hf(raw, name=path.name)
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise HymbaBenchError(f"--checkpoint: {path} has no *.safetensors weights")
+        raise HymbaBenchError(f"{path} has no *.safetensors weights", param="checkpoint")
     model = instantiate(cfg, device, seed=None)  # every weight is loaded next
     ours = model.state_dict()
     state: dict[str, torch.Tensor] = {}
@@ -154,14 +154,14 @@ def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
                 continue
             target = map_key(key) if key != "lm_head.weight" else "lm_head.weight"
             if target is None or target not in ours:
-                raise HymbaBenchError(f"--checkpoint: {file.name}: {key} has no counterpart in "
-                                      f"{cfg.name} (is this a Hymba checkpoint?)")
+                raise HymbaBenchError(f"{file.name}: {key} has no counterpart in "
+                                      f"{cfg.name} (is this a Hymba checkpoint?)", param="checkpoint")
             if tuple(value.shape) != tuple(ours[target].shape):
-                raise HymbaBenchError(f"--checkpoint: {key}: shape {tuple(value.shape)}, expected "
-                                      f"{tuple(ours[target].shape)} for {target}")
+                raise HymbaBenchError(f"{key}: shape {tuple(value.shape)}, expected "
+                                      f"{tuple(ours[target].shape)} for {target}", param="checkpoint")
             state[target] = value
     missing = sorted(set(ours) - set(state) - aliases(model))
     if missing:
-        raise HymbaBenchError(f"--checkpoint: {path} lacks {len(missing)} weights, e.g. {missing[0]}")
+        raise HymbaBenchError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}", param="checkpoint")
     model.load_state_dict(state, strict=False)
     return model

@@ -25,13 +25,17 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hymba_bench.design.registry import Profile, ResolvedVariant
+from hymba_bench.design.registry import Profile
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.results.records import Record, RecordSet, RunDir
+
+if TYPE_CHECKING:
+    from hymba_bench.run import Design, Job, Reporter, Training
 
 SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
 PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
@@ -67,7 +71,7 @@ class AccuracyBudget:
                     "eval_batch_size"):
             value = getattr(budget, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
+                raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
         from hymba_bench.accuracy.recall import RecallSpec
 
         RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
@@ -79,7 +83,7 @@ def use_data_dir(data_dir: Path | None) -> None:
     if data_dir is None:
         return
     if not Path(data_dir).is_dir():
-        raise HymbaBenchError(f"--data-dir: {data_dir} is not a directory")
+        raise HymbaBenchError(f"{data_dir} is not a directory", param="data_dir")
     os.environ["HF_DATASETS_CACHE"] = str(Path(data_dir).resolve())
 
 
@@ -114,113 +118,144 @@ def seed_summary(values: list[float], stderrs: list[float | None]) -> dict[str, 
             "stderr": math.sqrt(sum(e * e for e in known)) / len(known) if known else None}
 
 
-def measure_accuracy(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget,
-                     record: Callable[..., None], wanted: set[str],
-                     on_step: Callable[[int, float], None] | None = None,
-                     paper_data: bool = False, previous: list[dict[str, Any]] | None = None,
-                     log_samples: bool = False,
-                     on_seed: Callable[[int], None] | None = None) -> None:
-    """Train `rv` under `budget` once per seed (resuming checkpoints in `out`, skipping seeds
-    already in `previous`, this design's earlier records), evaluate each, record the mean."""
-    per_seed = {r["train_seed"]: r for r in previous or []
-                if r.get("metric") == "recall_synthetic_pct" and "train_seed" in r}
-    # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
-    # seeds still averages the paper's tasks over every seed
-    scored: dict[str, dict[int, tuple[float, float | None]]] = {m: {} for m in PAPER_METRICS}
-    for r in previous or []:
-        metric = str(r.get("metric", "")).removesuffix("_seed")
-        if r.get("metric") == f"{metric}_seed" and metric in scored and "train_seed" in r:
-            scored[metric][r["train_seed"]] = (r["value"], r.get("stderr"))
-    seeds = [budget.seed + k for k in range(budget.seeds)]
-    paper: dict[int, Any] = {}
-    for k, seed in enumerate(seeds):
-        if seed in per_seed:
-            continue
-        if on_seed is not None:
-            on_seed(k)
-        per_seed[seed], paper[seed] = _one_seed(rv, out, device, budget, seed, record, on_step,
-                                                paper_data, log_samples)
-        for metric in PAPER_METRICS:
+@dataclass
+class AccuracyStage:
+    """Proxy-train each design under `budget`, once per seed, then evaluate it through lm-eval.
+    Checkpoints and lm-eval's output go under `run_dir`; a seed already evaluated there (in the
+    job's earlier records) is not trained again."""
+
+    budget: AccuracyBudget
+    run_dir: RunDir
+    device: str = "cpu"
+    paper_data: bool = False  # lm-eval's datasets reachable (hub or data_dir)
+    log_samples: bool = False
+    data_dir: Path | None = None
+    name: str = "accuracy"
+    metrics: tuple[str, ...] = ("commonsense_pct", "recall_pct")
+
+    def needed(self, design: Design, records: RecordSet) -> set[str]:
+        from hymba_bench.bench.stages import missing
+
+        return missing(self.metrics, design, records)
+
+    def cost(self, design: Design) -> float:
+        """Expected training time, any unit (parameters): the largest designs start first."""
+        from hymba_bench.model.lm import count_parameters
+
+        return float(count_parameters(design.config))
+
+    def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
+        use_data_dir(self.data_dir)
+        for job in jobs:
+            report.start(job.design.index, job.name, self.name)
+            bar = report.training(job.name, self.budget.steps, self.budget.seeds)
+            yield from self.measure(job, bar)
+            bar.close()
+            report.advance()
+
+    def measure(self, job: Job, bar: Training) -> Iterator[Record]:
+        """One design: train and evaluate the seeds not yet in `job.earlier`, then the mean."""
+        budget, name = self.budget, job.name
+        per_seed = {r.get("train_seed"): r for r in job.earlier
+                    if r.metric == "recall_synthetic_pct" and r.get("train_seed") is not None}
+        # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
+        # seeds still averages the paper's tasks over every seed
+        scored: dict[str, dict[int, tuple[float, float | None]]] = {m: {} for m in PAPER_METRICS}
+        for r in job.earlier:
+            metric = r.metric.removesuffix("_seed")
+            if r.metric == f"{metric}_seed" and metric in scored and r.get("train_seed") is not None:
+                scored[metric][r.get("train_seed")] = (r.value, r.get("stderr"))
+        seeds = [budget.seed + k for k in range(budget.seeds)]
+        paper: dict[int, Any] = {}
+        for k, seed in enumerate(seeds):
+            if seed in per_seed:
+                continue
+            bar.seed(k)
+            per_seed[seed], paper[seed] = self._one_seed(job, seed, bar.step)
+            yield per_seed[seed]
             outcome = paper[seed]
-            if outcome is not None and metric in outcome.values:
-                scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
-                record(f"{metric}_seed", outcome.values[metric], stderr=outcome.stderr.get(metric),
-                       train_seed=seed)
-    runs = [per_seed[s] for s in seeds]
-    info = {key: runs[0][key] for key in ("train_steps", "train_batch", "train_lr", "recall_pairs",
-                                          "recall_queries")}
-    info["train_seeds"] = seeds
-    syn = seed_summary([r["value"] for r in runs], [r.get("stderr") for r in runs])
-    n_items = sum(int(r.get("n") or 0) for r in runs)
-    losses = [r["train_loss"] for r in runs if r.get("train_loss") is not None]
-    if losses:
-        record("train_loss", statistics.fmean(losses), **info)
-    def paper_mean(metric: str) -> dict[str, Any] | None:
-        """The paper task's seed summary when every seed has scored it, else None."""
-        if any(s not in scored[metric] for s in seeds):
-            return None
-        got = [scored[metric][s] for s in seeds]
-        return seed_summary([v for v, _ in got], [e for _, e in got])
+            for metric in PAPER_METRICS:
+                if outcome is not None and metric in outcome.values:
+                    scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
+                    yield Record.measured(name, f"{metric}_seed", outcome.values[metric],
+                                          stderr=outcome.stderr.get(metric), train_seed=seed)
+        runs = [per_seed[s] for s in seeds]
+        info: dict[str, Any] = {key: runs[0].get(key) for key in (
+            "train_steps", "train_batch", "train_lr", "recall_pairs", "recall_queries")}
+        info["train_seeds"] = seeds
+        syn = seed_summary([r.value for r in runs], [r.get("stderr") for r in runs])
+        n_items = sum(int(r.get("n", 0)) for r in runs)
+        losses = [r.get("train_loss") for r in runs if r.get("train_loss") is not None]
+        if losses:
+            yield Record.measured(name, "train_loss", statistics.fmean(losses), **info)
 
-    if "recall_pct" in wanted:
-        summary = paper_mean("recall_pct")
-        if summary is not None:
-            record("recall_pct", summary.pop("value"), recall_source=PAPER_RECALL, **summary, **info)
-        else:
-            record("recall_pct", syn["value"], recall_source=SYNTHETIC, n=n_items,
-                   **{k: v for k, v in syn.items() if k != "value"}, **info)
-    if "commonsense_pct" in wanted:
-        summary = paper_mean("commonsense_pct")
-        if summary is not None:
-            record("commonsense_pct", summary.pop("value"), **summary, **info)
-        else:
-            missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
-            why = next((m for m in missing if m), None) or \
-                "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
-                "--data-dir (a datasets cache)"
-            record("note", why, stage="accuracy", metric_missing="commonsense_pct")
+        def paper_mean(metric: str) -> dict[str, Any] | None:
+            """The paper task's seed summary when every seed has scored it, else None."""
+            if any(s not in scored[metric] for s in seeds):
+                return None
+            got = [scored[metric][s] for s in seeds]
+            return seed_summary([v for v, _ in got], [e for _, e in got])
 
-def _one_seed(rv: ResolvedVariant, out: Path, device: str, budget: AccuracyBudget, seed: int,
-              record: Callable[..., None], on_step: Callable[[int, float], None] | None,
-              paper_data: bool, log_samples: bool) -> tuple[dict[str, Any], Any]:
-    """Train and evaluate one seed; record its synthetic recall; return that record's fields
-    and the paper suites' outcome (None without their data)."""
+        if "recall_pct" in job.wanted:
+            summary = paper_mean("recall_pct")
+            if summary is not None:
+                yield Record.measured(name, "recall_pct", summary.pop("value"),
+                                      recall_source=PAPER_RECALL, **summary, **info)
+            else:
+                yield Record.measured(name, "recall_pct", syn["value"], recall_source=SYNTHETIC,
+                                      n=n_items, **{k: v for k, v in syn.items() if k != "value"},
+                                      **info)
+        if "commonsense_pct" in job.wanted:
+            summary = paper_mean("commonsense_pct")
+            if summary is not None:
+                yield Record.measured(name, "commonsense_pct", summary.pop("value"), **summary,
+                                      **info)
+            else:
+                missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
+                why = next((m for m in missing if m), None) or \
+                    "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
+                    "--data-dir (a datasets cache)"
+                yield Record.note(name, "accuracy", why, missing="commonsense_pct")
 
-    from hymba_bench.accuracy.adapter import HymbaBenchLM
-    from hymba_bench.accuracy.evaluate import evaluate
-    from hymba_bench.accuracy.recall import RecallSpec
-    from hymba_bench.accuracy.train import TrainSettings, train
-    from hymba_bench.model.lm import instantiate
+    def _one_seed(self, job: Job, seed: int,
+                  on_step: Callable[[int, float], None]) -> tuple[Record, Any]:
+        """Train and evaluate one seed: its synthetic-recall record and the paper suites'
+        outcome (None without their data)."""
+        from hymba_bench.accuracy.adapter import HymbaBenchLM
+        from hymba_bench.accuracy.evaluate import evaluate
+        from hymba_bench.accuracy.recall import RecallSpec
+        from hymba_bench.accuracy.train import TrainSettings, train
+        from hymba_bench.model.lm import instantiate
 
-    name = rv.config.name
-    spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)
-    settings = TrainSettings(steps=budget.steps, batch_size=budget.batch_size,
-                             seq_len=spec.rendered_length(), lr=budget.lr,
-                             warmup=min(budget.warmup, budget.steps), seed=seed,
-                             save_every=max(1, budget.steps // 4))
-    model = instantiate(rv.config, device, seed=seed)
-    ckpt = out / "checkpoints" / name / f"seed-{seed}"
-    summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
-                    resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,
-                    on_step=on_step)
-    info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
-            "train_lr": budget.lr, "recall_pairs": budget.pairs,
-            "recall_queries": budget.queries, "checkpoint": str(ckpt), "train_seed": seed,
-            "train_loss": summary["final_loss"]}
+        budget, name, rv = self.budget, job.name, job.design.rv
+        spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)
+        settings = TrainSettings(steps=budget.steps, batch_size=budget.batch_size,
+                                 seq_len=spec.rendered_length(), lr=budget.lr,
+                                 warmup=min(budget.warmup, budget.steps), seed=seed,
+                                 save_every=max(1, budget.steps // 4))
+        model = instantiate(rv.config, self.device, seed=seed)
+        ckpt = self.run_dir.checkpoint(name, seed)
+        summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
+                        resume=(ckpt / "trainer_state.pt").is_file(), recall=spec,
+                        on_step=on_step)
+        info = {"train_steps": summary["steps"], "train_batch": budget.batch_size,
+                "train_lr": budget.lr, "recall_pairs": budget.pairs,
+                "recall_queries": budget.queries, "checkpoint": str(ckpt), "train_seed": seed,
+                "train_loss": summary["final_loss"]}
 
-    lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=device)
-    metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
-                "queries": budget.queries, "data_dir": str(out / "data")}
-    lm_eval_dir = out / "lm_eval" / name / f"seed-{seed}"
-    synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata,
-                       output_path=lm_eval_dir, log_samples=log_samples)
-    if "recall_synthetic_pct" not in synthetic.values:
-        raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
-                              f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
-    fields = {"value": synthetic.values["recall_synthetic_pct"],
-              "stderr": synthetic.stderr.get("recall_synthetic_pct"),
-              "n": synthetic.n.get("hymba_recall_synthetic/contains"), **info}
-    record("recall_synthetic_pct", fields["value"], **{k: v for k, v in fields.items() if k != "value"})
-    paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")],
-                   output_path=lm_eval_dir, log_samples=log_samples) if paper_data else None
-    return fields, paper
+        lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=self.device)
+        metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
+                    "queries": budget.queries, "data_dir": str(self.run_dir.data)}
+        lm_eval_dir = self.run_dir.lm_eval(name, seed)
+        synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata,
+                           output_path=lm_eval_dir, log_samples=self.log_samples)
+        if "recall_synthetic_pct" not in synthetic.values:
+            raise HymbaBenchError(f"{name}: the synthetic recall task did not run: "
+                                  f"{synthetic.missing.get('recall_synthetic_pct', 'no result')}")
+        record = Record.measured(name, "recall_synthetic_pct", synthetic.values["recall_synthetic_pct"],
+                                 stderr=synthetic.stderr.get("recall_synthetic_pct"),
+                                 n=synthetic.n.get("hymba_recall_synthetic/contains"), **info)
+        paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")],
+                       output_path=lm_eval_dir, log_samples=self.log_samples) \
+            if self.paper_data else None
+        return record, paper

@@ -82,16 +82,16 @@ def batches(task: str, settings: TrainSettings, rng: random.Random,
     elif task.startswith("text:"):
         path = Path(task[5:])
         if not path.is_file():
-            raise HymbaBenchError(f"--task: no such text file: {path}")
+            raise HymbaBenchError(f"no such text file: {path}", param="task")
         data = path.read_bytes()
         train = data[: int(len(data) * 0.9)]
         if len(train) <= settings.seq_len + 1:
-            raise HymbaBenchError(f"--task: {path} is too short for seq_len {settings.seq_len}")
+            raise HymbaBenchError(f"{path} is too short for seq_len {settings.seq_len}", param="task")
         while True:
             starts = [rng.randrange(len(train) - settings.seq_len - 1) for _ in range(settings.batch_size)]
             yield torch.tensor([list(train[s:s + settings.seq_len + 1]) for s in starts]), None
     else:
-        raise HymbaBenchError(f"--task: expected 'recall' or 'text:PATH', got {task!r}")
+        raise HymbaBenchError(f"expected 'recall' or 'text:PATH', got {task!r}", param="task")
 
 
 def train(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
@@ -117,8 +117,8 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
             raise HymbaBenchError(f"{state_path}: cannot read the trainer state "
                                   f"({type(exc).__name__}); delete it to restart training") from None
         if state["settings"] != asdict(settings):
-            raise HymbaBenchError(f"--resume: {out} was trained with other settings; "
-                                  "use the same ones or a new --out")
+            raise HymbaBenchError(f"{out} was trained with other settings; "
+                                  "use the same ones or a new `out`", param="resume")
         opt.load_state_dict(state["optimizer"])
         step, losses = state["step"], state["losses"]
         rng.setstate(state["rng"])

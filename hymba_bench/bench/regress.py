@@ -20,7 +20,7 @@ from typing import Any
 
 from hymba_bench.bench.timing import LOAD_LIMIT, significant
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import ResultsFile
+from hymba_bench.results.records import Record, RunDir
 
 FORMAT = "hymba-bench-baseline/1"
 EXACT = ("params", "cache_bytes", "cache_bytes_analytic")
@@ -29,21 +29,17 @@ FINGERPRINT = ("device", "device_type", "threads", "torch")
 SETTINGS = ("profile", "context", "batch", "gen_tokens", "dtype")
 
 
-def _latest(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+def _latest(run_dir: Path) -> dict[str, dict[str, Record]]:
     """variant -> metric -> the last record of it in the run."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.is_file():
-        raise HymbaBenchError(f"{run_dir}: no results.jsonl here (is it a run directory?)")
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in ResultsFile(path).load():
-        if r.get("metric") != "note":
-            out.setdefault(r["variant"], {})[r["metric"]] = r
+    out: dict[str, dict[str, Record]] = {}
+    for (variant, metric), r in RunDir(run_dir).records().latest().items():
+        out.setdefault(variant, {})[metric] = r
     if not out:
-        raise HymbaBenchError(f"{path}: no measurements")
+        raise HymbaBenchError(f"{run_dir}: no measurements")
     return out
 
 
-def _speed_record(run: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def _speed_record(run: dict[str, dict[str, Record]]) -> Record:
     for metrics in run.values():
         if "decode_tok_s" in metrics:
             return metrics["decode_tok_s"]
@@ -53,15 +49,15 @@ def _speed_record(run: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 def make_baseline(run_dir: Path, reference: str = "llama") -> dict[str, Any]:
     run = _latest(run_dir)
     if reference not in run:
-        raise HymbaBenchError(f"--reference: {reference!r} was not measured in {run_dir} "
-                              f"(measured: {', '.join(run)})")
+        raise HymbaBenchError(f"{reference!r} was not measured in {run_dir} "
+                              f"(measured: {', '.join(run)})", param="reference")
     speed = _speed_record(run)
     variants = {}
     for name, metrics in run.items():
         variants[name] = {
-            "exact": {m: metrics[m]["value"] for m in EXACT if m in metrics},
-            "throughput": {m: {"value": metrics[m]["value"], "spread": metrics[m].get("spread"),
-                               "samples": (metrics[m].get("timing") or {}).get("samples")}
+            "exact": {m: metrics[m].value for m in EXACT if m in metrics},
+            "throughput": {m: {"value": metrics[m].value, "spread": metrics[m].get("spread"),
+                               "samples": _samples(metrics[m])}
                            for m in SPEED if m in metrics},
         }
     return {
@@ -79,11 +75,11 @@ def load_baseline(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise HymbaBenchError(f"--baseline: no such file {path}") from None
+        raise HymbaBenchError(f"no such file {path}", param="baseline") from None
     except json.JSONDecodeError as exc:
-        raise HymbaBenchError(f"--baseline: {path} is not valid JSON ({exc.msg})") from None
+        raise HymbaBenchError(f"{path} is not valid JSON ({exc.msg})", param="baseline") from None
     if data.get("format") != FORMAT:
-        raise HymbaBenchError(f"--baseline: {path} is not a {FORMAT} file")
+        raise HymbaBenchError(f"{path} is not a {FORMAT} file", param="baseline")
     return data
 
 
@@ -113,7 +109,7 @@ class Comparison:
 def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
             abs_tolerance: float | None = None) -> Comparison:
     if not 0 <= tolerance < 1:
-        raise HymbaBenchError(f"--tolerance: expected a fraction in [0, 1), got {tolerance}")
+        raise HymbaBenchError(f"expected a fraction in [0, 1), got {tolerance}", param="tolerance")
     abs_tol = tolerance if abs_tolerance is None else abs_tolerance
     run = _latest(run_dir)
     speed = _speed_record(run)
@@ -128,18 +124,19 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
     for name, base in baseline["variants"].items():
         cur = run.get(name, {})
         for metric, value in base["exact"].items():
-            now = cur.get(metric, {}).get("value")
+            now = cur[metric].value if metric in cur else None
             out.checks.append(Check(name, metric, "exact", value, now, now == value,
                                     "not measured" if now is None else ""))
         for metric, entry in base["throughput"].items():
-            now = cur.get(metric, {}).get("value")
+            now = cur[metric].value if metric in cur else None
             if now is None:
                 out.checks.append(Check(name, metric, "vs-reference", entry["value"], None, False,
                                         "not measured"))
                 continue
             base_ref_entry = baseline["variants"][ref]["throughput"].get(metric, {})
             base_ref = base_ref_entry.get("value")
-            cur_ref = run.get(ref, {}).get(metric, {}).get("value")
+            ref_record = run.get(ref, {}).get(metric)
+            cur_ref = ref_record.value if ref_record is not None else None
             samples = _samples(cur[metric])
             busy = _busy(cur[metric])
             if busy:  # load changes ratios too (small-op designs lose more): no verdict either way
@@ -148,7 +145,7 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
             elif name != ref and base_ref and cur_ref:
                 b, c = entry["value"] / base_ref, now / cur_ref
                 noisy = _ratios(entry.get("samples"), base_ref_entry.get("samples")), \
-                    _ratios(samples, _samples(run[ref][metric]))
+                    _ratios(samples, _samples(ref_record) if ref_record is not None else None)
                 out.checks.append(_speed_check(name, metric, "vs-reference", b, c, tolerance, *noisy))
             if out.same_machine and not busy:
                 # times, not speeds: slower means larger; invert so that both read "higher is better"
@@ -159,7 +156,7 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
     return out
 
 
-def _busy(record: dict[str, Any]) -> str | None:
+def _busy(record: Record) -> str | None:
     """Why a figure was timed on a busy machine (other processes above the load limit), or None."""
     others = (record.get("timing") or {}).get("others_cpu")
     if others is not None and others > LOAD_LIMIT:
@@ -167,7 +164,7 @@ def _busy(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _samples(record: dict[str, Any]) -> list[float] | None:
+def _samples(record: Record) -> list[float] | None:
     return (record.get("timing") or {}).get("samples")
 
 

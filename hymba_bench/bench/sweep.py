@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from hymba_bench.cli.progress import RunProgress
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import base_context, make_record, run_lock
-from hymba_bench.run import allocated_cache_bytes, prepare_out_dir
+from hymba_bench.results.records import RecordSet, RunDir, base_context, placement
+
+if TYPE_CHECKING:
+    from hymba_bench.run import Reporter
 
 
 @dataclass
@@ -37,69 +36,41 @@ def parse_seq_lens(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise HymbaBenchError(f"--seq-lens: expected comma-separated integers, got {text!r}") from None
+        raise HymbaBenchError(f"expected comma-separated integers, got {text!r}",
+                              param="seq_lens") from None
     if not values or any(v <= 0 for v in values):
-        raise HymbaBenchError(f"--seq-lens: expected positive integers, got {text!r}")
+        raise HymbaBenchError(f"expected positive integers, got {text!r}", param="seq_lens")
     return sorted(set(values))
 
 
-def sweep(opts: SweepOptions, console: Console | None = None) -> Path:
+def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
+    """Every design at every context (a `ContextStage` each), then the plots; their paths."""
     import torch
 
-    from hymba_bench.bench.throughput import (
-        check_fits,
-        decode_throughput,
-        halve_on_oom,
-        settings_from_profile,
-    )
-    from hymba_bench.model.cache import cache_mb_paper
-    from hymba_bench.model.lm import instantiate
+    from hymba_bench.bench.stages import ContextStage
+    from hymba_bench.bench.throughput import check_fits, settings_from_profile
+    from hymba_bench.run import Design, Silent, Stamp, execute, jobs_for
 
-    console = console or Console()
+    report = report or Silent()
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
     dev = torch.device(opts.device)
     bench = {}  # each design's bench settings, resolved once
     for rv in resolved:  # bad --batch / --decode, or a context that cannot fit, fail before work
         s = bench[rv.config.name] = settings_from_profile(rv.profile.bench, dev, opts.bench)
         check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype, dev)
-    with run_lock(opts.out):
-        results = prepare_out_dir(opts.out, opts.resume, "sweep.jsonl")
-        done = {(r["variant"], r["metric"], r.get("context")) for r in results.load()}
-        context = base_context(opts.device)
-        with RunProgress(console, len(resolved), len(opts.seq_lens), unit="contexts") as progress:
-            for index, rv in enumerate(resolved, 1):
-                cfg = rv.config
-                settings = bench[cfg.name]
-                vctx = {**context, "profile": opts.profile, "table_label": rv.info["table_label"],
-                        "window": cfg.sliding_window, "dtype_cache": "float16"}
-                model = None
-                for seq in opts.seq_lens:
-                    progress.start(index, cfg.name, f"context {seq}")
-                    if (cfg.name, "cache_bytes", seq) not in done:
-                        allocated, _ = allocated_cache_bytes(cfg, seq)  # equal, or it raised
-                        results.append(make_record(cfg.name, "cache_bytes", allocated, vctx,
-                                                   context=seq, seq_len=seq, batch=1))
-                        results.append(make_record(cfg.name, "cache_mb", cache_mb_paper(cfg, seq), vctx,
-                                                   context=seq, seq_len=seq, batch=1))
-                    if (cfg.name, "decode_tok_s", seq) not in done:
-                        if model is None:
-                            model = instantiate(cfg, dev, settings.torch_dtype).eval()
-                        run_settings = type(settings)(**{**settings.__dict__, "context": seq})
-                        res, batch = halve_on_oom(
-                            lambda b, s=run_settings, m=model: decode_throughput(m, s, b), settings.batch)
-                        results.append(make_record(
-                            cfg.name, "decode_tok_s", res.tok_s, vctx, context=seq, seq_len=seq,
-                            batch=batch, requested_batch=settings.batch, gen_tokens=settings.gen_tokens,
-                            dtype=settings.dtype, repeats=settings.repeats, decode_mode=res.mode,
-                            timing=res.timing.as_dict(), spread=res.timing.spread))
-                    progress.advance()
-        paths = plot(results.load(), opts.out)
-    for path in paths:
-        console.print(f"wrote {path}")
-    return opts.out
+    designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
+    run_dir = RunDir(opts.out, "sweep")
+    with run_dir.lock():
+        results = run_dir.open(opts.resume)
+        stamp = Stamp(base_context(opts.device), opts.profile,
+                      {d.name: placement(d.rv, opts.profile) for d in designs})
+        for seq in opts.seq_lens:
+            stage = ContextStage(seq, bench, opts.device)
+            execute(stage, jobs_for(stage, designs, results.load(), report), results, stamp, report)
+        return plot(results.load(), run_dir)
 
 
-def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
     """Two PNGs: decode tokens/s and cache bytes against context, one line per design."""
     import matplotlib
 
@@ -107,10 +78,10 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frame = pd.DataFrame(records)
+    frame = records.frame().drop_duplicates(["variant", "metric", "context"], keep="last")
     paths = []
-    specs = [("decode_tok_s", "decode throughput (tokens/s)", "sweep_throughput.png", False),
-             ("cache_bytes", "cache at batch 1, FP16 (bytes, allocated)", "sweep_cache.png", True)]
+    specs = [("decode_tok_s", "decode throughput (tokens/s)", "sweep_throughput", False),
+             ("cache_bytes", "cache at batch 1, FP16 (bytes, allocated)", "sweep_cache", True)]
     for metric, ylabel, filename, logy in specs:
         sub = frame[frame["metric"] == metric]
         if sub.empty:
@@ -135,7 +106,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / filename
+        path = run_dir.plot(filename)
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)

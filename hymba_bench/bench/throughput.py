@@ -188,7 +188,7 @@ def make_step(model: nn.Module, cache: InferenceCache, first: Tensor, mode: str)
         return lambda t: model(t, cache)
     if mode == "graph":
         if first.device.type != "cuda":
-            raise HymbaBenchError("--decode graph: CUDA graphs need a CUDA device")
+            raise HymbaBenchError("graph: CUDA graphs need a CUDA device", param="decode")
         return _graph_step(model, cache, first)
     if mode == "compiled":
         compiled = torch.compile(model, fullgraph=True, dynamic=False)
@@ -197,7 +197,7 @@ def make_step(model: nn.Module, cache: InferenceCache, first: Tensor, mode: str)
             compiled(first, cache)
         undo()
         return lambda t: compiled(t, cache)
-    raise HymbaBenchError(f"--decode: expected one of {', '.join(DECODE_MODES)}, got {mode!r}")
+    raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, got {mode!r}", param="decode")
 
 
 @dataclass
@@ -368,15 +368,16 @@ def settings_from_profile(bench: dict[str, Any], device: torch.device,
     kind = "cuda" if device.type == "cuda" else "cpu"
     values = {**bench[kind], **{k: v for k, v in (overrides or {}).items() if v is not None}}
     if values.get("decode", "auto") not in DECODE_MODES:
-        raise HymbaBenchError(f"decode: expected one of {', '.join(DECODE_MODES)}, "
-                              f"got {values['decode']!r}")
+        raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, "
+                              f"got {values['decode']!r}", param="decode")
     if values.get("decode") == "graph" and device.type != "cuda":
-        raise HymbaBenchError("decode: 'graph' replays CUDA graphs and needs a CUDA device")
+        raise HymbaBenchError("'graph' replays CUDA graphs and needs a CUDA device", param="decode")
     for key, value in values.items():
         if key in ("dtype", "decode"):
             continue
         if not isinstance(value, int) or value < (0 if key == "warmup" else 1):
-            raise HymbaBenchError(f"{key}: expected a positive integer, got {value!r}")
+            raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
     if not isinstance(getattr(torch, str(values.get("dtype")), None), torch.dtype):
-        raise HymbaBenchError(f"dtype: expected a torch dtype name, got {values.get('dtype')!r}")
+        raise HymbaBenchError(f"expected a torch dtype name, got {values.get('dtype')!r}",
+                              param="dtype")
     return BenchSettings(**values)

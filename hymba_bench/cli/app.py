@@ -7,6 +7,7 @@ Heavy imports (torch, the model, the measurements) happen inside the commands th
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hymba_bench.errors import HymbaBenchError, Interrupted
+from hymba_bench.results.records import RunDir
 
 app = typer.Typer(
     add_completion=False,
@@ -161,12 +163,14 @@ def run(
         "one per CPU core on the CPU, 1 on a GPU).")] = None,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
-    from hymba_bench.accuracy.workers import default_workers
-    from hymba_bench.run import RunOptions, parse_variants
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.cli.render import print_run
+    from hymba_bench.run import STAGES, RunOptions, select_variants
     from hymba_bench.run import run as run_all
+    from hymba_bench.workers import default_workers
 
     files = variant_file or []
-    chosen = parse_variants(variants, files)
+    chosen = select_variants(variants, files)
     dev = _device(device)
     opts = RunOptions(variants=chosen, profile=profile, out=out,
                       skip=set(_split(skip)), resume=resume, device=dev,
@@ -176,12 +180,15 @@ def run(
                       train={"steps": train_steps, "seeds": seeds}, data_dir=data_dir,
                       log_samples=log_samples,
                       workers=workers or default_workers(dev, len(chosen)))
+    stages = len([s for s in STAGES if s not in opts.skip])
     try:
-        run_all(opts, console)
+        with RunProgress(console, len(chosen), stages) as progress:
+            run_dir = run_all(opts, progress)
     except KeyboardInterrupt:
-        kept = len(_load(out)) if (out / "results.jsonl").exists() else 0
-        raise Interrupted(f"interrupted; {kept} records kept in {out / 'results.jsonl'}; "
+        results = RunDir(out).results
+        raise Interrupted(f"interrupted; {len(results.load())} records kept in {results.path}; "
                           "rerun with --resume to finish") from None
+    print_run(run_dir, console)
 
 
 @app.command()
@@ -204,19 +211,23 @@ def sweep(
     """Decode throughput and cache size against context length, as results and PNG plots."""
     from hymba_bench.bench.sweep import SweepOptions, parse_seq_lens
     from hymba_bench.bench.sweep import sweep as run_sweep
-    from hymba_bench.run import parse_variants
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.run import select_variants
 
     files = variant_file or []
-    opts = SweepOptions(variants=parse_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
+    opts = SweepOptions(variants=select_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
                         profile=profile, out=out, resume=resume, device=_device(device),
                         variant_files=files,
                         bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats,
                                "decode": decode})
     try:
-        run_sweep(opts, console)
+        with RunProgress(console, len(opts.variants), len(opts.seq_lens), unit="contexts") as progress:
+            paths = run_sweep(opts, progress)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; what was measured is kept in {out / 'sweep.jsonl'}; "
-                          "rerun with --resume to finish") from None
+        raise Interrupted(f"interrupted; what was measured is kept in "
+                          f"{RunDir(out, 'sweep').results.path}; rerun with --resume to finish") from None
+    for path in paths:
+        console.print(f"wrote {path}")
 
 
 @app.command()
@@ -230,17 +241,9 @@ def table(
 
     if format not in ("md", "csv", "json"):
         raise HymbaBenchError(f"--format: expected md, csv or json, got {format!r}")
-    if not (run_dir / "results.jsonl").is_file():
-        raise HymbaBenchError(f"{run_dir}: no results.jsonl here (is it a run directory?)")
-    records = _load(run_dir)
+    records = RunDir(run_dir).records()
     built = extended_table(records) if extended else roadmap_table(records)
     print({"md": built.to_markdown, "csv": built.to_csv, "json": built.to_json}[format](), end="")
-
-
-def _load(run_dir: Path) -> list[dict[str, Any]]:
-    from hymba_bench.results.records import ResultsFile
-
-    return ResultsFile(run_dir / "results.jsonl").load()
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -380,25 +383,29 @@ def compare(
     decode: DecodeOpt = None,
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.cli.render import print_table
     from hymba_bench.results.plots import roadmap_plot
     from hymba_bench.results.tables import compare_table
-    from hymba_bench.run import RunOptions, parse_variants, print_table
+    from hymba_bench.run import RunOptions, select_variants
     from hymba_bench.run import run as run_all
 
     files = variant_file or []
-    names = parse_variants(",".join(designs), files)
+    names = select_variants(",".join(designs), files)
     if len(names) < 2:
         raise HymbaBenchError("compare: name at least two designs")
     opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
                       device=_device(device), variant_files=files,
                       bench={"batch": batch, "context": context, "repeats": repeats,
                              "decode": decode})
-    run_all(opts, console, show_tables=False)
-    built = compare_table(_load(out), names)
-    (out / "compare.md").write_text(built.to_markdown())
-    (out / "compare.csv").write_text(built.to_csv())
-    print_table(built, console, title=f"{' vs '.join(names)} ({out / 'compare.md'})")
-    console.print(f"wrote {roadmap_plot(_load(out), out / 'compare.png', designs=names)}")
+    with RunProgress(console, len(names), 2) as progress:
+        run_dir = run_all(opts, progress)
+    records = run_dir.records()
+    built = compare_table(records, names)
+    run_dir.table("compare", "md").write_text(built.to_markdown())
+    run_dir.table("compare", "csv").write_text(built.to_csv())
+    print_table(built, console, title=f"{' vs '.join(names)} ({run_dir.table('compare', 'md')})")
+    console.print(f"wrote {roadmap_plot(records, run_dir.plot('compare'), designs=names)}")
 
 
 @app.command()
@@ -495,10 +502,10 @@ def profile_decode_cmd(
     from hymba_bench.bench.profile import profile_decode
     from hymba_bench.bench.throughput import settings_from_profile
     from hymba_bench.design.registry import resolve
-    from hymba_bench.run import parse_variants
+    from hymba_bench.run import select_variants
 
     dev = _device(device)
-    names_ = parse_variants(variants)
+    names_ = select_variants(variants)
     overrides = {"batch": batch, "context": context, "gen_tokens": gen_tokens, "decode": decode}
     for name in names_:
         rv = resolve(name, profile)
@@ -525,6 +532,26 @@ def profile_decode_cmd(
         console.print(table)
 
 
+FLAGS = {"steps": "--train-steps"}  # library parameters whose option is not --<param>
+
+
+def flag(param: str) -> str | None:
+    """The option that sets a library parameter, None when no command has one (a profile
+    file's key, say: the message then keeps the library's name)."""
+    from typer.main import get_command
+
+    option = FLAGS.get(param, "--" + param.replace("_", "-"))
+    commands = getattr(get_command(app), "commands", {}).values()
+    known = {o for command in commands for p in command.params for o in getattr(p, "opts", [])}
+    return option if option in known else None
+
+
+def say(exc: HymbaBenchError) -> str:
+    """A library error in the CLI's words: parameters become the options that set them."""
+    text = f"{flag(exc.param) or exc.param}: {exc.detail}" if exc.param else str(exc)
+    return re.sub(r"`(\w+)`", lambda m: flag(m.group(1)) or m.group(0), text)
+
+
 def main() -> None:
     """Console entry point: library errors become one line on stderr and exit status 2."""
     from typer.exceptions import TyperException  # base of the (vendored) click exceptions
@@ -532,7 +559,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except HymbaBenchError as exc:
-        print(f"hymba-bench: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
+        print(f"hymba-bench: {'' if isinstance(exc, Interrupted) else 'error: '}{say(exc)}",
+              file=sys.stderr)
         sys.exit(exc.exit_code)
     except TyperException as exc:  # bad option values: one line too, not a usage panel
         ctx = getattr(exc, "ctx", None)

@@ -71,7 +71,8 @@ class TrainingBar:
 
 
 class RunProgress:
-    """`with RunProgress(console, designs=9, stages=3) as p: p.start(k, name, stage); ...; p.advance()`."""
+    """`with RunProgress(console, designs=9, stages=3) as p: p.start(k, name, stage); ...; p.advance()`:
+    the `hymba_bench.run.Reporter` the CLI gives a run."""
 
     def __init__(self, console: Console, designs: int, stages: int, unit: str = "stages") -> None:
         self.console = console
@@ -80,8 +81,17 @@ class RunProgress:
         self._t0 = time.perf_counter()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self._started = False
 
     def __enter__(self) -> RunProgress:
+        return self
+
+    def _begin(self) -> None:
+        """The bar starts with the first unit, so input rejected before any work shows none."""
+        if self._started:
+            return
+        self._started = True
+        self._t0 = time.perf_counter()
         if self.console.is_terminal:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                                  TextColumn(f"{{task.completed}}/{{task.total}} {self.unit}"),
@@ -89,18 +99,18 @@ class RunProgress:
                                  console=self.console)
             self._bar.__enter__()
             self._task = self._bar.add_task("starting", total=self.total)
-        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
-        elif exc is None:
+        elif exc is None and self._started:
             self.console.print(f"done: {self.done}/{self.total} {self.unit} in "
                                f"{_clock(time.perf_counter() - self._t0)}")
 
     def start(self, index: int, name: str, what: str) -> None:
         """Unit `what` of design `name`, the `index`-th (from 1) of the run's designs."""
+        self._begin()
         label = f"design {index} of {self.designs}, {name}: {what}"
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, description=label)
@@ -111,12 +121,17 @@ class RunProgress:
                            f"{self.total} done, {_clock(elapsed)} elapsed{eta})")
 
     def advance(self) -> None:
+        self._begin()
         self.done += 1
         if self._bar is not None and self._task is not None:
             self._bar.advance(self._task)
 
     def subtask(self, description: str, total: int) -> SubTask:
+        self._begin()
         return SubTask(self, description, total)
+
+    def training(self, name: str, steps: int, seeds: int) -> TrainingBar:
+        return TrainingBar(self, name, steps, seeds)
 
     def log(self, message: str) -> None:
         self.console.print(message)

@@ -42,6 +42,7 @@ META_KEYS = {
 }
 
 
+ORDER_DEFAULT = 1000  # a design file without `order` sorts after the roadmap's rows
 SECTIONS = ("ablation", "scaling", "other")  # Table 1's sections, and the other designs'
 
 
@@ -151,7 +152,7 @@ def _builtin_variants() -> dict[str, Variant]:
             raise RegistryError(f"{path}: name: {variant.name!r} is already defined in "
                                 f"{out[variant.name].path}")
         out[variant.name] = variant
-    return dict(sorted(out.items(), key=lambda kv: (kv[1].keys.get("order", 1000), kv[0])))
+    return dict(sorted(out.items(), key=lambda kv: (kv[1].keys.get("order", ORDER_DEFAULT), kv[0])))
 
 
 def variants(extra_files: list[Path] | None = None) -> dict[str, Variant]:

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
-from hymba_bench.results.tables import BASELINE, _lookup, _variants_info, paper_reference, records_frame
+from hymba_bench.results.records import RecordSet
+from hymba_bench.results.tables import BASELINE, measured, paper_reference
 
 
-def roadmap_plot(records: list[dict[str, Any]], path: Path,
+def roadmap_plot(records: RecordSet, path: Path,
                  designs: list[str] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = records_frame(records)
-    info = _variants_info(frame)
-    get = _lookup(frame)
-    if designs is not None:
-        info = info[info["variant"].isin(designs)]
+    current = measured(records)
+    shown = [v for v in current.variants() if designs is None or v in designs]
+    get = records.value
     reference = designs[0] if designs else BASELINE
     base_tps, base_cache = get(reference, "decode_tok_s"), get(reference, "cache_bytes")
     paper = paper_reference().set_index("configuration")
@@ -34,20 +32,21 @@ def roadmap_plot(records: list[dict[str, Any]], path: Path,
     fig, ax = plt.subplots(figsize=(8, 5.5))
     plotted = 0
     offsets = [(6, 4), (6, -11), (6, 14), (-6, -11)]  # staggered: close points stay readable
-    for _, v in info.iterrows():
-        tps, cache = get(v["variant"], "decode_tok_s"), get(v["variant"], "cache_bytes")
+    for name in shown:
+        tps, cache = get(name, "decode_tok_s"), get(name, "cache_bytes")
         if any(math.isnan(x) for x in (tps, cache, base_tps, base_cache)):
             continue
         x, y = tps / base_tps, cache / base_cache
-        recall = get(v["variant"], "recall_pct")
-        label = v["variant"] + ("" if math.isnan(recall) else f" ({recall:.0f}% recall)")
+        recall = get(name, "recall_pct")
+        label = name + ("" if math.isnan(recall) else f" ({recall:.0f}% recall)")
         dx, dy = offsets[plotted % len(offsets)]
         dot = ax.scatter(x, y, s=60, zorder=3)
         ax.annotate(label, (x, y), fontsize=8, xytext=(dx, dy), textcoords="offset points",
                     ha="left" if dx > 0 else "right")
         plotted += 1
-        if designs is None and v["table_label"] in paper.index:  # the paper's point, paired
-            p = paper.loc[v["table_label"]]
+        table_label = current.placement(name).get("table_label")
+        if designs is None and table_label in paper.index:  # the paper's point, paired
+            p = paper.loc[table_label]
             px = p["throughput_tok_s"] / p_base["throughput_tok_s"]
             py = p["cache_mb"] / p_base["cache_mb"]
             color = dot.get_facecolor()[0]
@@ -57,8 +56,8 @@ def roadmap_plot(records: list[dict[str, Any]], path: Path,
     ax.set_yscale("log")
     ax.set_xlabel(f"decode throughput, x {reference}")
     ax.set_ylabel(f"cache bytes, x {reference}")
-    first = frame.iloc[0]
-    ax.set_title(f"{plotted} designs, {first.get('profile', '')} profile on {first.get('device', '')}"
+    first = current[0]
+    ax.set_title(f"{plotted} designs, {first.profile} profile on {first.get('device', '')}"
                  + ("; hollow: the paper (A100)" if designs is None else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

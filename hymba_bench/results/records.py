@@ -1,9 +1,16 @@
-"""The results file: one JSON object per measurement, appended the moment it exists.
+"""The results of a run: typed records, the file they are appended to, and the run directory.
 
-Each line holds `variant`, `metric`, `value`, `unit` and the context it was measured in (profile,
-device, dtype, backend, batch, sequence length, threads, git commit, versions, timestamp), so a
-table can be rebuilt from the file alone and an interrupted run loses at most the measurement in
-flight. A torn last line (a kill mid-write) is ignored on reading.
+A `Record` is one measurement (`kind` "metric"), a note saying why a stage has no figures
+("note"), or a note standing for one metric that cannot be measured here ("missing"). On disk it
+is one JSON object per line of `results.jsonl`, appended the moment it exists: `variant`,
+`metric`, `value`, `unit` and the fields of `FIELDS` (the context it was measured in, and what
+the metric needs beside its value), so a table can be rebuilt from the file alone and an
+interrupted run loses at most the measurement in flight. A torn last line (a kill mid-write) is
+ignored on reading. Files written before `schema` was recorded have the same layout (schema 1).
+
+`RecordSet` is the one reader: "the last record of each (variant, metric) wins" lives there,
+and reading a field that `FIELDS` does not name raises instead of giving None. `RunDir` owns a
+run directory's layout: every file name a run writes is spelled in it.
 """
 
 from __future__ import annotations
@@ -11,30 +18,266 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import platform
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, overload
 
+from hymba_bench.design.registry import ORDER_DEFAULT
 from hymba_bench.errors import HymbaBenchError
+
+SCHEMA = 1  # the record layout; a file with a higher one was written by a newer hymba-bench
 
 UNITS = {
     "params": "count",
     "cache_bytes": "bytes",
     "cache_bytes_analytic": "bytes",
+    "cache_bytes_device": "bytes",
     "cache_mb": "MB (10^6 B, paper convention)",
     "prefill_tok_s": "tokens/s",
     "decode_tok_s": "tokens/s",
     "peak_memory_bytes": "bytes",
     "decode_roofline_pct": "% of the memory-bandwidth bound",
+    "recall_pct": "%",
+    "recall_synthetic_pct": "%",
+    "commonsense_pct": "%",
 }
+
+FIELDS: dict[str, str] = {
+    # where, when and with what code every record of a run was measured
+    "schema": "the record layout's version (absent: 1)",
+    "timestamp": "UTC time the record was written",
+    "profile": "size profile",
+    "device": "CPU model or GPU name",
+    "device_type": "cpu or cuda",
+    "threads": "torch CPU threads",
+    "torch": "torch version",
+    "hymba_bench": "hymba-bench version",
+    "python": "Python version",
+    "git_commit": "commit measured, '-dirty' when the tree differed",
+    "backend": "the kernel path each op took",
+    # the design's place in the tables
+    "table_label": "the row's label (Table 1's wording for the roadmap)",
+    "table_section": "ablation, scaling or other",
+    "design_reason": "Table 1's design-reason column",
+    "order": f"row position (absent: {ORDER_DEFAULT})",
+    "variant_file": "the design file the variant came from",
+    # notes
+    "stage": "the stage a note is about",
+    "metric_missing": "the metric a note stands for (it cannot be measured here)",
+    # how a figure was measured
+    "context": "tokens in the cache before decoding",
+    "seq_len": "tokens the cache holds (cache metrics) or the context (throughput)",
+    "batch": "batch measured (after halving on out-of-memory)",
+    "requested_batch": "batch asked for",
+    "gen_tokens": "timed decode steps",
+    "dtype": "model and cache dtype",
+    "dtype_cache": "dtype of a swept cache",
+    "window": "sliding-window size of the design's local attention",
+    "warmup": "untimed warm-up repeats",
+    "repeats": "timed repeats (the value is their median)",
+    "timing": "the timing's samples and load (timing.Timing.as_dict)",
+    "spread": "relative spread of the timed repeats",
+    "unstable": "why the timing cannot be trusted, when it cannot",
+    "interleaved_with": "other designs timed in the same rounds",
+    "decode_mode": "eager, compiled or graph",
+    "decode_probe_ms": "per-step times of the modes --decode auto tried",
+    "memory_source": "where peak memory was read (allocator, NVML, RSS)",
+    "peak_memory_nvml_net_bytes": "NVML's device-memory rise during decode",
+    "stage_measured": "what the peak-memory window covered",
+    "decode_bytes_per_step": "bytes a decode step must move (weights + cache)",
+    "bandwidth_bytes_s": "the device's measured memory bandwidth",
+    "roofline_tok_s": "tokens/s if a step moved its bytes at that bandwidth",
+    # accuracy
+    "stderr": "evaluation standard error",
+    "n": "items evaluated",
+    "seeds": "training seeds averaged",
+    "seed_sd": "standard deviation across training seeds",
+    "train_seed": "the training seed of a per-seed record",
+    "train_seeds": "the training seeds averaged",
+    "train_steps": "proxy-training steps",
+    "train_batch": "proxy-training sequences per step",
+    "train_lr": "proxy-training peak learning rate",
+    "train_loss": "final training loss",
+    "recall_source": "which recall task scored the design",
+    "recall_pairs": "key-value pairs of the synthetic recall task",
+    "recall_queries": "queries per sequence of the synthetic recall task",
+    "checkpoint": "the trained checkpoint's directory",
+}
+
+Kind = Literal["metric", "note", "missing"]
+
+
+def _known(name: str) -> str:
+    if name not in FIELDS:
+        raise KeyError(f"{name!r} is not a results field (hymba_bench.results.records.FIELDS)")
+    return name
+
+
+@dataclass(frozen=True)
+class Record:
+    variant: str  # "*" for a note about the whole run
+    metric: str  # "note" for a note
+    value: Any  # a number; a note's text
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def measured(cls, variant: str, metric: str, value: float | int, /, **fields: Any) -> Record:
+        return cls(variant, metric, value, fields)
+
+    @classmethod
+    def note(cls, variant: str, stage: str, text: str, /, missing: str | None = None,
+             **fields: Any) -> Record:
+        """Why `stage` has no figures for `variant`; with `missing`, why that one metric has none
+        (and it counts as settled: a resumed run does not try it again)."""
+        extra = {"metric_missing": missing} if missing else {}
+        return cls(variant, "note", text, {**fields, "stage": stage, **extra})
+
+    @property
+    def kind(self) -> Kind:
+        if self.metric != "note":
+            return "metric"
+        return "missing" if self.fields.get("metric_missing") else "note"
+
+    @property
+    def unit(self) -> str:
+        return UNITS.get(self.metric, "")
+
+    @property
+    def settles(self) -> str:
+        """The metric this record settles for a resumed run."""
+        return self.fields.get("metric_missing") or self.metric
+
+    @property
+    def profile(self) -> str:
+        return self.fields.get("profile") or ""
+
+    @property
+    def order(self) -> float:
+        order = self.fields.get("order")
+        return ORDER_DEFAULT if order is None else order
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A field's value, `default` when this record lacks it; a name `FIELDS` does not know
+        raises (a typo must not read as "not recorded")."""
+        value = self.fields.get(_known(name))
+        return default if value is None else value
+
+    def number(self, name: str) -> float:
+        """A numeric field, NaN when absent."""
+        value = self.get(name)
+        return math.nan if value is None else float(value)
+
+    def with_fields(self, **fields: Any) -> Record:
+        return Record(self.variant, self.metric, self.value, {**self.fields, **fields})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variant": self.variant, "metric": self.metric, "value": self.value,
+                "unit": self.unit, **self.fields, "schema": SCHEMA}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> Record:
+        if not isinstance(data, dict) or any(k not in data for k in ("variant", "metric", "value")):
+            raise HymbaBenchError(f"{where}: not a hymba-bench record (needs variant, metric, value)")
+        schema = data.get("schema", 1)
+        if not isinstance(schema, int) or schema > SCHEMA:
+            raise HymbaBenchError(f"{where}: written by a newer hymba-bench (record schema {schema}; "
+                                  f"this one reads up to {SCHEMA}): upgrade to read it")
+        fields = {k: v for k, v in data.items() if k not in ("variant", "metric", "value", "unit")}
+        return cls(str(data["variant"]), str(data["metric"]), data["value"], fields)
+
+
+class RecordSet(Sequence[Record]):
+    """Records read back, in the order written, and the questions tables, regress and resume
+    ask of them."""
+
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        self._records = list(records)
+        self._latest: dict[tuple[str, str], Record] | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> RecordSet: ...
+    def __getitem__(self, index: int | slice) -> Record | RecordSet:
+        if isinstance(index, slice):
+            return RecordSet(self._records[index])
+        return self._records[index]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
+
+    def where(self, keep: Callable[[Record], bool]) -> RecordSet:
+        return RecordSet(r for r in self._records if keep(r))
+
+    def of(self, variant: str) -> RecordSet:
+        return self.where(lambda r: r.variant == variant)
+
+    def metrics(self) -> RecordSet:
+        """Measurements only, notes left out."""
+        return self.where(lambda r: r.kind == "metric")
+
+    def latest(self) -> dict[tuple[str, str], Record]:
+        """(variant, metric) -> the last measurement of it: a re-measured figure replaces the
+        earlier one."""
+        if self._latest is None:
+            self._latest = {(r.variant, r.metric): r for r in self.metrics()}
+        return self._latest
+
+    def current(self) -> RecordSet:
+        """The latest measurement of every (variant, metric), in the order first measured."""
+        return RecordSet(self.latest().values())
+
+    def get(self, variant: str, metric: str) -> Record | None:
+        return self.latest().get((variant, metric))
+
+    def value(self, variant: str, metric: str) -> float:
+        """The latest value, NaN where there is none."""
+        r = self.get(variant, metric)
+        return math.nan if r is None else float(r.value)
+
+    def number(self, variant: str, metric: str, name: str) -> float:
+        """A field of the latest measurement (its stderr, seed_sd ...), NaN where there is none."""
+        r = self.get(variant, metric)
+        return math.nan if r is None else r.number(name)
+
+    def variants(self) -> list[str]:
+        """Designs measured, in table order (the `order` field, then the name)."""
+        last: dict[str, Record] = {r.variant: r for r in self.metrics()}
+        return sorted(last, key=lambda v: (last[v].order, v))
+
+    def placement(self, variant: str) -> Record:
+        """The design's latest measurement: its label, section, reason and profile."""
+        return next(r for r in reversed(self._records) if r.variant == variant and r.kind == "metric")
+
+    def done(self) -> set[tuple[str, str, str]]:
+        """(variant, metric, profile) already settled: measured, or noted as not measurable."""
+        return {(r.variant, r.settles, r.profile) for r in self if r.kind != "note" or r.settles != "note"}
+
+    def why_missing(self) -> dict[tuple[str, str], str]:
+        """(variant or "*", stage) -> why that stage has no figures there."""
+        return {(r.variant, str(r.get("stage"))): str(r.value) for r in self if r.kind != "metric"}
+
+    def frame(self) -> Any:
+        """The measurements in this set as a pandas frame, a column per field."""
+        import pandas as pd
+
+        return pd.DataFrame([{"variant": r.variant, "metric": r.metric, "value": r.value, **r.fields}
+                             for r in self.metrics()])
 
 
 class ResultsFile:
+    """A JSON-lines file of records, appended one whole line at a time."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._checked = False
@@ -48,11 +291,15 @@ class ResultsFile:
             if data and not data.endswith(b"\n"):
                 f.truncate(data.rfind(b"\n") + 1)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: Record) -> None:
         """One line, written whole under an exclusive lock: the accuracy stage's worker processes
         append to the same file, and a torn tail found under the lock is a crash's, never a
         writer's in flight."""
-        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+        for name in record.fields:
+            _known(name)  # a writer's typo fails here, not as a silent gap in a table
+        payload = {**record.to_json(),
+                   "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        line = (json.dumps(payload, sort_keys=True, default=str) + "\n").encode()
         with self.path.open("ab") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -65,62 +312,105 @@ class ResultsFile:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def load(self) -> list[dict[str, Any]]:
+    def load(self) -> RecordSet:
         if not self.path.exists():
-            return []
-        records = []
+            return RecordSet()
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as exc:
             raise HymbaBenchError(f"{self.path}: not UTF-8 text (byte {exc.start}); is it a "
                                   "hymba-bench results file?") from None
+        records = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                data = json.loads(line)
             except json.JSONDecodeError:
                 if number == len(lines):  # torn by an interrupt: drop it, it is re-measured
                     continue
                 raise HymbaBenchError(f"{self.path}:{number}: not a JSON line") from None
-        return records
-
-    def done(self) -> set[tuple[str, str, str]]:
-        """(variant, metric, profile) triples already measured."""
-        out = set()
-        for r in self.load():
-            # a note standing for a metric that cannot be measured here settles that metric too
-            metric = r.get("metric_missing") or r["metric"]
-            out.add((r["variant"], metric, r.get("profile", "")))
-        return out
+            records.append(Record.from_json(data, f"{self.path}:{number}"))
+        return RecordSet(records)
 
 
-@contextmanager
-def run_lock(out: Path) -> Iterator[None]:
-    """Hold `<out>/.lock` while a run writes there: a second run into the same directory stops
-    with one line instead of interleaving its records with the first's."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = (out / ".lock").open("a+")
-    except OSError as exc:
-        raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
-    with handle:
+class RunDir:
+    """A run directory: where every file of a run goes. `kind` "run" (results.jsonl, Table 1's
+    tables) or "sweep" (sweep.jsonl and its plots)."""
+
+    RESULTS: ClassVar[dict[str, str]] = {"run": "results.jsonl", "sweep": "sweep.jsonl"}
+
+    def __init__(self, path: Path, kind: Literal["run", "sweep"] = "run") -> None:
+        self.path = Path(path)
+        self.results = ResultsFile(self.path / self.RESULTS[kind])
+
+    def records(self) -> RecordSet:
+        """The records, or a one-line error when this is not a run directory."""
+        if not self.results.path.is_file():
+            raise HymbaBenchError(f"{self.path}: no {self.results.path.name} here (is it a run "
+                                  "directory?)")
+        return self.results.load()
+
+    def open(self, resume: bool) -> ResultsFile:
+        """The results file, checked writable and empty unless resuming (hold `lock()`)."""
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise HymbaBenchError(f"cannot write to {self.path}: {exc.strerror}", param="out") from None
+        if self.results.load() and not resume:
+            raise HymbaBenchError(f"{self.results.path} already holds results: continue it with "
+                                  "`resume`, or choose another directory", param="out")
+        return self.results
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `.lock` while a run writes here: a second run into the same directory stops with
+        one line instead of interleaving its records with the first's."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = (self.path / ".lock").open("a+")
+        except OSError as exc:
+            raise HymbaBenchError(f"cannot write to {self.path}: {exc.strerror}", param="out") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise HymbaBenchError(f"{self.path}: another hymba-bench run is writing here "
+                                      f"({holder}); wait for it to finish or choose another "
+                                      "directory", param="out") from None
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise HymbaBenchError(f"{out}: another hymba-bench run is writing here ({holder}); "
-                                  "wait for it to finish or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def checkpoint(self, variant: str, seed: int) -> Path:
+        return self.path / "checkpoints" / variant / f"seed-{seed}"
+
+    def lm_eval(self, variant: str, seed: int) -> Path:
+        """lm-eval's own output (results JSON, sample logs) for one trained seed."""
+        return self.path / "lm_eval" / variant / f"seed-{seed}"
+
+    @property
+    def data(self) -> Path:
+        """Generated task data (the synthetic recall items)."""
+        return self.path / "data"
+
+    def table(self, name: str, suffix: str) -> Path:
+        """`roadmap`, `roadmap_extended` or `compare`, as `md` or `csv`."""
+        return self.path / f"{name}.{suffix}"
+
+    def plot(self, name: str) -> Path:
+        """`roadmap`, `compare`, `sweep_throughput` or `sweep_cache`, as PNG."""
+        return self.path / f"{name}.png"
 
 
 @lru_cache(maxsize=1)
@@ -166,28 +456,8 @@ def base_context(device: Any) -> dict[str, Any]:
     }
 
 
-def recorder(results: ResultsFile, rv: Any, context: dict[str, Any],
-             profile: str) -> Callable[..., None]:
-    """`record(metric, value, **extra)` for one design (a `ResolvedVariant`): appended at once,
-    with the run's context and the design's table placement."""
-    vctx = {**context, "profile": profile, "table_label": rv.info["table_label"],
+def placement(rv: Any, profile: str) -> dict[str, Any]:
+    """A design's (a `ResolvedVariant`'s) place in the tables, carried by each of its records."""
+    return {"profile": profile, "table_label": rv.info["table_label"],
             "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
-            "order": rv.variant.keys.get("order", 1000), "variant_file": str(rv.variant.path)}
-
-    def record(metric: str, value: float, **extra: Any) -> None:
-        results.append(make_record(rv.config.name, metric, value, vctx, **extra))
-
-    return record
-
-
-def make_record(variant: str, metric: str, value: float | int | str, base: dict[str, Any], /,
-                **extra: Any) -> dict[str, Any]:
-    return {
-        "variant": variant,
-        "metric": metric,
-        "value": value,
-        "unit": UNITS.get(metric, ""),
-        **base,
-        **extra,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+            "order": rv.variant.keys.get("order", ORDER_DEFAULT), "variant_file": str(rv.variant.path)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -19,6 +19,7 @@ import pandas as pd
 
 from hymba_bench.accuracy.stage import PAPER_RECALL
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.results.records import Record, RecordSet
 
 COLUMNS = [
     "Configuration",
@@ -112,109 +113,73 @@ def _fmt(column: str, value: float) -> str:
     return f"{value:.1f}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
-def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long format, the last record of each (variant, metric) winning; notes kept apart."""
-    rows = [r for r in records if r.get("metric") != "note"]
-    if not rows:
+def measured(records: RecordSet) -> RecordSet:
+    """The latest measurements; an error when there are none."""
+    current = records.current()
+    if not current:
         raise HymbaBenchError("no measurements in the results file")
-    frame = pd.DataFrame(rows)
-    return frame.drop_duplicates(subset=["variant", "metric"], keep="last").reset_index(drop=True)
+    return current
 
 
-def _variants_info(frame: pd.DataFrame) -> pd.DataFrame:
-    keys = ["variant", "table_label", "table_section", "design_reason", "order", "profile"]
-    for key in keys:
-        if key not in frame:
-            frame[key] = None
-    info = frame[keys].drop_duplicates("variant", keep="last").copy()
-    info["order"] = info["order"].fillna(1000)
-    return info.sort_values(["order", "variant"], kind="stable").reset_index(drop=True)
-
-
-def _lookup(frame: pd.DataFrame) -> Callable[[str, str], float]:
-    """(variant, metric) -> the last value recorded, NaN where there is none."""
-    values = frame.pivot_table(index="variant", columns="metric", values="value", aggfunc="last")
-
-    def get(variant: str, metric: str) -> float:
-        if metric in values.columns and variant in values.index:
-            return float(values.at[variant, metric])
-        return math.nan
-
-    return get
-
-
-def _notes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """(variant or '*', stage) -> why that stage has no figures."""
-    out = {}
-    for r in records:
-        if r.get("metric") == "note":
-            out[(r["variant"], r["stage"])] = str(r["value"])
-    return out
-
-
-def _flag_unstable(table: Table, frame: pd.DataFrame, rows: dict[str, int],
+def _flag_unstable(table: Table, records: RecordSet, rows: dict[str, int],
                    columns: dict[str, list[str]]) -> None:
     """Mark the cells of figures recorded as unstable and say why in a footnote.
 
     rows: variant -> row index; columns: metric -> the table columns that show it."""
-    if "unstable" not in frame:
-        return
-    flagged = frame[frame["unstable"].notna() & frame["metric"].isin(list(columns))]
     reasons = []
-    for _, r in flagged.iterrows():
-        if r["variant"] not in rows:
+    for r in records.current():
+        if r.metric not in columns or r.variant not in rows or not r.get("unstable"):
             continue
-        for col in columns[r["metric"]]:
-            table.flagged.add((rows[r["variant"]], col))
-        reasons.append(f"{r['variant']} {r['metric']}: {r['unstable']}")
+        for col in columns[r.metric]:
+            table.flagged.add((rows[r.variant], col))
+        reasons.append(f"{r.variant} {r.metric}: {r.get('unstable')}")
     if reasons:
         table.footnotes.append(f"{UNSTABLE.strip()} unstable, do not trust the figure (re-run on an "
                                f"idle machine; ratios within a run are safer): " + "; ".join(reasons))
 
 
-def _modes(decode: pd.DataFrame) -> str:
-    """How the decode steps ran, e.g. 'eager' or 'as a CUDA graph (3 rows), eager (1 row)'."""
+def _modes(decode: list[Record]) -> str:
+    """How the decode steps ran, e.g. 'eagerly' or 'as a CUDA graph (3 rows), eagerly (1 row)'."""
     words = {"eager": "eagerly", "compiled": "compiled (torch.compile, fullgraph)",
              "graph": "as a replayed CUDA graph"}
-    if "decode_mode" not in decode:
-        return "eagerly"
-    counts = decode["decode_mode"].fillna("eager").value_counts()
+    counts = Counter(r.get("decode_mode", "eager") for r in decode)
     if len(counts) == 1:
-        return words.get(counts.index[0], counts.index[0])
-    return ", ".join(f"{words.get(m, m)} ({n} row{'s' if n > 1 else ''})" for m, n in counts.items())
+        mode = next(iter(counts))
+        return words.get(mode, mode)
+    return ", ".join(f"{words.get(m, m)} ({n} row{'s' if n > 1 else ''})"
+                     for m, n in counts.most_common())
 
 
-def _conventions(frame: pd.DataFrame) -> list[str]:
+def _conventions(records: RecordSet) -> list[str]:
     notes = []
-    decode = frame[frame.metric == "decode_tok_s"]
-    if len(decode):
-        r = decode.iloc[-1]
+    current = records.current()
+    decode = [r for r in current if r.metric == "decode_tok_s"]
+    if decode:
+        r = decode[-1]
         notes.append(
             f"Throughput (token/sec): decode (generation) tokens/s = batch x generated tokens / "
-            f"decode time, with the cache already holding {int(r.get('context', 0))} tokens; batch "
-            f"{int(r.get('batch', 0))}, {int(r.get('gen_tokens', 0))} generated tokens, {r.get('dtype')}, "
-            f"median of {int(r.get('repeats', 0))} repeats, on {r.get('device')}; decode step "
+            f"decode time, with the cache already holding {r.get('context', 0)} tokens; batch "
+            f"{r.get('batch', 0)}, {r.get('gen_tokens', 0)} generated tokens, {r.get('dtype')}, "
+            f"median of {r.get('repeats', 0)} repeats, on {r.get('device')}; decode step "
             f"run {_modes(decode)}. Prefill tokens/s and each row's percentage of the memory-"
             "bandwidth roofline are in the extended table."
         )
-    recall = frame[frame.metric == "recall_pct"]
-    if len(recall):
+    recall = [r for r in current if r.metric == "recall_pct"]
+    if recall:
         notes.append(_seeds_note(recall))
-    proxy = len(recall) and "recall_source" in recall \
-        and (recall["recall_source"] != PAPER_RECALL).any()
-    if proxy:
-        r = recall.iloc[-1]
+    if any(r.get("recall_source") not in (None, PAPER_RECALL) for r in recall):
+        r = recall[-1]
         notes.append(
             f"Recall (%): a proxy, not the paper's SWDE / SQuAD-C (their data was not reachable): "
-            f"synthetic associative recall ({int(r.get('recall_pairs', 0))} key-value pairs, "
-            f"{int(r.get('n', 0) or 0)} queries per design, greedy, exact value) after proxy training of "
-            f"{int(r.get('train_steps', 0))} steps x {int(r.get('train_batch', 0))} sequences, the "
+            f"synthetic associative recall ({r.get('recall_pairs', 0)} key-value pairs, "
+            f"{r.get('n', 0)} queries per design, greedy, exact value) after proxy training of "
+            f"{r.get('train_steps', 0)} steps x {r.get('train_batch', 0)} sequences, the "
             "same budget for every design; standard errors are in the extended table. Proxy scale "
             "is not paper scale: the ranking is the finding, not the numbers."
         )
-    cache = frame[frame.metric == "cache_mb"]
-    if len(cache):
-        seq = sorted({int(s) for s in cache["seq_len"].dropna()})
+    cache = [r for r in current if r.metric == "cache_mb"]
+    if cache:
+        seq = sorted({int(r.get("seq_len")) for r in cache if r.get("seq_len") is not None})
         notes.append(
             "Cache Size (MB): the paper's convention, FP16, batch 1, MB = 10^6 bytes, meta tokens "
             f"not counted, at {', '.join(map(str, seq))} tokens; exact allocated bytes (meta tokens "
@@ -223,8 +188,8 @@ def _conventions(frame: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _seeds_note(recall: pd.DataFrame) -> str:
-    counts = sorted({int(n) for n in recall["seeds"].dropna()}) if "seeds" in recall else []
+def _seeds_note(recall: list[Record]) -> str:
+    counts = sorted({int(r.get("seeds")) for r in recall if r.get("seeds") is not None})
     if not counts or counts == [1]:
         return ("Accuracy: one training seed per design (the CPU default, which keeps the run short; "
                 "`--seeds N` trains N): the spread across training runs is not "
@@ -235,60 +200,60 @@ def _seeds_note(recall: pd.DataFrame) -> str:
             "(how many items were asked) is in the extended table.")
 
 
-def _spreads(table: Table, frame: pd.DataFrame, rows: dict[str, int],
+def _spreads(table: Table, records: RecordSet, rows: dict[str, int],
              columns: dict[str, str]) -> None:
     """Across-seed standard deviations of the accuracy cells, for the "± sd" display."""
     for variant, row in rows.items():
         for metric, column in columns.items():
-            sd = _recorded(frame, variant, metric, "seed_sd")
+            sd = records.number(variant, metric, "seed_sd")
             if not math.isnan(sd):
                 table.spread[(row, column)] = sd
 
 
-def roadmap_table(records: list[dict[str, Any]]) -> Table:
-    frame = records_frame(records)
-    info = _variants_info(frame)
-    get = _lookup(frame)
-    notes = _notes(records)
-    profile = str(info["profile"].dropna().iloc[0]) if info["profile"].notna().any() else "?"
+def roadmap_table(records: RecordSet) -> Table:
+    current = measured(records)
+    designs = current.variants()
+    why = records.why_missing()
+    profiles = [current.placement(v).profile for v in designs]
+    profile = next((p for p in profiles if p), "?")
     rows: list[dict[str, Any]] = []
     section_rows: list[int] = []
     footnotes: list[str] = []
     reasons: dict[str, int] = {}
     row_of: dict[str, int] = {}
     for section in SECTIONS:
-        members = info[info["table_section"].fillna("other") == section]
-        if members.empty:
+        members = [current.placement(v) for v in designs
+                   if current.placement(v).get("table_section", "other") == section]
+        if not members:
             continue
         section_rows.append(len(rows))
         rows.append({"Configuration": SECTIONS[section].format(profile=profile)})
-        for _, v in members.iterrows():
-            row_of[v["variant"]] = len(rows)
-            row: dict[str, Any] = {"Configuration": v["table_label"] or v["variant"],
-                                   "Design Reason": v["design_reason"] or ""}
+        for v in members:
+            row_of[v.variant] = len(rows)
+            row: dict[str, Any] = {"Configuration": v.get("table_label") or v.variant,
+                                   "Design Reason": v.get("design_reason") or ""}
             for column, (metric, stage) in CELLS.items():
-                value = get(v["variant"], metric)
-                if isinstance(value, float) and math.isnan(value):
-                    why = notes.get((v["variant"], stage)) or notes.get(("*", stage)) \
+                value = records.value(v.variant, metric)
+                if math.isnan(value):
+                    text = why.get((v.variant, stage)) or why.get(("*", stage)) \
                         or f"{stage} not measured in this run"
-                    reasons.setdefault(f"{column}: {why}", len(reasons))
-                row[column] = float(value)
+                    reasons.setdefault(f"{column}: {text}", len(reasons))
+                row[column] = value
             rows.append(row)
     for text in reasons:
         footnotes.append(f"{EMPTY} in {text}")
-    footnotes += _conventions(frame)
+    footnotes += _conventions(records)
     table = Table(pd.DataFrame(rows, columns=COLUMNS), footnotes, section_rows)
-    _flag_unstable(table, frame, row_of, {"decode_tok_s": ["Throughput (token/sec)"]})
-    _spreads(table, frame, row_of, {"recall_pct": "Recall (%)",
-                                    "commonsense_pct": "Commonsense Reasoning (%)"})
+    _flag_unstable(table, records, row_of, {"decode_tok_s": ["Throughput (token/sec)"]})
+    _spreads(table, records, row_of, {"recall_pct": "Recall (%)",
+                                      "commonsense_pct": "Commonsense Reasoning (%)"})
     return table
 
 
-def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
+def compare_table(records: RecordSet, designs: list[str]) -> Table:
     """Designs side by side, each figure also as a ratio to the first design."""
-    frame = records_frame(records)
-    get = _lookup(frame)
-
+    measured(records)
+    get = records.value
     first = designs[0]
     rows = []
     for name in designs:
@@ -300,16 +265,7 @@ def compare_table(records: list[dict[str, Any]], designs: list[str]) -> Table:
             row[f"{label.split(' (')[0]} vs {first}"] = value / base if base else math.nan
         row["Cache (MB)"] = get(name, "cache_mb")
         rows.append(row)
-    return Table(pd.DataFrame(rows), _conventions(frame), [])
-
-
-def _recorded(frame: pd.DataFrame, variant: str, metric: str, key: str) -> float:
-    """A field recorded beside a metric's latest value (its `stderr`, `seed_sd`, `seeds`), NaN
-    where there is none."""
-    rows = frame[(frame.variant == variant) & (frame.metric == metric)]
-    if rows.empty or key not in rows or pd.isna(rows[key].iloc[-1]):
-        return math.nan
-    return float(rows[key].iloc[-1])
+    return Table(pd.DataFrame(rows), _conventions(records), [])
 
 
 def paper_reference() -> pd.DataFrame:
@@ -318,11 +274,11 @@ def paper_reference() -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text))
 
 
-def extended_table(records: list[dict[str, Any]]) -> Table:
+def extended_table(records: RecordSet) -> Table:
     """Ours beside the paper's, with ratios to Llama on both sides."""
-    frame = records_frame(records)
-    info = _variants_info(frame)
-    get = _lookup(frame)
+    current = measured(records)
+    designs = current.variants()
+    get = records.value
     paper = paper_reference().set_index("configuration")
 
     def ratio(a: float, b: float) -> float:
@@ -331,8 +287,8 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
     base_tps, base_mb = get(BASELINE, "decode_tok_s"), get(BASELINE, "cache_mb")
     p_base = paper.loc["Transformer (Llama)"]
     rows = []
-    for _, v in info.iterrows():
-        name, label = v["variant"], v["table_label"] or v["variant"]
+    for name in designs:
+        label = current.placement(name).get("table_label") or name
         p = paper.loc[label] if label in paper.index else None
         tps, mb = get(name, "decode_tok_s"), get(name, "cache_mb")
         rows.append({
@@ -344,9 +300,9 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
             "Cache (bytes)": get(name, "cache_bytes"),
             "Cache (MB)": mb,
             "Recall (%)": get(name, "recall_pct"),
-            "Recall SE": _recorded(frame, name, "recall_pct", "stderr"),
-            "Recall seed SD": _recorded(frame, name, "recall_pct", "seed_sd"),
-            "Seeds": _recorded(frame, name, "recall_pct", "seeds"),
+            "Recall SE": records.number(name, "recall_pct", "stderr"),
+            "Recall seed SD": records.number(name, "recall_pct", "seed_sd"),
+            "Seeds": records.number(name, "recall_pct", "seeds"),
             "Train loss": get(name, "train_loss"),
             "Decode vs Llama": ratio(tps, base_tps),
             "Cache vs Llama": ratio(mb, base_mb),
@@ -360,11 +316,11 @@ def extended_table(records: list[dict[str, Any]]) -> Table:
         })
     notes = ["Paper figures: Table 1 of Dong et al. (2024), one A100, 300M models (rows to E) and "
              "1.5B (F, G), sequence length 8K, batch 128 halved until it fits."]
-    notes += _conventions(frame)
+    notes += _conventions(records)
     table = Table(pd.DataFrame(rows), notes, [])
-    row_of = {name: i for i, name in enumerate(info["variant"])}
-    _flag_unstable(table, frame, row_of, {"decode_tok_s": ["Decode (tok/s)", "Decode vs Llama"],
-                                          "prefill_tok_s": ["Prefill (tok/s)"]})
+    row_of = {name: i for i, name in enumerate(designs)}
+    _flag_unstable(table, records, row_of, {"decode_tok_s": ["Decode (tok/s)", "Decode vs Llama"],
+                                            "prefill_tok_s": ["Prefill (tok/s)"]})
     # the CSV has no † marks: say it in a column of its own
     table.frame["Decode unstable"] = [(i, "Decode (tok/s)") in table.flagged
                                       for i in range(len(table.frame))]

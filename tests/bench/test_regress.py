@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from hymba_bench.bench.regress import compare, load_baseline, make_baseline, report
 from hymba_bench.errors import HymbaBenchError
@@ -22,7 +21,7 @@ FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reg") / "run"
     run(RunOptions(variants=["llama", "mamba", "c-local-global"], out=out, skip={"accuracy"},
-                   bench=FAST), Console(quiet=True))
+                   bench=FAST))
     return out
 
 

@@ -20,7 +20,7 @@ from hymba_bench.bench.regress import _speed_check
 from hymba_bench.bench.timing import CpuLoad, Timing, significant
 from hymba_bench.design.registry import RegistryError, resolve
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import ResultsFile, run_lock
+from hymba_bench.results.records import ResultsFile, RunDir
 from hymba_bench.run import RunOptions, run
 
 
@@ -44,7 +44,7 @@ def test_user_design_gets_its_own_label_and_no_paper_figures(tmp_path: Path) -> 
     assert resolve("mine2", "tiny", [labelled]).info["table_label"] == "My SSM"
     out = tmp_path / "run"
     run(RunOptions(variants=["mamba", "my-mamba"], out=out, skip={"accuracy", "throughput"},
-                   variant_files=[path]), show_tables=False)
+                   variant_files=[path]))
     ext = pd.read_csv(out / "roadmap_extended.csv")
     mine = ext[ext["Configuration"] == "my-mamba"].iloc[0]
     assert pd.isna(mine["Paper cache (MB)"]) and pd.isna(mine["Paper throughput (tok/s)"])
@@ -97,14 +97,13 @@ def test_run_interleaves_decode_timing_and_records_load(tmp_path: Path) -> None:
     out = tmp_path / "run"
     # long enough (> LOAD_MIN_WINDOW_S of timed rounds) for the load to be measured
     run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 64, "repeats": 3, "context": 256, "batch": 8}),
-        show_tables=False)
-    decode = [r for r in ResultsFile(out / "results.jsonl").load() if r["metric"] == "decode_tok_s"]
-    assert {r["variant"] for r in decode} == {"llama", "mamba"}
+                   bench={"gen_tokens": 64, "repeats": 3, "context": 256, "batch": 8}))
+    decode = [r for r in ResultsFile(out / "results.jsonl").load() if r.metric == "decode_tok_s"]
+    assert {r.variant for r in decode} == {"llama", "mamba"}
     for r in decode:
-        assert r["interleaved_with"] == 1
-        assert r["timing"]["others_cpu"] is not None
-        assert "unstable" in r  # None, or the reason
+        assert r.get("interleaved_with") == 1
+        assert r.get("timing")["others_cpu"] is not None
+        assert "unstable" in r.fields  # None, or the reason
 
 
 # ------------------------------------------------------------------ 3. progress off a terminal
@@ -158,10 +157,9 @@ def test_non_utf8_files_are_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ 6. one writer per directory
 def test_a_second_run_into_a_locked_directory_stops(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    with run_lock(out), pytest.raises(HymbaBenchError, match="another hymba-bench run is writing here"):
-        run(RunOptions(variants=["llama"], out=out, skip={"accuracy", "throughput"}),
-            show_tables=False)
-    run(RunOptions(variants=["llama"], out=out, skip={"accuracy", "throughput"}), show_tables=False)
+    with RunDir(out).lock(), pytest.raises(HymbaBenchError, match="another hymba-bench run is writing here"):
+        run(RunOptions(variants=["llama"], out=out, skip={"accuracy", "throughput"}))
+    run(RunOptions(variants=["llama"], out=out, skip={"accuracy", "throughput"}))
 
 
 # ------------------------------------------------------------------ 7. validation before work
@@ -212,8 +210,7 @@ def test_eval_out_writes_lm_eval_results_and_samples(tmp_path: Path) -> None:
 def test_csv_is_numeric_and_pictures_are_drawn(tmp_path: Path) -> None:
     out = tmp_path / "r"
     run(RunOptions(variants=["llama", "mamba", "e-meta-tokens"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 2, "repeats": 1, "context": 64, "batch": 2}),
-        show_tables=False)
+                   bench={"gen_tokens": 2, "repeats": 1, "context": 64, "batch": 2}))
     table = pd.read_csv(out / "roadmap.csv")
     assert "Section" in table and not table["Configuration"].str.startswith("Ablations").any()
     assert table["Throughput (token/sec)"].dtype == float
@@ -261,8 +258,7 @@ def test_regress_does_not_judge_figures_timed_on_a_busy_machine(tmp_path: Path) 
 
     out = tmp_path / "r"
     run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 2, "repeats": 3, "context": 64, "batch": 2}),
-        show_tables=False)
+                   bench={"gen_tokens": 2, "repeats": 3, "context": 64, "batch": 2}))
     baseline = make_baseline(out)
     records = ResultsFile(out / "results.jsonl").load()
     slow = tmp_path / "slow"
@@ -270,7 +266,7 @@ def test_regress_does_not_judge_figures_timed_on_a_busy_machine(tmp_path: Path) 
     for busy, path in ((False, slow / "results.jsonl"), (True, tmp_path / "busy.jsonl")):
         with path.open("w") as f:
             for r in records:
-                r = json.loads(json.dumps(r))
+                r = r.to_json()
                 if r["variant"] == "mamba" and r["metric"] == "decode_tok_s":  # 10x slower
                     r["value"] /= 10
                     r["timing"]["samples"] = [t * 10 for t in r["timing"]["samples"]]

@@ -64,6 +64,9 @@ def test_show_human_readable() -> None:
     (("show", "lama"), "unknown variant 'lama'; did you mean llama"),
     (("show", "llama", "--profile", "huge"), "unknown profile 'huge'"),
     (("show", "llama", "--seq-len", "0"), "--seq-len: expected a positive integer"),
+    # library errors name their parameter; the CLI says it as its flag
+    (("sweep", "--seq-lens", "1,x"), "--seq-lens: expected comma-separated integers"),
+    (("regress", "--baseline", "/no/such.json", "--current", "."), "--baseline: no such file"),
 ])
 def test_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     out = cli(*args)

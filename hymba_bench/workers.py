@@ -1,0 +1,145 @@
+"""Designs run side by side on the CPU: one process per design, one thread each.
+
+Why: a tiny design's training step is hundreds of small operators, and a second thread in the same
+process barely shortens it (measured on the 2-core machine, ms per step at 1 and 2 threads: Llama
+155 / 112, B 268 / 249, F 474 / 490), while two processes, one thread each, train two designs at
+1.36x the throughput of one at a time (README, "Running the roadmap"). So on a CPU with more than
+one core, `run` gives the accuracy stage's designs to `workers` processes (default: one per core).
+
+Each worker runs one (stage, job) unit exactly as the run loop would (`run.execute`: the stage's
+records stamped and appended to the run's results file as they come; appends take a lock and write
+one whole line); progress comes back over a queue, so the bars and lines look as they do in one
+process. On failure or Ctrl-C the pool is terminated: what a finished design recorded stays, a
+design cut short resumes from its checkpoints under `--resume`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hymba_bench.run import Job, Reporter, Stage, Stamp, Training
+
+_QUEUE: Any = None  # the worker's end of the progress queue, set by `_init`
+
+
+@dataclass
+class Unit:
+    """One design's stage, everything a fresh process needs to run it."""
+
+    stage: Stage
+    job: Job
+    results: Path
+    stamp: Stamp
+    threads: int = 1
+
+
+class _QueueTraining:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def seed(self, k: int) -> None:
+        _QUEUE.put((self.name, "seed", k, None))
+
+    def step(self, step: int, loss: float) -> None:
+        _QUEUE.put((self.name, "step", step, loss))
+
+    def close(self) -> None:
+        pass  # the parent closes the bar when the unit is done
+
+
+class _QueueReporter:
+    """The worker's side of the run's progress: messages to the parent."""
+
+    def start(self, index: int, name: str, what: str) -> None:
+        _QUEUE.put((name, "start", (index, what), None))
+
+    def advance(self) -> None:
+        pass  # the parent advances when the unit is done
+
+    def log(self, message: str) -> None:
+        _QUEUE.put(("", "log", message, None))
+
+    def training(self, name: str, steps: int, seeds: int) -> Training:
+        _QUEUE.put((name, "training", steps, seeds))
+        return _QueueTraining(name)
+
+
+def _init(progress_queue: Any) -> None:
+    global _QUEUE
+    _QUEUE = progress_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it terminates the pool
+
+
+def _run_unit(unit: Unit) -> str:
+    import torch
+
+    from hymba_bench.results.records import ResultsFile
+    from hymba_bench.run import execute
+
+    torch.set_num_threads(unit.threads)
+    stamp = unit.stamp.with_context(threads=unit.threads)
+    execute(unit.stage, [unit.job], ResultsFile(unit.results), stamp, _QueueReporter())
+    return unit.job.name
+
+
+def default_workers(device: str, designs: int) -> int:
+    """One design per core on the CPU; one at a time on a GPU (they would share the device)."""
+    if not device.startswith("cpu"):
+        return 1
+    return max(1, min(os.cpu_count() or 1, designs))
+
+
+def run_in_parallel(units: list[Unit], workers: int, report: Reporter,
+                    cost: dict[str, float] | None = None) -> None:
+    """Run `units` on a pool of `workers` processes, showing each design's progress; the first
+    unit to fail stops the pool and its error is raised here. `cost`: expected time by design
+    name, any unit; the largest start first, so the last to finish run beside others, not alone."""
+    ctx = mp.get_context("spawn")  # a clean interpreter: no fork of torch's thread pools
+    messages = ctx.Queue()
+    bars: dict[str, Training] = {}
+    pool = ctx.Pool(workers, initializer=_init, initargs=(messages,))
+    try:
+        order = sorted(units, key=lambda u: -(cost or {}).get(u.job.name, 0.0))
+        pending = {u.job.name: pool.apply_async(_run_unit, (u,)) for u in order}
+        while pending:
+            _show(messages, bars, report)
+            for name in [n for n, r in pending.items() if r.ready()]:
+                _show(messages, bars, report)
+                pending.pop(name).get()  # the unit's own error, raised in this process
+                if name in bars:
+                    bars.pop(name).close()
+                report.advance()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _show(messages: Any, bars: dict[str, Training], report: Reporter) -> None:
+    """Apply every progress message waiting (up to a quarter of a second for the first)."""
+    timeout: float | None = 0.25
+    while True:
+        try:
+            name, kind, a, b = messages.get(timeout=timeout) if timeout else messages.get_nowait()
+        except queue_mod.Empty:
+            return
+        timeout = None
+        if kind == "start":
+            report.start(a[0], name, a[1])
+        elif kind == "log":
+            report.log(a)
+        elif kind == "training":
+            bars[name] = report.training(name, a, b)
+        elif kind == "seed" and name in bars:
+            bars[name].seed(a)
+        elif kind == "step" and name in bars:
+            bars[name].step(a, b)
