@@ -14,6 +14,7 @@ prints nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -191,7 +192,7 @@ class RunOptions:
     device: str = "cpu"
     variant_files: list[Path] = field(default_factory=list)
     bench: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's bench block
-    train: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's train block
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the train and eval blocks
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
     log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
     workers: int = 1  # designs trained at once in the accuracy stage (CPU: a process each)
@@ -202,9 +203,10 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage
     that cannot fit, a bad budget or data directory fail here, before anything is written)."""
     import torch
 
-    from hymba_bench.accuracy.stage import AccuracyBudget, AccuracyStage, hub_reachable, use_data_dir
+    from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
     from hymba_bench.bench.stages import CacheStage, ThroughputStage
-    from hymba_bench.bench.throughput import check_fits, settings_from_profile
+    from hymba_bench.bench.throughput import check_fits
+    from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
 
     for stage in opts.skip:
         if stage not in STAGES:
@@ -217,17 +219,19 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage
     if "throughput" not in opts.skip:
         dev, bench = torch.device(opts.device), {}
         for rv in resolved:
-            if not rv.profile.bench:
-                raise HymbaBenchError(f"{rv.profile.path}: bench: the profile has no throughput "
-                                      "settings")
-            s = bench[rv.config.name] = settings_from_profile(rv.profile.bench, dev, opts.bench)
+            s = bench[rv.config.name] = bench_settings(rv.profile, dev, opts.bench)
             # batch 1 is where halving would end: if even that cannot fit, say so now
             check_fits(rv.config, 1, s.context + s.gen_tokens, s.torch_dtype, dev)
         stages.append(ThroughputStage(bench, opts.device))
     if "accuracy" not in opts.skip:
-        budget = AccuracyBudget.from_profile(get_profile(opts.profile), opts.train)
+        profile = get_profile(opts.profile)
+        known = {f.name for cls in (TrainBudget, EvalBudget) for f in dataclasses.fields(cls)}
+        for key in sorted(set(opts.train) - known):
+            raise HymbaBenchError(f"unknown train/eval setting {key!r} (known: {', '.join(sorted(known))})",
+                                  param="train")
         use_data_dir(opts.data_dir)
-        stages.append(AccuracyStage(budget, RunDir(opts.out), opts.device,
+        stages.append(AccuracyStage(train_budget(profile, opts.train), eval_budget(profile, opts.train),
+                                    RunDir(opts.out), opts.device,
                                     paper_data=opts.data_dir is not None or hub_reachable(),
                                     log_samples=opts.log_samples, data_dir=opts.data_dir))
     return stages

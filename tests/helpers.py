@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hymba_bench import build_model
-from hymba_bench.design.registry import names, resolve
+from hymba_bench.design.registry import get_profile, names, resolve
 from hymba_bench.model.lm import HybridLM
+from hymba_bench.settings import BenchSettings, bench_settings
 
 VARIANTS = names()
 
@@ -28,3 +29,8 @@ def small_overrides(name: str) -> dict[str, Any]:
 def small_model(name: str, seed: int = 0, **extra: Any) -> HybridLM:
     model = build_model(name, "tiny", seed=seed, **{**small_overrides(name), **extra})
     return model.eval()
+
+
+def bench(device: str = "cpu", **overrides: Any) -> BenchSettings:
+    """The tiny profile's throughput settings for `device`, with `overrides`."""
+    return bench_settings(get_profile("tiny"), device, overrides)

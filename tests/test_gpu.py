@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hymba_bench import ops
-from hymba_bench.bench.throughput import BenchSettings, decode_throughput, make_step
+from hymba_bench.bench.throughput import decode_throughput, make_step
 from hymba_bench.ops.conv import causal_conv1d_update as conv_update_torch
-from tests.helpers import VARIANTS, small_model
+from tests.helpers import VARIANTS, bench, small_model
 
 pytestmark = pytest.mark.gpu
 
@@ -104,7 +104,8 @@ def test_cuda_conv_and_update_equal_ref() -> None:
 
 
 def test_peak_memory_rows_differ_as_their_caches_do() -> None:
-    settings = BenchSettings(batch=32, context=4096, gen_tokens=2, warmup=1, repeats=1)
+    settings = bench("cuda", batch=32, context=4096, gen_tokens=2, warmup=1, repeats=1,
+                     dtype="float32", decode="eager")
     peaks, caches = {}, {}
     for name in ("llama", "e-meta-tokens"):
         model = small_model(name).cuda()

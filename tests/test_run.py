@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 
 import hymba_bench.results.records as results_mod
 from hymba_bench.bench.stages import CacheStage, MeasurementError, ThroughputStage
-from hymba_bench.bench.throughput import BenchSettings, decode_throughput, filled_cache, halve_on_oom
+from hymba_bench.bench.throughput import decode_throughput, filled_cache, halve_on_oom
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
 from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
 from hymba_bench.run import RunOptions, run
-from tests.helpers import small_model
+from tests.helpers import bench, small_model
 
 FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
 ALL_METRICS = set(CacheStage().metrics) | set(ThroughputStage({}).metrics)
@@ -196,20 +196,20 @@ def test_the_prefill_benchmarks_cache_seeds_the_decode_cache() -> None:
     from hymba_bench.bench.throughput import prepare_prefill
 
     model = small_model("e-meta-tokens")
-    settings = BenchSettings(batch=3, context=40, gen_tokens=5, warmup=1)
+    settings = bench(batch=3, context=40, gen_tokens=5, warmup=1)
     prefill = prepare_prefill(model, settings, 1)
     seeded = filled_cache(model, 3, 40, 5, prefill.cache)
     assert seeded is not prefill.cache and seeded.batch == 3
     first = torch.randint(0, model.cfg.vocab_size, (3, 1))
     torch.testing.assert_close(model(first, seeded), model(first, filled_cache(model, 3, 40, 5)),
                                atol=0, rtol=0)
-    cold = prepare_prefill(model, BenchSettings(batch=3, context=40, gen_tokens=5, warmup=0), 1)
+    cold = prepare_prefill(model, bench(batch=3, context=40, gen_tokens=5, warmup=0), 1)
     assert filled_cache(model, 3, 40, 5, cold.cache).pos == model.cfg.meta_tokens + 40  # prefilled anew
 
 
 def test_decode_throughput_records_batch() -> None:
     model = small_model("llama")
-    res = decode_throughput(model, BenchSettings(batch=2, context=16, gen_tokens=2, repeats=2), 2)
+    res = decode_throughput(model, bench(batch=2, context=16, gen_tokens=2, repeats=2), 2)
     assert res.batch == 2 and res.tok_s > 0 and len(res.timing.samples) == 2
 
 
@@ -334,6 +334,7 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
     import hymba_bench.accuracy.stage as accuracy
     from hymba_bench.design.registry import get_profile, resolve
     from hymba_bench.run import Design, Job
+    from hymba_bench.settings import eval_budget, train_budget
 
     trained: list[int] = []
 
@@ -343,8 +344,9 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
             return Record.measured("llama", "recall_synthetic_pct", 30.0, train_seed=seed,
                                    **SEED_FIELDS), paper
 
-    budget = accuracy.AccuracyBudget.from_profile(get_profile("tiny"), {**TINY_BUDGET, "seeds": seeds})
-    stage = Stage(budget, RunDir(tmp_path), paper_data=paper is not None)
+    overrides = {**TINY_BUDGET, "seeds": seeds}
+    stage = Stage(train_budget(get_profile("tiny"), overrides), eval_budget(get_profile("tiny"), overrides),
+                  RunDir(tmp_path), paper_data=paper is not None)
     job = Job(Design(1, resolve("llama", "tiny")), frozenset(wanted), RecordSet(earlier))
     return stage, job, trained
 

@@ -26,13 +26,13 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hymba_bench.design.registry import Profile
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, RecordSet, RunDir
+from hymba_bench.settings import EvalBudget, TrainBudget
 
 if TYPE_CHECKING:
     from hymba_bench.run import Design, Job, Reporter, Training
@@ -40,42 +40,6 @@ if TYPE_CHECKING:
 SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
 PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
 PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
-
-
-@dataclass
-class AccuracyBudget:
-    """The profile's `train` and `eval` blocks."""
-
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup: int = 30
-    seed: int = 0
-    seeds: int = 1
-    pairs: int = 8
-    queries: int = 8
-    eval_items: int = 512
-    eval_seed: int = 1234
-    eval_batch_size: int = 64
-    paper_tasks: list[str] = field(default_factory=lambda: ["commonsense", "recall"])
-
-    @classmethod
-    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> AccuracyBudget:
-        blocks = {**profile.train, **profile.eval}
-        values = {**blocks, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise HymbaBenchError(f"{profile.path}: train/eval: unknown key {unknown[0]!r}")
-        budget = cls(**values)
-        for key in ("steps", "batch_size", "seeds", "pairs", "queries", "eval_items",
-                    "eval_batch_size"):
-            value = getattr(budget, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
-        from hymba_bench.accuracy.recall import RecallSpec
-
-        RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
-        return budget
 
 
 def use_data_dir(data_dir: Path | None) -> None:
@@ -124,7 +88,8 @@ class AccuracyStage:
     Checkpoints and lm-eval's output go under `run_dir`; a seed already evaluated there (in the
     job's earlier records) is not trained again."""
 
-    budget: AccuracyBudget
+    train: TrainBudget
+    eval: EvalBudget
     run_dir: RunDir
     device: str = "cpu"
     paper_data: bool = False  # lm-eval's datasets reachable (hub or data_dir)
@@ -148,14 +113,14 @@ class AccuracyStage:
         use_data_dir(self.data_dir)
         for job in jobs:
             report.start(job.design.index, job.name, self.name)
-            bar = report.training(job.name, self.budget.steps, self.budget.seeds)
+            bar = report.training(job.name, self.train.steps, self.train.seeds)
             yield from self.measure(job, bar)
             bar.close()
             report.advance()
 
     def measure(self, job: Job, bar: Training) -> Iterator[Record]:
         """One design: train and evaluate the seeds not yet in `job.earlier`, then the mean."""
-        budget, name = self.budget, job.name
+        budget, name = self.train, job.name
         per_seed = {r.get("train_seed"): r for r in job.earlier
                     if r.metric == "recall_synthetic_pct" and r.get("train_seed") is not None}
         # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
@@ -224,15 +189,12 @@ class AccuracyStage:
         from hymba_bench.accuracy.adapter import HymbaBenchLM
         from hymba_bench.accuracy.evaluate import evaluate
         from hymba_bench.accuracy.recall import RecallSpec
-        from hymba_bench.accuracy.train import TrainSettings, train
+        from hymba_bench.accuracy.train import train, train_settings
         from hymba_bench.model.lm import instantiate
 
-        budget, name, rv = self.budget, job.name, job.design.rv
+        budget, evals, name, rv = self.train, self.eval, job.name, job.design.rv
         spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)
-        settings = TrainSettings(steps=budget.steps, batch_size=budget.batch_size,
-                                 seq_len=spec.rendered_length(), lr=budget.lr,
-                                 warmup=min(budget.warmup, budget.steps), seed=seed,
-                                 save_every=max(1, budget.steps // 4))
+        settings = train_settings(budget, spec.rendered_length(), seed)
         model = instantiate(rv.config, self.device, seed=seed)
         ckpt = self.run_dir.checkpoint(name, seed)
         summary = train(model, name, rv.profile.name, "recall", settings, ckpt,
@@ -243,8 +205,8 @@ class AccuracyStage:
                 "recall_queries": budget.queries, "checkpoint": str(ckpt), "train_seed": seed,
                 "train_loss": summary["final_loss"]}
 
-        lm = HymbaBenchLM(model=model.eval(), batch_size=budget.eval_batch_size, device=self.device)
-        metadata = {"seed": budget.eval_seed, "n_items": budget.eval_items, "pairs": budget.pairs,
+        lm = HymbaBenchLM(model=model.eval(), batch_size=evals.eval_batch_size, device=self.device)
+        metadata = {"seed": evals.eval_seed, "n_items": evals.eval_items, "pairs": budget.pairs,
                     "queries": budget.queries, "data_dir": str(self.run_dir.data)}
         lm_eval_dir = self.run_dir.lm_eval(name, seed)
         synthetic = _quiet(evaluate, lm, ["recall_synthetic"], metadata=metadata,
@@ -255,7 +217,7 @@ class AccuracyStage:
         record = Record.measured(name, "recall_synthetic_pct", synthetic.values["recall_synthetic_pct"],
                                  stderr=synthetic.stderr.get("recall_synthetic_pct"),
                                  n=synthetic.n.get("hymba_recall_synthetic/contains"), **info)
-        paper = _quiet(evaluate, lm, [s for s in budget.paper_tasks if s in ("commonsense", "recall")],
+        paper = _quiet(evaluate, lm, [s for s in evals.paper_tasks if s in ("commonsense", "recall")],
                        output_path=lm_eval_dir, log_samples=self.log_samples) \
             if self.paper_data else None
         return record, paper

@@ -22,6 +22,7 @@ from hymba_bench.accuracy.checkpoint import load_checkpoint, save_checkpoint
 from hymba_bench.accuracy.recall import RecallSpec, training_example
 from hymba_bench.accuracy.tokenizer import ByteTokenizer
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.settings import TrainBudget
 
 STATE = "trainer_state.pt"
 # Matrices that are not weights: decaying them would pull SSM decays / filter poles toward
@@ -31,16 +32,27 @@ NO_DECAY = {"meta_tokens", "A_log", "log_rate", "theta", "residues"}
 
 @dataclass
 class TrainSettings:
-    steps: int = 300
-    batch_size: int = 16
-    seq_len: int = 256
-    lr: float = 3e-3
-    warmup: int = 30
+    """One training run. The budget (steps to seed) comes from a profile's `train` block
+    (`train_settings`); the rest is the recipe, the same for every design and profile."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup: int
+    seed: int
+    save_every: int
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 100
+
+
+def train_settings(budget: TrainBudget, seq_len: int, seed: int) -> TrainSettings:
+    """A training run under `budget` on sequences of `seq_len` tokens, from `seed`: checkpointed
+    four times, warm-up no longer than the run."""
+    return TrainSettings(steps=budget.steps, batch_size=budget.batch_size, seq_len=seq_len,
+                         lr=budget.lr, warmup=min(budget.warmup, budget.steps), seed=seed,
+                         save_every=max(1, budget.steps // 4))
 
 
 def _fused_ok(model: torch.nn.Module) -> bool:

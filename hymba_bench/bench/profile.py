@@ -115,14 +115,14 @@ def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
         device_bandwidth,
         halve_on_oom,
         prepare_decode,
-        settings_from_profile,
     )
     from hymba_bench.design.registry import resolve
     from hymba_bench.model.lm import instantiate
+    from hymba_bench.settings import bench_settings
 
     rv = resolve(name, profile)
     dev = torch.device(device)
-    s = settings or settings_from_profile(rv.profile.bench, dev)
+    s = settings or bench_settings(rv.profile, dev)
     model = instantiate(rv.config, dev, s.torch_dtype).eval()
     prepared, batch = halve_on_oom(lambda b: prepare_decode(model, s, b), s.batch)
     wall = Timing.of([prepared.once() for _ in range(s.repeats)])  # warmed up by prepare_decode

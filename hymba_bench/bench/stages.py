@@ -22,8 +22,8 @@ from hymba_bench.model.lm import count_parameters, instantiate
 from hymba_bench.results.records import Record, RecordSet
 
 if TYPE_CHECKING:
-    from hymba_bench.bench.throughput import BenchSettings
     from hymba_bench.run import Design, Job, Reporter
+    from hymba_bench.settings import BenchSettings
 
 
 class MeasurementError(HymbaBenchError):
@@ -265,7 +265,7 @@ class ContextStage:
             if "decode_tok_s" in job.wanted:
                 settings = self.settings[job.name]
                 model = instantiate(cfg, self.device, settings.torch_dtype).eval()
-                at = type(settings)(**{**settings.__dict__, "context": seq})
+                at = settings.at(context=seq)
                 res, batch = halve_on_oom(lambda b, s=at, m=model: decode_throughput(m, s, b),
                                           settings.batch)
                 yield Record.measured(

@@ -48,15 +48,16 @@ def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
     import torch
 
     from hymba_bench.bench.stages import ContextStage
-    from hymba_bench.bench.throughput import check_fits, settings_from_profile
+    from hymba_bench.bench.throughput import check_fits
     from hymba_bench.run import Design, Silent, Stamp, execute, jobs_for
+    from hymba_bench.settings import bench_settings
 
     report = report or Silent()
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
     dev = torch.device(opts.device)
     bench = {}  # each design's bench settings, resolved once
     for rv in resolved:  # bad --batch / --decode, or a context that cannot fit, fail before work
-        s = bench[rv.config.name] = settings_from_profile(rv.profile.bench, dev, opts.bench)
+        s = bench[rv.config.name] = bench_settings(rv.profile, dev, opts.bench)
         check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype, dev)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     run_dir = RunDir(opts.out, "sweep")

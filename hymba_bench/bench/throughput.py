@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,27 +41,11 @@ from hymba_bench.bench.timing import CpuLoad, Timing, measure, synchronize, time
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import InferenceCache, cache_bytes, state_elements
+from hymba_bench.settings import DECODE_MODES, BenchSettings
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class BenchSettings:
-    batch: int
-    context: int
-    gen_tokens: int
-    prefill_batch: int = 1
-    warmup: int = 1
-    repeats: int = 3
-    dtype: str = "float32"
-    decode: str = "auto"  # eager | compiled | graph | auto (see the module docstring)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
-
-DECODE_MODES = ("auto", "eager", "compiled", "graph")
 Step = Callable[[Tensor], Tensor]  # (B, 1) token ids -> (B, 1, vocab) logits, advancing the cache
 GRAPH_WARMUP = 2  # eager steps before a CUDA-graph capture (allocator and cuBLAS set-up)
 SETUP_STEPS = GRAPH_WARMUP + 1  # positions a step's set-up writes (then undoes): the cache needs them
@@ -360,24 +344,3 @@ def prepare_prefill(model: nn.Module, settings: BenchSettings, batch: int) -> Pr
     for _ in range(settings.warmup):
         prepared.once()
     return prepared
-
-
-def settings_from_profile(bench: dict[str, Any], device: torch.device,
-                          overrides: dict[str, Any] | None = None) -> BenchSettings:
-    """The profile's `bench` block for this device kind (cpu or cuda), with overrides applied."""
-    kind = "cuda" if device.type == "cuda" else "cpu"
-    values = {**bench[kind], **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    if values.get("decode", "auto") not in DECODE_MODES:
-        raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, "
-                              f"got {values['decode']!r}", param="decode")
-    if values.get("decode") == "graph" and device.type != "cuda":
-        raise HymbaBenchError("'graph' replays CUDA graphs and needs a CUDA device", param="decode")
-    for key, value in values.items():
-        if key in ("dtype", "decode"):
-            continue
-        if not isinstance(value, int) or value < (0 if key == "warmup" else 1):
-            raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
-    if not isinstance(getattr(torch, str(values.get("dtype")), None), torch.dtype):
-        raise HymbaBenchError(f"expected a torch dtype name, got {values.get('dtype')!r}",
-                              param="dtype")
-    return BenchSettings(**values)

@@ -266,28 +266,38 @@ def train(
     variant: Annotated[str, typer.Argument(help="A registered variant name.")],
     profile: ProfileOpt = "tiny",
     task: Annotated[str, typer.Option(help="'recall' (synthetic MQAR-style) or 'text:PATH'.")] = "recall",
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
-    seq_len: Annotated[int, typer.Option(min=8, help="Tokens per sequence.")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="Seed for weights and data.")] = 0,
+    steps: Annotated[int | None, typer.Option(
+        min=1, help="Optimizer steps (default: the profile's train block).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Sequences per step (default: the profile's).")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        min=8, help="Tokens per sequence (default: the recall task's length, or the design's "
+        "max_seq_len for text).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the profile's).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for weights and data (default: the profile's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     variant_file: VariantFiles = None,
 ) -> None:
     """Proxy-train a variant (AdamW, warm-up + cosine, clipping); writes a safetensors checkpoint."""
-    import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from hymba_bench import build_model
-    from hymba_bench.accuracy.train import TrainSettings
+    from hymba_bench.accuracy.recall import RecallSpec
     from hymba_bench.accuracy.train import train as run_train
+    from hymba_bench.accuracy.train import train_settings
+    from hymba_bench.design.registry import get_profile
+    from hymba_bench.settings import train_budget
 
     out = out or Path("runs/checkpoints") / f"{variant}-{profile}-{task.split(':')[0]}"
-    torch.manual_seed(seed)
-    model = build_model(variant, profile, variant_files=variant_file)
-    settings = TrainSettings(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
-                             warmup=max(1, steps // 10))
+    budget = train_budget(get_profile(profile), {"steps": steps, "batch_size": batch_size, "lr": lr,
+                                                 "seed": seed})
+    model = build_model(variant, profile, variant_files=variant_file, seed=budget.seed)
+    length = seq_len or (RecallSpec(budget.pairs, budget.queries).rendered_length()
+                         if task == "recall" else model.cfg.max_seq_len)
+    settings = train_settings(budget, length, budget.seed)
+    steps = settings.steps
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
                TimeRemainingColumn())
@@ -497,19 +507,18 @@ def profile_decode_cmd(
 ) -> None:
     """Profile decode steps: wall vs device time per step, launches per step, the busiest
     kernels, and the bandwidth bound (what limits each design before optimising it)."""
-    import torch
 
     from hymba_bench.bench.profile import profile_decode
-    from hymba_bench.bench.throughput import settings_from_profile
     from hymba_bench.design.registry import resolve
     from hymba_bench.run import select_variants
+    from hymba_bench.settings import bench_settings
 
     dev = _device(device)
     names_ = select_variants(variants)
     overrides = {"batch": batch, "context": context, "gen_tokens": gen_tokens, "decode": decode}
     for name in names_:
         rv = resolve(name, profile)
-        settings = settings_from_profile(rv.profile.bench, torch.device(dev), overrides)
+        settings = bench_settings(rv.profile, dev, overrides)
         with console.status(f"profiling {name} ..."):
             row = profile_decode(name, profile, dev, settings)
         if out is not None:

@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from hymba_bench.accuracy.recall import (
 from hymba_bench.accuracy.train import TrainSettings, batches, lr_at, train
 from hymba_bench.errors import HymbaBenchError
 
-SMALL = TrainSettings(steps=12, batch_size=4, seq_len=64, lr=3e-3, warmup=2, save_every=6)
+SMALL = TrainSettings(steps=12, batch_size=4, seq_len=64, lr=3e-3, warmup=2, seed=0, save_every=6)
 
 
 def test_recall_items_are_deterministic_and_correct(tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_recall_items_are_deterministic_and_correct(tmp_path: Path) -> None:
 
 def test_recall_training_scores_only_the_answers() -> None:
     spec = RecallSpec(pairs=4, queries=3)
-    ids, mask = next(batches("recall", TrainSettings(batch_size=2, seq_len=spec.rendered_length()),
+    ids, mask = next(batches("recall", replace(SMALL, batch_size=2, seq_len=spec.rendered_length()),
                              random.Random(0), spec))
     assert ids.shape == (2, spec.rendered_length() + 1) and mask.shape == ids.shape
     assert mask.sum().item() == 2 * 3
@@ -59,7 +60,7 @@ def test_recall_training_scores_only_the_answers() -> None:
 
 
 def test_schedule_warms_up_then_decays() -> None:
-    s = TrainSettings(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    s = replace(SMALL, steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
     assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
     assert lr_at(99, s) == pytest.approx(0.1, abs=1e-3)
     assert all(lr_at(i, s) >= lr_at(i + 1, s) for i in range(10, 99))

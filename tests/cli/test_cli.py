@@ -78,9 +78,9 @@ def test_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
 
 def test_profile_decode_reports_where_a_step_goes(tmp_path) -> None:
     from hymba_bench.bench.profile import profile_decode
-    from hymba_bench.bench.throughput import BenchSettings
+    from tests.helpers import bench
 
-    settings = BenchSettings(batch=2, context=64, gen_tokens=3, warmup=1, repeats=2)
+    settings = bench(batch=2, context=64, gen_tokens=3, warmup=1, repeats=2)
     row = profile_decode("mamba", "tiny", "cpu", settings)
     assert row["mode"] == "eager" and row["steps"] == 3 and row["batch"] == 2
     assert row["wall_ms_per_step"] > 0 and row["device_ms_per_step"] > 0

@@ -14,7 +14,6 @@ import torch
 
 from hymba_bench.bench.throughput import (
     SETUP_STEPS,
-    BenchSettings,
     _probe_ms,
     decode_bytes_per_step,
     decode_throughput,
@@ -22,10 +21,9 @@ from hymba_bench.bench.throughput import (
     make_step,
     measure_bandwidth,
     roofline_pct,
-    settings_from_profile,
 )
 from hymba_bench.errors import HymbaBenchError
-from tests.helpers import VARIANTS, small_model
+from tests.helpers import VARIANTS, bench, small_model
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,16 +102,15 @@ def test_checkpoint_restores_positions_in_place() -> None:
 
 
 def test_decode_mode_is_validated_before_work() -> None:
-    bench = {"cpu": {"batch": 1, "context": 8, "gen_tokens": 2}}
     with pytest.raises(HymbaBenchError, match="decode: expected one of auto, eager, compiled, graph"):
-        settings_from_profile(bench, torch.device("cpu"), {"decode": "fast"})
+        bench(decode="fast")
     with pytest.raises(HymbaBenchError, match="'graph' replays CUDA graphs and needs a CUDA device"):
-        settings_from_profile(bench, torch.device("cpu"), {"decode": "graph"})
+        bench(decode="graph")
 
 
 def test_cpu_auto_decode_runs_eagerly_and_says_so() -> None:
     model = small_model("mamba")
-    settings = BenchSettings(batch=2, context=16, gen_tokens=3, warmup=1, repeats=2)
+    settings = bench(batch=2, context=16, gen_tokens=3, warmup=1, repeats=2)
     result = decode_throughput(model, settings, 2)
     assert result.mode == "eager" and result.probe_ms is None and result.tok_s > 0
 

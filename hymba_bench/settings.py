@@ -1,0 +1,125 @@
+"""Every budget a measurement runs under, read from a size profile's blocks.
+
+`bench` (one block per device kind) -> `BenchSettings`; `train` -> `TrainBudget`; `eval` ->
+`EvalBudget`. The profile YAML is the only source of their values: the dataclasses carry no
+defaults, a block missing a key is an error naming the profile file, and overrides (the CLI's
+flags, a library caller's keywords) replace single values, `None` meaning "the profile's".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from hymba_bench.design.registry import Profile
+from hymba_bench.errors import HymbaBenchError
+
+DECODE_MODES = ("auto", "eager", "compiled", "graph")  # how a decode step runs (bench.throughput)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Throughput: decode `gen_tokens` steps at `batch` after `context` cached tokens; prefill
+    `context` tokens at `prefill_batch`; `warmup` untimed then `repeats` timed runs (median)."""
+
+    batch: int
+    context: int
+    gen_tokens: int
+    prefill_batch: int
+    warmup: int
+    repeats: int
+    dtype: str
+    decode: str  # eager | compiled | graph | auto (see hymba_bench.bench.throughput)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def at(self, **changes: Any) -> BenchSettings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Proxy training, the same for every design: `steps` x `batch_size` sequences of the
+    synthetic recall task (`pairs` key-value pairs, `queries` asked), peak `lr` after `warmup`
+    steps; `seeds` trainings from seeds `seed`, `seed` + 1, ..."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    seed: int
+    seeds: int
+    pairs: int
+    queries: int
+
+
+@dataclass(frozen=True)
+class EvalBudget:
+    """Evaluation through lm-eval: `eval_items` synthetic recall items drawn from `eval_seed`,
+    `eval_batch_size` requests per forward pass; `paper_tasks`: the paper's suites run when their
+    datasets are reachable."""
+
+    eval_items: int
+    eval_seed: int
+    eval_batch_size: int
+    paper_tasks: list[str]
+
+
+B = TypeVar("B", BenchSettings, TrainBudget, EvalBudget)
+POSITIVE = {"batch", "context", "gen_tokens", "prefill_batch", "repeats", "steps", "batch_size",
+            "seeds", "pairs", "queries", "eval_items", "eval_batch_size"}
+
+
+def _build(cls: type[B], block: dict[str, Any], where: str,
+           overrides: dict[str, Any] | None) -> B:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(block) - set(names))
+    if unknown:
+        raise HymbaBenchError(f"{where}: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
+    missing = [n for n in names if n not in block]
+    if missing:
+        raise HymbaBenchError(f"{where}: missing {', '.join(missing)} (the profile is the only "
+                              "source of these values)")
+    values = {**block, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key in POSITIVE & set(names):
+        value = values[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
+    return cls(**{k: values[k] for k in names})
+
+
+def bench_settings(profile: Profile, device: torch.device | str,
+                   overrides: dict[str, Any] | None = None) -> BenchSettings:
+    """The profile's `bench` block for this device kind (cpu or cuda), overrides applied."""
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    if kind not in profile.bench:
+        raise HymbaBenchError(f"{profile.path}: bench: no {kind} block (throughput settings)")
+    s = _build(BenchSettings, profile.bench[kind], f"{profile.path}: bench.{kind}", overrides)
+    if s.decode not in DECODE_MODES:
+        raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, got {s.decode!r}",
+                              param="decode")
+    if s.decode == "graph" and kind != "cuda":
+        raise HymbaBenchError("'graph' replays CUDA graphs and needs a CUDA device", param="decode")
+    if not isinstance(s.warmup, int) or s.warmup < 0:
+        raise HymbaBenchError(f"expected a non-negative integer, got {s.warmup!r}", param="warmup")
+    if not isinstance(getattr(torch, str(s.dtype), None), torch.dtype):
+        raise HymbaBenchError(f"expected a torch dtype name, got {s.dtype!r}", param="dtype")
+    return s
+
+
+def train_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> TrainBudget:
+    """The profile's `train` block, overrides applied; an impossible recall task raises."""
+    from hymba_bench.accuracy.recall import RecallSpec
+
+    budget = _build(TrainBudget, profile.train, f"{profile.path}: train", overrides)
+    RecallSpec(pairs=budget.pairs, queries=budget.queries)  # raises on an impossible task
+    return budget
+
+
+def eval_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> EvalBudget:
+    return _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)
