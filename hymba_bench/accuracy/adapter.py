@@ -1,8 +1,11 @@
-"""lm-eval adapter: any variant (and checkpoint) as an `lm_eval.api.model.LM`, registered as
+"""lm-eval adapter: any variant (and checkpoint) as an lm-eval model, registered as
 `hymba_bench`.
 
-- `loglikelihood`: batched by length with right padding (a causal model's logits do not see the
-  padding to their right), exact sums of continuation log-probabilities, BOS for empty contexts.
+It subclasses lm-eval's `TemplateLM`, which owns the request plumbing (context/continuation
+splitting with word-boundary spaces moved to the continuation, empty contexts conditioned on the
+prefix token); this class supplies the tokenizer and the scoring:
+- `_loglikelihood_tokens`: batched by length with right padding (a causal model's logits do not
+  see the padding to their right), exact sums of continuation log-probabilities.
 - `loglikelihood_rolling`: lm-eval's rolling windows over documents longer than the context.
 - `generate_until`: greedy, batched over prompts of equal token length, with the inference
   cache; stop strings and `max_gen_toks` honoured. Sampling is not supported (greedy only).
@@ -16,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lm_eval.api.model import LM
+from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from hymba_bench.accuracy.tokenizer import load_tokenizer
@@ -25,7 +28,7 @@ from hymba_bench.model.generate import greedy_generate
 
 
 @register_model("hymba_bench")
-class HymbaBenchLM(LM):
+class HymbaBenchLM(TemplateLM):
     def __init__(self, variant: str = "e-meta-tokens", profile: str = "tiny",
                  checkpoint: str | Path | None = None, batch_size: int | str = 8,
                  device: str = "cpu", max_length: int | None = None,
@@ -56,13 +59,19 @@ class HymbaBenchLM(LM):
         self.max_length = int(max_length or self.model.cfg.max_seq_len)
         self._device = torch.device(device)
 
+    # ------------------------------------------------------------------ what TemplateLM needs
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.tokenizer.bos_id  # an empty context is conditioned on BOS, as in training
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        return self.tokenizer.encode(string)
+
     # ------------------------------------------------------------------ scoring
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        spaces = len(context) - len(context.rstrip())
-        if spaces:  # lm-eval's convention: word-boundary spaces belong to the continuation
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        ctx = self.tokenizer.encode(context) or [self.tokenizer.bos_id]
-        return ctx, self.tokenizer.encode(continuation)
 
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -88,10 +97,12 @@ class HymbaBenchLM(LM):
                 out[i] = (total, greedy)
         return out  # type: ignore[return-value]
 
-    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        results = self._score([self._encode_pair(*r.args) for r in requests])
-        for r, res in zip(requests, results, strict=True):
-            self.cache_hook.add_partial("loglikelihood", r.args, res)
+    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
+                              **kwargs: Any) -> list[tuple[float, bool]]:
+        """((context, continuation), context ids, continuation ids) -> (log p, greedy)."""
+        results = self._score([(ctx, cont) for _, ctx, cont in requests])
+        for (args, _, _), res in zip(requests, results, strict=True):
+            self.cache_hook.add_partial("loglikelihood", args, res)
         return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -101,7 +112,7 @@ class HymbaBenchLM(LM):
         for r in requests:
             (text,) = r.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tokenizer.encode(text), prefix_token=self.tokenizer.bos_id,
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length, context_len=1)]
             total = sum(score for score, _ in self._score(windows))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
@@ -118,7 +129,7 @@ class HymbaBenchLM(LM):
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.get("max_gen_toks", 256))
-            ids = (self.tokenizer.encode(context) or [self.tokenizer.bos_id])
+            ids = self.tok_encode(context) or [self.prefix_token_id]
             ids = ids[-max(1, self.max_length - max_new):]
             groups[(len(ids), max_new, tuple(until))].append((i, ids))
         for (_, max_new, until), members in groups.items():
