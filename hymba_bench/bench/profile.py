@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hymba_bench import ops
-from hymba_bench.bench.timing import Timing, measure, synchronize
+from hymba_bench.bench.timing import Timing, measure
 
 
 def machine() -> dict[str, Any]:
@@ -128,12 +128,9 @@ def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
     wall = Timing.of([prepared.once() for _ in range(s.repeats)])  # warmed up by prepare_decode
     cuda = dev.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.inference_mode(), torch_profile(activities=activities) as prof:
-        prepared._restore()
-        synchronize(dev)
-        prof.step()  # what follows is the steps alone
-        prepared._generate()
-        synchronize(dev)
+    prepared.reset()  # outside the profile: what it sees is the steps alone
+    with torch_profile(activities=activities) as prof:
+        prepared.steps()
     steps = s.gen_tokens
     busy: dict[str, float] = {}
     launches = kernels = 0

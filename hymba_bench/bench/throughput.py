@@ -203,6 +203,18 @@ class PreparedDecode:
     def once(self) -> float:
         return time_call(self._generate, self.device, self._restore)
 
+    @torch.inference_mode()
+    def reset(self) -> None:
+        """The cache back at its checkpointed state (where every timed run starts)."""
+        self._restore()
+        synchronize(self.device)
+
+    @torch.inference_mode()
+    def steps(self) -> None:
+        """The `gen_tokens` steps, untimed, for a profiler to watch; `reset()` first."""
+        self._generate()
+        synchronize(self.device)
+
     def result(self, timing: Timing) -> DecodeResult:
         return DecodeResult(self.batch * self.settings.gen_tokens / timing.median_s, self.batch,
                             timing, self.peak.peak_bytes, self.peak.source, self.mode,
