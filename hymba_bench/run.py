@@ -16,22 +16,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
+import hymba_bench
+from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
+from hymba_bench.bench.profile import machine
+from hymba_bench.bench.stages import CacheStage, ThroughputStage
+from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.design.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.ops import backend_report
+from hymba_bench.results.plots import roadmap_plot
 from hymba_bench.results.records import (
     Record,
     RecordSet,
     ResultsFile,
     RunDir,
-    base_context,
     placement,
 )
+from hymba_bench.results.tables import extended_table, roadmap_table
+from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
+from hymba_bench.workers import Unit, run_in_parallel
 
 STAGES = ("cache", "throughput", "accuracy")
 
@@ -201,13 +215,6 @@ class RunOptions:
 def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage]:
     """The stages `opts` asks for, their settings resolved and checked (bad --batch, a design
     that cannot fit, a bad budget or data directory fail here, before anything is written)."""
-    import torch
-
-    from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
-    from hymba_bench.bench.stages import CacheStage, ThroughputStage
-    from hymba_bench.bench.throughput import check_fits
-    from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
-
     for stage in opts.skip:
         if stage not in STAGES:
             raise HymbaBenchError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}", param="skip")
@@ -275,8 +282,6 @@ def _parallel(opts: RunOptions, jobs: list[Job]) -> bool:
 
 def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: ResultsFile,
                         stamp: Stamp, report: Reporter) -> None:
-    from hymba_bench.workers import Unit, run_in_parallel
-
     workers = min(opts.workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
     report.log(f"training {len(jobs)} designs, {workers} at a time ({threads} thread"
@@ -288,9 +293,6 @@ def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: 
 def write_tables(run_dir: RunDir) -> dict[str, Any]:
     """Table 1's layout and the extended table (CSV and Markdown) and the roadmap picture, from
     the records; the tables, by name."""
-    from hymba_bench.results.plots import roadmap_plot
-    from hymba_bench.results.tables import extended_table, roadmap_table
-
     records = run_dir.records()
     built = {"roadmap": roadmap_table(records), "roadmap_extended": extended_table(records)}
     for name, table in built.items():
@@ -298,6 +300,40 @@ def write_tables(run_dir: RunDir) -> dict[str, Any]:
         run_dir.table(name, "md").write_text(table.to_markdown())
     roadmap_plot(records, run_dir.plot("roadmap"))
     return built
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit measured, "-dirty" when the working tree differs from it (uncommitted code, or
+    a copy whose git metadata is older than its files): a figure names the code behind it."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7",
+                              "--exclude=*"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: Any) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return str(machine()["cpu"])
+
+
+def base_context(device: Any) -> dict[str, Any]:
+    """What every record of a run shares: machine, versions, commit."""
+    return {
+        "device": device_name(device),
+        "device_type": str(torch.device(device).type),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hymba_bench": hymba_bench.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "backend": backend_report(device),
+    }
 
 
 def default_out() -> Path:

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from hymba_bench.results.records import ResultsFile
+
 if TYPE_CHECKING:
     from hymba_bench.run import Job, Reporter, Stage, Stamp, Training
 
@@ -78,10 +82,7 @@ def _init(progress_queue: Any) -> None:
 
 
 def _run_unit(unit: Unit) -> str:
-    import torch
-
-    from hymba_bench.results.records import ResultsFile
-    from hymba_bench.run import execute
+    from hymba_bench.run import execute  # run imports this module: the child's import, not ours
 
     torch.set_num_threads(unit.threads)
     stamp = unit.stamp.with_context(threads=unit.threads)

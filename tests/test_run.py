@@ -14,13 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hymba_bench.results.records as results_mod
 from hymba_bench.bench.stages import CacheStage, MeasurementError, ThroughputStage
 from hymba_bench.bench.throughput import decode_throughput, filled_cache, halve_on_oom
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
 from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
-from hymba_bench.run import RunOptions, run
+from hymba_bench.run import RunOptions, git_commit, run
 from tests.helpers import bench, small_model
 
 FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
@@ -247,10 +246,6 @@ def test_table_unknown_format(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_git_commit_is_recorded() -> None:
-    assert results_mod.git_commit()
-
-
 TINY_BUDGET = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16}
 
 
@@ -366,8 +361,6 @@ def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path) 
 
 
 def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
-    from hymba_bench.results.records import git_commit
-
     repo = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -384,7 +377,7 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None
     """With the paper's data, each seed's SWDE/SQuAD-C and commonsense scores are recorded, so a
     run resumed between seeds still reports the paper tasks' mean over every seed."""
     from hymba_bench.accuracy.evaluate import EvalOutcome
-    from hymba_bench.accuracy.stage import PAPER_RECALL
+    from hymba_bench.results.records import PAPER_RECALL
     from hymba_bench.run import Silent
 
     paper = EvalOutcome(values={"recall_pct": 50.0, "commonsense_pct": 40.0},

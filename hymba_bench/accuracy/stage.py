@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hymba_bench.accuracy.evaluate import evaluate, quiet_stderr
+from hymba_bench.accuracy.recall import RecallSpec
+from hymba_bench.accuracy.train import train, train_settings
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import Record, RecordSet, RunDir
+from hymba_bench.model.lm import count_parameters, instantiate
+from hymba_bench.results.records import PAPER_RECALL, SYNTHETIC, Record, RecordSet, RunDir
 from hymba_bench.settings import EvalBudget, TrainBudget
 
 if TYPE_CHECKING:
     from hymba_bench.run import Design, Job, Reporter, Training
 
-SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
-PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
 PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
 
 
@@ -55,8 +58,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether lm-eval could download the paper's datasets; offline runs skip them at once."""
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
-    import socket
-
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True
@@ -67,8 +68,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call `fn` with stderr held back: lm-eval's and datasets' progress bars would tear through
     the run's own; failures still surface, as exceptions."""
-    from hymba_bench.accuracy.evaluate import quiet_stderr
-
     with quiet_stderr():
         return fn(*args, **kwargs)
 
@@ -99,14 +98,10 @@ class AccuracyStage:
     metrics: tuple[str, ...] = ("commonsense_pct", "recall_pct")
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
-        from hymba_bench.bench.stages import missing
-
-        return missing(self.metrics, design, records)
+        return records.missing(self.metrics, design.name, design.profile)
 
     def cost(self, design: Design) -> float:
         """Expected training time, any unit (parameters): the largest designs start first."""
-        from hymba_bench.model.lm import count_parameters
-
         return float(count_parameters(design.config))
 
     def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
@@ -186,11 +181,7 @@ class AccuracyStage:
                   on_step: Callable[[int, float], None]) -> tuple[Record, Any]:
         """Train and evaluate one seed: its synthetic-recall record and the paper suites'
         outcome (None without their data)."""
-        from hymba_bench.accuracy.adapter import HymbaBenchLM
-        from hymba_bench.accuracy.evaluate import evaluate
-        from hymba_bench.accuracy.recall import RecallSpec
-        from hymba_bench.accuracy.train import train, train_settings
-        from hymba_bench.model.lm import instantiate
+        from hymba_bench.accuracy.adapter import HymbaBenchLM  # lm-eval: seconds to import
 
         budget, evals, name, rv = self.train, self.eval, job.name, job.design.rv
         spec = RecallSpec(pairs=budget.pairs, queries=budget.queries)

@@ -16,6 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hymba_bench.bench.throughput import (
+    available_bytes,
+    decode_bytes_per_step,
+    decode_throughput,
+    device_bandwidth,
+    halve_on_oom,
+    prepare_decode,
+    prepare_prefill,
+    roofline_pct,
+    time_round_robin,
+)
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import InferenceCache, cache_bytes, cache_mb_paper
 from hymba_bench.model.lm import count_parameters, instantiate
@@ -28,12 +39,6 @@ if TYPE_CHECKING:
 
 class MeasurementError(HymbaBenchError):
     """A measurement contradicts itself (e.g. allocated cache bytes differ from the formula)."""
-
-
-def missing(metrics: tuple[str, ...], design: Design, records: RecordSet) -> set[str]:
-    """The `metrics` not yet settled for `design` at its profile."""
-    done = records.done()
-    return {m for m in metrics if (design.name, m, design.profile) not in done}
 
 
 def allocated_cache_bytes(cfg: Any, seq: int) -> tuple[int, int]:
@@ -65,7 +70,7 @@ class CacheStage:
     metrics: tuple[str, ...] = ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb")
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
-        return missing(self.metrics, design, records)
+        return records.missing(self.metrics, design.name, design.profile)
 
     def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
         for job in jobs:
@@ -117,7 +122,7 @@ class ThroughputStage:
                                 "decode_roofline_pct")
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
-        return missing(self.metrics, design, records)
+        return records.missing(self.metrics, design.name, design.profile)
 
     def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
         together = len(jobs) > 1 and self.fits_together(jobs)
@@ -140,7 +145,6 @@ class ThroughputStage:
         """Can every design's decode cache be held at once (within half the free memory)?
         Interleaving needs that; at paper scale on a GPU it usually does not, and designs are
         timed one after another instead."""
-        from hymba_bench.bench.throughput import available_bytes
 
         free = available_bytes(torch.device(self.device))
         if free is None:
@@ -155,7 +159,6 @@ class ThroughputStage:
     def _set_up(self, timed: _Timed, log: Callable[[str], None]) -> None:
         """The bench model, then prefill and decode set up (caches filled, step built, warmed
         up) for `_time` to time beside the other designs'."""
-        from hymba_bench.bench.throughput import halve_on_oom, prepare_decode, prepare_prefill
 
         settings, name, wanted = timed.settings, timed.job.name, timed.job.wanted
         timed.model = model = instantiate(timed.job.design.config, self.device,
@@ -175,12 +178,6 @@ class ThroughputStage:
     def _time(self, timed: list[_Timed],
               log: Callable[[str], None] | None = None) -> Iterator[Record]:
         """Time the prepared prefills, then decodes, interleaved round by round."""
-        from hymba_bench.bench.throughput import (
-            decode_bytes_per_step,
-            device_bandwidth,
-            roofline_pct,
-            time_round_robin,
-        )
 
         prefills = [t for t in timed if t.prefill is not None]
         if prefills:
@@ -250,7 +247,6 @@ class ContextStage:
         return {m for m in self.metrics if m not in done}
 
     def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
-        from hymba_bench.bench.throughput import decode_throughput, halve_on_oom
 
         seq = self.context
         for job in jobs:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from hymba_bench.bench.stages import ContextStage
+from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import RecordSet, RunDir, base_context, placement
-
-if TYPE_CHECKING:
-    from hymba_bench.run import Reporter
+from hymba_bench.results.records import RecordSet, RunDir, placement
+from hymba_bench.run import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
+from hymba_bench.settings import bench_settings
 
 
 @dataclass
@@ -45,13 +48,6 @@ def parse_seq_lens(text: str) -> list[int]:
 
 def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
     """Every design at every context (a `ContextStage` each), then the plots; their paths."""
-    import torch
-
-    from hymba_bench.bench.stages import ContextStage
-    from hymba_bench.bench.throughput import check_fits
-    from hymba_bench.run import Design, Silent, Stamp, execute, jobs_for
-    from hymba_bench.settings import bench_settings
-
     report = report or Silent()
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
     dev = torch.device(opts.device)

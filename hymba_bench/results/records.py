@@ -20,12 +20,9 @@ import fcntl
 import json
 import math
 import os
-import platform
-import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal, overload
 
@@ -110,6 +107,9 @@ FIELDS: dict[str, str] = {
     "recall_queries": "queries per sequence of the synthetic recall task",
     "checkpoint": "the trained checkpoint's directory",
 }
+
+SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure
+PAPER_RECALL = "swde+squad_completion"  # ... and of the paper's own tasks
 
 Kind = Literal["metric", "note", "missing"]
 
@@ -263,6 +263,11 @@ class RecordSet(Sequence[Record]):
         """(variant, metric, profile) already settled: measured, or noted as not measurable."""
         return {(r.variant, r.settles, r.profile) for r in self if r.kind != "note" or r.settles != "note"}
 
+    def missing(self, metrics: Iterable[str], variant: str, profile: str) -> set[str]:
+        """The `metrics` not yet settled for `variant` at `profile` (what a stage still needs)."""
+        done = self.done()
+        return {m for m in metrics if (variant, m, profile) not in done}
+
     def why_missing(self) -> dict[tuple[str, str], str]:
         """(variant or "*", stage) -> why that stage has no figures there."""
         return {(r.variant, str(r.get("stage"))): str(r.value) for r in self if r.kind != "metric"}
@@ -411,49 +416,6 @@ class RunDir:
     def plot(self, name: str) -> Path:
         """`roadmap`, `compare`, `sweep_throughput` or `sweep_cache`, as PNG."""
         return self.path / f"{name}.png"
-
-
-@lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit measured, "-dirty" when the working tree differs from it (uncommitted code, or
-    a copy whose git metadata is older than its files): a figure names the code behind it."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7",
-                              "--exclude=*"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device: Any) -> str:
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from hymba_bench.bench.profile import machine
-
-    return str(machine()["cpu"])
-
-
-def base_context(device: Any) -> dict[str, Any]:
-    """What every record of a run shares: machine, versions, commit."""
-    import torch
-
-    import hymba_bench
-    from hymba_bench.ops import backend_report
-
-    return {
-        "device": device_name(device),
-        "device_type": str(torch.device(device).type),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "hymba_bench": hymba_bench.__version__,
-        "python": platform.python_version(),
-        "git_commit": git_commit(),
-        "backend": backend_report(device),
-    }
 
 
 def placement(rv: Any, profile: str) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from hymba_bench.accuracy.stage import PAPER_RECALL
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import Record, RecordSet
+from hymba_bench.results.records import PAPER_RECALL, Record, RecordSet
 
 COLUMNS = [
     "Configuration",
