@@ -50,7 +50,7 @@ class RegistryError(HymbaBenchError):
     """A lookup or a variant/profile file that cannot be used; the message is one line."""
 
 
-def _package_data(kind: str) -> Path:
+def package_data(kind: str) -> Path:
     package = Path(__file__).resolve().parents[1]
     for candidate in (package.parent / kind, package / kind):  # source checkout, then installed wheel
         if candidate.is_dir():
@@ -59,7 +59,7 @@ def _package_data(kind: str) -> Path:
 
 
 def variants_dir() -> Path:
-    return _package_data("variants")
+    return package_data("variants")
 
 
 @dataclass(frozen=True)

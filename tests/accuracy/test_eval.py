@@ -74,3 +74,13 @@ def test_missing_text_gives_a_reason(lm: HymbaBenchLM) -> None:
 def test_unknown_suite() -> None:
     with pytest.raises(HymbaBenchError, match="unknown suite 'trivia'"):
         parse_suites("recall,trivia")
+
+
+def test_the_paper_suites_are_the_task_groups_in_tasks() -> None:
+    """The task lists live in tasks/ (data); the paper's metric convention is applied to them."""
+    from hymba_bench.accuracy.evaluate import SUITES
+
+    assert SUITES["commonsense"] == {
+        "lambada_openai": "acc", "piqa": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",
+        "hellaswag": "acc_norm", "winogrande": "acc", "truthfulqa_mc2": "acc", "social_iqa": "acc"}
+    assert SUITES["recall"] == {"swde": "contains", "squad_completion": "contains"}
