@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 import hymba_bench
+from hymba_bench import workers
 from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
 from hymba_bench.bench.profile import machine
 from hymba_bench.bench.stages import CacheStage, ThroughputStage
@@ -34,6 +35,7 @@ from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.design.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.ops import backend_report
 from hymba_bench.results.plots import roadmap_plot
 from hymba_bench.results.records import (
@@ -45,7 +47,6 @@ from hymba_bench.results.records import (
 )
 from hymba_bench.results.tables import extended_table, roadmap_table
 from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
-from hymba_bench.workers import Unit, run_in_parallel
 
 STAGES = ("cache", "throughput", "accuracy")
 
@@ -210,6 +211,8 @@ class RunOptions:
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
     log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
     workers: int = 1  # designs trained at once in the accuracy stage (CPU: a process each)
+    executor: str = "local"  # local | ray | slurm (hymba_bench.executors)
+    executor_options: dict[str, Any] = field(default_factory=dict)  # ray_address, slurm_*
 
 
 def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage]:
@@ -252,7 +255,9 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
     resolved = [resolve(name, opts.profile, opts.variant_files) for name in opts.variants]
     stages = plan_stages(opts, resolved)
     run_dir = RunDir(opts.out)
+    executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
+    failures: list[Failure] = []
     with run_dir.lock():
         results = run_dir.open(opts.resume)
         context = base_context(opts.device)
@@ -267,11 +272,16 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
             jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
             if not jobs:
                 continue
-            if stage.name == "accuracy" and _parallel(opts, jobs):
+            if executor is not None:  # one unit per design, run where the engine puts it
+                failures += executor.run([Unit(stage, job, stamp) for job in jobs], results, report)
+            elif stage.name == "accuracy" and _parallel(opts, jobs):
                 _train_side_by_side(stage, jobs, opts, results, stamp, report)
             else:
                 execute(stage, jobs, results, stamp, report)
-        write_tables(run_dir)
+        if results.load().metrics():
+            write_tables(run_dir)
+    if failures:
+        raise UnitsFailed(failures)
     return run_dir
 
 
@@ -282,12 +292,12 @@ def _parallel(opts: RunOptions, jobs: list[Job]) -> bool:
 
 def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: ResultsFile,
                         stamp: Stamp, report: Reporter) -> None:
-    workers = min(opts.workers, len(jobs))
+    count = min(opts.workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
-    report.log(f"training {len(jobs)} designs, {workers} at a time ({threads} thread"
+    report.log(f"training {len(jobs)} designs, {count} at a time ({threads} thread"
                f"{'s' if threads > 1 else ''} each)")
-    units = [Unit(stage, job, results.path, stamp, threads) for job in jobs]
-    run_in_parallel(units, workers, report, {j.name: stage.cost(j.design) for j in jobs})
+    units = [workers.Unit(stage, job, results.path, stamp, threads) for job in jobs]
+    workers.run_in_parallel(units, count, report, {j.name: stage.cost(j.design) for j in jobs})
 
 
 def write_tables(run_dir: RunDir) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from hymba_bench.bench.stages import ContextStage
 from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.results.records import RecordSet, RunDir, placement
 from hymba_bench.run import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
 from hymba_bench.settings import bench_settings
@@ -33,6 +34,8 @@ class SweepOptions:
     device: str = "cpu"
     variant_files: list[Path] = field(default_factory=list)
     bench: dict[str, Any] = field(default_factory=dict)
+    executor: str = "local"  # local | ray | slurm (hymba_bench.executors)
+    executor_options: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_seq_lens(text: str) -> list[int]:
@@ -57,14 +60,23 @@ def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
         check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype, dev)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     run_dir = RunDir(opts.out, "sweep")
+    executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
+    failures: list[Failure] = []
     with run_dir.lock():
         results = run_dir.open(opts.resume)
         stamp = Stamp(base_context(opts.device), opts.profile,
                       {d.name: placement(d.rv, opts.profile) for d in designs})
         for seq in opts.seq_lens:
             stage = ContextStage(seq, bench, opts.device)
-            execute(stage, jobs_for(stage, designs, results.load(), report), results, stamp, report)
-        return plot(results.load(), run_dir)
+            jobs = jobs_for(stage, designs, results.load(), report)
+            if executor is None:
+                execute(stage, jobs, results, stamp, report)
+            elif jobs:
+                failures += executor.run([Unit(stage, job, stamp) for job in jobs], results, report)
+        paths = plot(results.load(), run_dir)
+    if failures:
+        raise UnitsFailed(failures)
+    return paths
 
 
 def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:

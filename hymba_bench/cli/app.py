@@ -41,6 +41,17 @@ RepeatsOpt = Annotated[int | None, typer.Option(help="Timed repeats (median repo
 DecodeOpt = Annotated[str | None, typer.Option(
     help="How a decode step runs: eager, compiled (torch.compile), graph (CUDA-graph replay) or "
          "auto (measured: the faster of eager and graph on CUDA; eager on the CPU).")]
+ExecutorOpt = Annotated[str, typer.Option(
+    help="Where units run: local (this machine), ray (a Ray cluster: pip install "
+         "'hymba-bench[ray]') or slurm (submitit: pip install 'hymba-bench[slurm]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    help="With --executor ray: the cluster to join (default: start a local one).")]
+SlurmPartitionOpt = Annotated[str | None, typer.Option(help="With --executor slurm: partition.")]
+SlurmTimeOpt = Annotated[int, typer.Option(min=1, help="With --executor slurm: minutes per job.")]
+SlurmGpusOpt = Annotated[int, typer.Option(min=0, help="With --executor slurm: GPUs per task.")]
+SlurmAccountOpt = Annotated[str | None, typer.Option(help="With --executor slurm: account.")]
+SlurmRetriesOpt = Annotated[int, typer.Option(
+    min=0, help="With --executor slurm: re-submissions of a failed or pre-empted job.")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     help="Local copies of lm-eval's datasets: a Hugging Face datasets cache (see README).")]
 
@@ -161,6 +172,13 @@ def run(
     workers: Annotated[int | None, typer.Option(
         min=1, help="Designs trained at once in the accuracy stage, a process each (default: "
         "one per CPU core on the CPU, 1 on a GPU).")] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_account: SlurmAccountOpt = None,
+    slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     from hymba_bench.cli.progress import RunProgress
@@ -179,7 +197,9 @@ def run(
                              "repeats": repeats, "decode": decode},
                       train={"steps": train_steps, "seeds": seeds}, data_dir=data_dir,
                       log_samples=log_samples,
-                      workers=workers or default_workers(dev, len(chosen)))
+                      workers=workers or default_workers(dev, len(chosen)), executor=executor,
+                      executor_options=_engine(ray_address, slurm_partition, slurm_time,
+                                               slurm_gpus, slurm_account, slurm_retries))
     stages = len([s for s in STAGES if s not in opts.skip])
     try:
         with RunProgress(console, len(chosen), stages) as progress:
@@ -207,6 +227,13 @@ def sweep(
     gen_tokens: GenTokensOpt = None,
     repeats: RepeatsOpt = None,
     decode: DecodeOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_account: SlurmAccountOpt = None,
+    slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:
     """Decode throughput and cache size against context length, as results and PNG plots."""
     from hymba_bench.bench.sweep import SweepOptions, parse_seq_lens
@@ -219,7 +246,9 @@ def sweep(
                         profile=profile, out=out, resume=resume, device=_device(device),
                         variant_files=files,
                         bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats,
-                               "decode": decode})
+                               "decode": decode}, executor=executor,
+                        executor_options=_engine(ray_address, slurm_partition, slurm_time,
+                                                 slurm_gpus, slurm_account, slurm_retries))
     try:
         with RunProgress(console, len(opts.variants), len(opts.seq_lens), unit="contexts") as progress:
             paths = run_sweep(opts, progress)
@@ -244,6 +273,14 @@ def table(
     records = RunDir(run_dir).records()
     built = extended_table(records) if extended else roadmap_table(records)
     print({"md": built.to_markdown, "csv": built.to_csv, "json": built.to_json}[format](), end="")
+
+
+def _engine(ray_address: str | None, slurm_partition: str | None, slurm_time: int,
+            slurm_gpus: int, slurm_account: str | None, slurm_retries: int) -> dict[str, Any]:
+    """The executor options, as `hymba_bench.executors.make_executor` takes them."""
+    return {"ray_address": ray_address, "slurm_partition": slurm_partition,
+            "slurm_time": slurm_time, "slurm_gpus": slurm_gpus, "slurm_account": slurm_account,
+            "slurm_retries": slurm_retries}
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -391,6 +428,13 @@ def compare(
     context: ContextOpt = None,
     repeats: RepeatsOpt = None,
     decode: DecodeOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_account: SlurmAccountOpt = None,
+    slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.cli.progress import RunProgress
@@ -407,7 +451,9 @@ def compare(
     opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
                       device=_device(device), variant_files=files,
                       bench={"batch": batch, "context": context, "repeats": repeats,
-                             "decode": decode})
+                             "decode": decode}, executor=executor,
+                      executor_options=_engine(ray_address, slurm_partition, slurm_time,
+                                               slurm_gpus, slurm_account, slurm_retries))
     with RunProgress(console, len(names), 2) as progress:
         run_dir = run_all(opts, progress)
     records = run_dir.records()

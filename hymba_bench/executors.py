@@ -1,0 +1,242 @@
+"""Where a run's units of work execute: here, or on the cluster engine a lab already has.
+
+A unit (`Unit`) is one design's stage: the stage object, the design's job, the stamp its records
+carry. It is independent (it reads nothing but its job) and idempotent (run again, it measures
+the same things again; the latest record wins), so any engine may run it anywhere, and a resumed
+run skips units whose records exist, whichever engine made them. `run_unit` is the whole of a
+unit, wherever it runs: the stage's records, stamped.
+
+- `local` (the default): units run in this process (or, for the accuracy stage on a multi-core
+  CPU, in the local process pool of `hymba_bench.workers`), exactly as before executors existed.
+- `ray`: each unit a Ray task, with its resource request: 1 GPU on CUDA; on the CPU, one core for
+  cache and accuracy units (one torch thread each), and for a throughput unit as many cores as
+  this machine has, so that it is timed alone on a node like this one and measures the design,
+  not its neighbours. `address` joins an existing cluster; without it a local one is started.
+  Records come back to the driver, which appends them: no shared file system is needed for them.
+- `slurm`: through submitit, the units of a stage as one job array; each job appends its own
+  records to the run directory (Slurm clusters share a file system), the driver waits, re-submits
+  failed or pre-empted jobs up to `retries` times, and names the ones that still failed.
+
+Faults: a unit that raises or is killed loses only its own records (the results file takes whole
+lines under a lock, and a torn last line is ignored on reading); the others go on, and the run
+ends with `UnitsFailed`, naming every failed unit and why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.results.records import Record, ResultsFile
+
+if TYPE_CHECKING:
+    from hymba_bench.run import Job, Reporter, Stage, Stamp
+
+EXECUTORS = ("local", "ray", "slurm")
+
+
+class UnitsFailed(HymbaBenchError):
+    """Some units failed; the others' records are kept. Exit status 1: the work, not the input."""
+
+    exit_code = 1
+
+    def __init__(self, failures: list[Failure]) -> None:
+        listed = "; ".join(f"{f.unit}: {f.reason}" for f in failures)
+        super().__init__(f"{len(failures)} unit{'s' if len(failures) > 1 else ''} failed "
+                         f"(the rest are recorded; rerun with `resume` to retry them): {listed}")
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class Unit:
+    stage: Stage
+    job: Job
+    stamp: Stamp
+    threads: int | None = None  # torch threads where it runs (None: leave the default)
+
+    @property
+    def name(self) -> str:
+        return f"{self.job.name}/{self.stage.name}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    unit: str
+    reason: str
+
+
+def run_unit(unit: Unit) -> list[Record]:
+    """A unit, wherever it runs: its stage's records for its one design, stamped."""
+    import torch
+
+    from hymba_bench.run import Silent
+
+    if unit.threads:
+        torch.set_num_threads(unit.threads)
+    stamp = unit.stamp.with_context(threads=torch.get_num_threads())
+    return [stamp(r) for r in unit.stage.run([unit.job], Silent())]
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the exception's type and first line, the innermost frame where it was raised;
+    for an engine's wrapper around a remote traceback (submitit), that traceback's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and any(line.startswith("Traceback") for line in lines):
+        raised = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line)]
+        if raised:
+            return raised[-1]
+    message = lines[0] if lines else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {message}{where}" if message else type(exc).__name__ + where
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]: ...
+
+
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise HymbaBenchError(f"{module} is not installed: pip install \"hymba-bench[{extra}]\"",
+                              param="executor") from None
+
+
+def resources(unit: Unit, cpus_here: int) -> dict[str, float]:
+    """A unit's Ray resource request (see the module docstring)."""
+    if str(getattr(unit.stage, "device", "cpu")).startswith("cuda"):
+        return {"num_gpus": 1, "num_cpus": 1}
+    if unit.stage.name == "throughput":
+        return {"num_cpus": cpus_here}
+    return {"num_cpus": 1}
+
+
+@dataclass
+class RayExecutor:
+    address: str | None = None
+    name: str = "ray"
+
+    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
+        ray = _optional("ray", "ray")
+        if not ray.is_initialized():
+            cpus = os.cpu_count() or 1
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                options["address"] = self.address
+            else:  # a local cluster the size of this machine, with a modest object store
+                options.update(num_cpus=cpus, object_store_memory=200 * 2**20)
+            ray.init(**options)
+        cpus_here = os.cpu_count() or 1
+        task = ray.remote(max_retries=0)(run_unit)
+        refs = {}
+        for unit in units:
+            request = resources(unit, cpus_here)
+            threads = None if "num_gpus" in request else int(request["num_cpus"])
+            sent = Unit(unit.stage, unit.job, unit.stamp, threads)
+            refs[task.options(**request).remote(sent)] = unit
+            report.start(unit.job.design.index, unit.job.name, f"{unit.stage.name} (ray)")
+        failures = []
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            unit = refs[done[0]]
+            try:
+                for record in ray.get(done[0]):
+                    results.append(record)
+            except Exception as exc:  # the task's own error, or the worker's death
+                failures.append(Failure(unit.name, _reason(getattr(exc, "cause", None) or exc)))
+            report.advance()
+        return failures
+
+
+def _run_unit_into(unit: Unit, results: str) -> int:
+    """A Slurm job's body: the unit's records appended to the run's results file."""
+    file = ResultsFile(Path(results))
+    records = run_unit(unit)
+    for record in records:
+        file.append(record)
+    return len(records)
+
+
+@dataclass
+class SlurmExecutor:
+    """`partition`, `time_min`, `gpus` per task and `account` go to Slurm; `folder` holds
+    submitit's job files and logs. `local=True` runs the jobs as local processes through
+    submitit's LocalExecutor (how the tests run the Slurm path without a cluster)."""
+
+    folder: Path
+    partition: str | None = None
+    time_min: int = 60
+    gpus: int = 0
+    account: str | None = None
+    retries: int = 2
+    local: bool = False
+    name: str = "slurm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _executor(self) -> Any:
+        submitit = _optional("submitit", "slurm")
+        if self.local:
+            ex = submitit.LocalExecutor(folder=str(self.folder))
+            ex.update_parameters(timeout_min=self.time_min)
+            return ex
+        ex = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
+        params: dict[str, Any] = {"timeout_min": self.time_min, "tasks_per_node": 1,
+                                  "slurm_gpus_per_task": self.gpus or None}
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.account:
+            params["slurm_account"] = self.account
+        ex.update_parameters(**{k: v for k, v in {**params, **self.extra}.items() if v is not None})
+        return ex
+
+    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
+        executor = self._executor()
+        todo, failures = list(units), []
+        for attempt in range(self.retries + 1):
+            for unit in todo:
+                report.start(unit.job.design.index, unit.job.name,
+                             f"{unit.stage.name} (slurm{', retry ' + str(attempt) if attempt else ''})")
+            jobs = executor.map_array(_run_unit_into, todo, [str(results.path)] * len(todo))
+            again: list[Unit] = []
+            failures = []
+            for unit, job in zip(todo, jobs, strict=True):
+                try:
+                    job.result()
+                    report.advance()
+                except Exception as exc:  # failed, timed out or pre-empted: submitted again
+                    failures.append(Failure(f"{unit.name} (job {job.job_id})", _reason(exc)))
+                    again.append(unit)
+            todo = again
+            if not todo:
+                break
+        for _ in failures:
+            report.advance()
+        return failures
+
+
+def make_executor(name: str, out: Path, options: dict[str, Any] | None = None) -> Executor | None:
+    """`local` -> None (the run's own loop); `ray` or `slurm` with their options."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if name == "local":
+        return None
+    if name == "ray":
+        _optional("ray", "ray")
+        return RayExecutor(options.get("ray_address"))
+    if name == "slurm":
+        _optional("submitit", "slurm")
+        return SlurmExecutor(Path(out) / "slurm", partition=options.get("slurm_partition"),
+                             time_min=options.get("slurm_time", 60), gpus=options.get("slurm_gpus", 0),
+                             account=options.get("slurm_account"),
+                             retries=options.get("slurm_retries", 2),
+                             local=options.get("slurm_local", False))
+    raise HymbaBenchError(f"expected one of {', '.join(EXECUTORS)}, got {name!r}", param="executor")
+

@@ -1,0 +1,155 @@
+"""Units on real cluster engines: a local Ray cluster and submitit (its local executor standing in
+for Slurm) give the same exact figures as the local run; a unit that fails is named, the others'
+records are kept."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hymba_bench.design.registry import resolve
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.executors import RayExecutor, SlurmExecutor, Unit, UnitsFailed, make_executor
+from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
+from hymba_bench.run import Design, Job, RunOptions, Silent, Stamp, run
+
+FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
+EXACT = ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb")
+DESIGNS = ["llama", "mamba", "c-local-global"]
+
+
+def exact(out: Path) -> dict[tuple[str, str], float]:
+    return {(v, m): r.value for (v, m), r in RunDir(out).records().latest().items() if m in EXACT}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "run"
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy"}, bench=FAST))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 2**20)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the failing stage below
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_runs_exact_figures(local_run: Path, ray_cluster: None,
+                                                tmp_path: Path) -> None:
+    out = tmp_path / "ray"
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy"}, bench=FAST, executor="ray"))
+    assert exact(out) == exact(local_run) and len(exact(out)) == len(DESIGNS) * len(EXACT)
+    records = RunDir(out).records()
+    for name in DESIGNS:  # throughput measured too, each unit alone on the node
+        assert records.value(name, "decode_tok_s") > 0
+        assert records.get(name, "decode_tok_s").get("interleaved_with") == 0
+    assert (out / "roadmap.md").is_file()
+    # resume: every unit's records exist, whichever engine made them: nothing runs again
+    before = len(records)
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy"}, bench=FAST, resume=True))
+    assert len(RunDir(out).records()) == before
+
+
+@pytest.mark.slow
+def test_submitit_runs_the_slurm_path(local_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    out = tmp_path / "slurm"
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy", "throughput"}, executor="slurm",
+                   executor_options={"slurm_local": True}))
+    assert exact(out) == exact(local_run)
+    assert list((out / "slurm").glob("*_log.out"))  # submitit's own job files, in the run dir
+
+
+class FailsFor:
+    """A stage that raises for one design, on purpose."""
+
+    name = "flaky"
+
+    def __init__(self, victim: str) -> None:
+        self.victim = victim
+
+    def needed(self, design: Design, records: RecordSet) -> set[str]:
+        return {"params"}
+
+    def run(self, jobs: list[Job], report: object) -> Iterator[Record]:
+        for job in jobs:
+            if job.name == self.victim:
+                raise RuntimeError(f"{job.name} fails here on purpose")
+            yield Record.measured(job.name, "params", 1)
+
+
+def units(tmp_path: Path) -> tuple[list[Unit], ResultsFile]:
+    stamp = Stamp({"device": "test"}, "tiny")
+    stage = FailsFor("mamba")
+    jobs = [Job(Design(i, resolve(n)), frozenset({"params"})) for i, n in enumerate(DESIGNS, 1)]
+    return [Unit(stage, job, stamp) for job in jobs], ResultsFile(tmp_path / "results.jsonl")
+
+
+@pytest.mark.slow
+def test_a_failing_unit_is_named_and_the_others_kept_on_ray(ray_cluster: None,
+                                                            tmp_path: Path) -> None:
+    todo, results = units(tmp_path)
+    failures = RayExecutor().run(todo, results, Silent())
+    assert [f.unit for f in failures] == ["mamba/flaky"]
+    assert "RuntimeError: mamba fails here on purpose" in failures[0].reason
+    assert sorted(r.variant for r in results.load()) == ["c-local-global", "llama"]
+
+
+@pytest.mark.slow
+def test_a_failing_slurm_job_is_resubmitted_then_named(tmp_path: Path) -> None:
+    submitit = pytest.importorskip("submitit")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert submitit
+    todo, results = units(tmp_path)
+    failures = SlurmExecutor(tmp_path / "jobs", retries=1, local=True).run(todo, results, Silent())
+    assert len(failures) == 1 and failures[0].unit.startswith("mamba/flaky (job ")
+    assert "mamba fails here on purpose" in failures[0].reason
+    submitted = len(list((tmp_path / "jobs").glob("*_submitted.pkl")))
+    assert submitted == len(DESIGNS) + 1  # the failed job went again, once
+    assert sorted(r.variant for r in results.load()) == ["c-local-global", "llama"]
+    message = str(UnitsFailed(failures))
+    assert message.startswith("1 unit failed") and "mamba/flaky" in message
+    assert UnitsFailed.exit_code == 1
+
+
+def test_a_missing_engine_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(HymbaBenchError, match=r'ray is not installed: pip install "hymba-bench\[ray\]"'):
+        make_executor("ray", tmp_path)
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(HymbaBenchError, match=r"hymba-bench\[slurm\]"):
+        make_executor("slurm", tmp_path)
+    with pytest.raises(HymbaBenchError, match="expected one of local, ray, slurm") as caught:
+        make_executor("k8s", tmp_path)
+    assert caught.value.param == "executor"
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_units_through_an_engine(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    from hymba_bench.bench.sweep import SweepOptions, sweep
+
+    common = {"variants": ["llama", "c-local-global"], "seq_lens": [16, 48],
+              "bench": {"batch": 2, "gen_tokens": 2, "repeats": 1}}
+    sweep(SweepOptions(out=tmp_path / "local", **common))
+    sweep(SweepOptions(out=tmp_path / "slurm", executor="slurm",
+                       executor_options={"slurm_local": True}, **common))
+
+    def cache(out: Path) -> dict[tuple[str, int], int]:
+        return {(r.variant, r.get("context")): r.value for r in RunDir(out, "sweep").records()
+                if r.metric == "cache_bytes"}
+
+    assert cache(tmp_path / "slurm") == cache(tmp_path / "local") and len(cache(tmp_path / "local")) == 4
+    assert (tmp_path / "slurm" / "sweep_throughput.png").is_file()
