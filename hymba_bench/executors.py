@@ -61,7 +61,8 @@ class Unit:
 
     @property
     def name(self) -> str:
-        return f"{self.job.name}/{self.stage.name}"
+        seeds = "".join(f"/seed-{s}" for s in self.job.seeds or ())
+        return f"{self.job.name}/{self.stage.name}{seeds}"
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ class Job:
     design: Design
     wanted: frozenset[str]
     earlier: RecordSet = field(default_factory=RecordSet)
+    seeds: tuple[int, ...] | None = None  # a unit of these training seeds only (None: all)
 
     @property
     def name(self) -> str:
@@ -272,8 +273,8 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
             jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
             if not jobs:
                 continue
-            if executor is not None:  # one unit per design, run where the engine puts it
-                failures += executor.run([Unit(stage, job, stamp) for job in jobs], results, report)
+            if executor is not None:  # one unit per design (or seed), run where the engine puts it
+                failures += _on_engine(executor, stage, jobs, results, stamp, report)
             elif stage.name == "accuracy" and _parallel(opts, jobs):
                 _train_side_by_side(stage, jobs, opts, results, stamp, report)
             else:
@@ -283,6 +284,22 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
     if failures:
         raise UnitsFailed(failures)
     return run_dir
+
+
+def _on_engine(executor: Any, stage: Stage, jobs: list[Job], results: ResultsFile, stamp: Stamp,
+               report: Reporter) -> list[Failure]:
+    """The stage's units on an engine. A stage that splits a design's job (the accuracy stage,
+    a unit per seed) gets one more local pass per design whose parts all succeeded: it trains
+    nothing then, and records the mean over the seeds."""
+    split = getattr(stage, "split", None)
+    parts = [part for job in jobs for part in (split(job) if split else [job])]
+    failures = executor.run([Unit(stage, part, stamp) for part in parts], results, report)
+    if len(parts) > len(jobs):
+        failed = {f.unit.split("/")[0] for f in failures}
+        records = results.load()
+        finish = [Job(j.design, j.wanted, records.of(j.name)) for j in jobs if j.name not in failed]
+        execute(stage, finish, results, stamp, Silent())
+    return failures
 
 
 def _parallel(opts: RunOptions, jobs: list[Job]) -> bool:

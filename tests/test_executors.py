@@ -153,3 +153,24 @@ def test_a_sweep_runs_its_units_through_an_engine(tmp_path: Path) -> None:
 
     assert cache(tmp_path / "slurm") == cache(tmp_path / "local") and len(cache(tmp_path / "local")) == 4
     assert (tmp_path / "slurm" / "sweep_throughput.png").is_file()
+
+
+@pytest.mark.slow
+def test_seeds_are_units_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2 seeds each design's accuracy stage is 2 units (one per seed, anywhere), then the
+    mean over both, recorded by the driver without training again."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    budget = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16,
+              "seeds": 2}
+    run(RunOptions(["llama", "mamba"], out=out, skip={"cache", "throughput"}, train=budget,
+                   executor="slurm", executor_options={"slurm_local": True}))
+    records = RunDir(out).records()
+    assert len(list((out / "slurm").glob("*_submitted.pkl"))) == 4  # 2 designs x 2 seeds
+    for name in ("llama", "mamba"):
+        per_seed = [r for r in records.of(name) if r.metric == "recall_synthetic_pct"]
+        assert sorted(r.get("train_seed") for r in per_seed) == [0, 1]  # each trained once
+        recall = records.get(name, "recall_pct")
+        assert recall.get("seeds") == 2
+        assert recall.value == pytest.approx(sum(r.value for r in per_seed) / 2)

@@ -22,6 +22,7 @@ What fills the table:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -100,6 +101,18 @@ class AccuracyStage:
     def needed(self, design: Design, records: RecordSet) -> set[str]:
         return records.missing(self.metrics, design.name, design.profile)
 
+    def seeds(self) -> list[int]:
+        return [self.train.seed + k for k in range(self.train.seeds)]
+
+    def split(self, job: Job) -> list[Job]:
+        """One job per seed still to train, for engines that run them apart (several seeds on
+        several nodes); the design's mean is then one more pass over all of them (`measure`)."""
+        done = {r.get("train_seed") for r in job.earlier if r.metric == "recall_synthetic_pct"}
+        todo = [s for s in self.seeds() if s not in done]
+        if len(todo) <= 1:
+            return [job]
+        return [dataclasses.replace(job, seeds=(s,)) for s in todo]
+
     def cost(self, design: Design) -> float:
         """Expected training time, any unit (parameters): the largest designs start first."""
         return float(count_parameters(design.config))
@@ -115,7 +128,7 @@ class AccuracyStage:
 
     def measure(self, job: Job, bar: Training) -> Iterator[Record]:
         """One design: train and evaluate the seeds not yet in `job.earlier`, then the mean."""
-        budget, name = self.train, job.name
+        name = job.name
         per_seed = {r.get("train_seed"): r for r in job.earlier
                     if r.metric == "recall_synthetic_pct" and r.get("train_seed") is not None}
         # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
@@ -125,10 +138,10 @@ class AccuracyStage:
             metric = r.metric.removesuffix("_seed")
             if r.metric == f"{metric}_seed" and metric in scored and r.get("train_seed") is not None:
                 scored[metric][r.get("train_seed")] = (r.value, r.get("stderr"))
-        seeds = [budget.seed + k for k in range(budget.seeds)]
+        seeds = self.seeds()
         paper: dict[int, Any] = {}
         for k, seed in enumerate(seeds):
-            if seed in per_seed:
+            if seed in per_seed or (job.seeds is not None and seed not in job.seeds):
                 continue
             bar.seed(k)
             per_seed[seed], paper[seed] = self._one_seed(job, seed, bar.step)
@@ -139,6 +152,8 @@ class AccuracyStage:
                     scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
                     yield Record.measured(name, f"{metric}_seed", outcome.values[metric],
                                           stderr=outcome.stderr.get(metric), train_seed=seed)
+        if any(s not in per_seed for s in seeds):
+            return  # a unit of some seeds only: the mean is taken where every seed can be seen
         runs = [per_seed[s] for s in seeds]
         info: dict[str, Any] = {key: runs[0].get(key) for key in (
             "train_steps", "train_batch", "train_lr", "recall_pairs", "recall_queries")}
