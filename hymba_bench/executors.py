@@ -9,13 +9,18 @@ unit, wherever it runs: the stage's records, stamped.
 - `local` (the default): units run in this process (or, for the accuracy stage on a multi-core
   CPU, in the local process pool of `hymba_bench.workers`), exactly as before executors existed.
 - `ray`: each unit a Ray task, with its resource request: 1 GPU on CUDA; on the CPU, one core for
-  cache and accuracy units (one torch thread each), and for a throughput unit as many cores as
-  this machine has, so that it is timed alone on a node like this one and measures the design,
-  not its neighbours. `address` joins an existing cluster; without it a local one is started.
-  Records come back to the driver, which appends them: no shared file system is needed for them.
-- `slurm`: through submitit, the units of a stage as one job array; each job appends its own
-  records to the run directory (Slurm clusters share a file system), the driver waits, re-submits
-  failed or pre-empted jobs up to `retries` times, and names the ones that still failed.
+  cache and accuracy units (one torch thread each), and for a timed unit (throughput, a sweep's
+  context) as many cores as this machine has, so that it is timed alone on a node like this one
+  and measures the design, not its neighbours. `address` joins an existing cluster; without it
+  a local one is started. Records come back to the driver, which appends them: no shared file
+  system is needed for them.
+- `slurm`: through submitit, the units of a stage as one job array, asking for what Ray asks
+  for (a GPU per unit on CUDA; on the CPU a node of its own, `--exclusive`, for a timed unit and
+  one core for the others); each job appends its own records to the run directory (Slurm
+  clusters share a file system), the driver waits, re-submits failed or pre-empted jobs up to
+  `retries` times, and names the ones that still failed. A job's end is learnt from its result
+  file or `sacct`, and where accounting is off (`sacct` answers nothing, common on small
+  clusters) from the controller (`scontrol`), so a killed job is not waited for forever.
 
 Faults: a unit that raises or is killed loses only its own records (the results file takes whole
 lines under a lock, and a torn last line is ignored on reading); the others go on, and the run
@@ -26,7 +31,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,6 +66,7 @@ class Unit:
     job: Job
     stamp: Stamp
     threads: int | None = None  # torch threads where it runs (None: leave the default)
+    share: float = 1.0  # the part of its design's stage it is (a seed's unit: 1/seeds)
 
     @property
     def name(self) -> str:
@@ -111,13 +120,33 @@ def _optional(module: str, extra: str) -> Any:
                               param="executor") from None
 
 
+def _on_cuda(unit: Unit) -> bool:
+    return str(getattr(unit.stage, "device", "cpu")).startswith("cuda")
+
+
+def _timed(unit: Unit) -> bool:
+    """A stage that measures time (`timed = True`: throughput, a sweep's context) runs alone."""
+    return bool(getattr(unit.stage, "timed", False))
+
+
 def resources(unit: Unit, cpus_here: int) -> dict[str, float]:
     """A unit's Ray resource request (see the module docstring)."""
-    if str(getattr(unit.stage, "device", "cpu")).startswith("cuda"):
+    if _on_cuda(unit):
         return {"num_gpus": 1, "num_cpus": 1}
-    if unit.stage.name == "throughput":
+    if _timed(unit):
         return {"num_cpus": cpus_here}
     return {"num_cpus": 1}
+
+
+def slurm_request(unit: Unit, gpus: int | None) -> tuple[dict[str, Any], int | None]:
+    """A unit's Slurm request and the torch threads it runs with, on the same rule as Ray's:
+    `gpus` GPUs (1 if not said) on CUDA; on the CPU a node of its own for a throughput unit
+    (timed alone, all its cores), one core (and one thread) for the others."""
+    if _on_cuda(unit):
+        return {"slurm_gpus_per_task": 1 if gpus is None else gpus}, None
+    if _timed(unit):
+        return {"slurm_exclusive": True}, None
+    return {"cpus_per_task": 1}, 1
 
 
 @dataclass
@@ -141,7 +170,7 @@ class RayExecutor:
         for unit in units:
             request = resources(unit, cpus_here)
             threads = None if "num_gpus" in request else int(request["num_cpus"])
-            sent = Unit(unit.stage, unit.job, unit.stamp, threads)
+            sent = Unit(unit.stage, unit.job, unit.stamp, threads, unit.share)
             refs[task.options(**request).remote(sent)] = unit
             report.start(unit.job.design.index, unit.job.name, f"{unit.stage.name} (ray)")
         failures = []
@@ -154,7 +183,7 @@ class RayExecutor:
                     results.append(record)
             except Exception as exc:  # the task's own error, or the worker's death
                 failures.append(Failure(unit.name, _reason(getattr(exc, "cause", None) or exc)))
-            report.advance()
+            report.advance(unit.share)
         return failures
 
 
@@ -176,22 +205,23 @@ class SlurmExecutor:
     folder: Path
     partition: str | None = None
     time_min: int = 60
-    gpus: int = 0
+    gpus: int | None = None  # per task; None: 1 for a CUDA stage, none on the CPU
     account: str | None = None
     retries: int = 2
     local: bool = False
+    poll_s: float = 1.0
+    grace_s: float = 10.0
     name: str = "slurm"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def _executor(self) -> Any:
+    def _executor(self, request: dict[str, Any]) -> Any:
         submitit = _optional("submitit", "slurm")
         if self.local:
             ex = submitit.LocalExecutor(folder=str(self.folder))
             ex.update_parameters(timeout_min=self.time_min)
             return ex
         ex = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": self.time_min, "tasks_per_node": 1,
-                                  "slurm_gpus_per_task": self.gpus or None}
+        params: dict[str, Any] = {"timeout_min": self.time_min, "tasks_per_node": 1, **request}
         if self.partition:
             params["slurm_partition"] = self.partition
         if self.account:
@@ -200,8 +230,10 @@ class SlurmExecutor:
         return ex
 
     def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
-        executor = self._executor()
-        todo, failures = list(units), []
+        # a call is one stage's units, so one request serves them all
+        request, threads = slurm_request(units[0], self.gpus) if units else ({}, None)
+        executor = self._executor(request)
+        todo, failures = [Unit(u.stage, u.job, u.stamp, threads, u.share) for u in units], []
         for attempt in range(self.retries + 1):
             for unit in todo:
                 report.start(unit.job.design.index, unit.job.name,
@@ -209,19 +241,77 @@ class SlurmExecutor:
             jobs = executor.map_array(_run_unit_into, todo, [str(results.path)] * len(todo))
             again: list[Unit] = []
             failures = []
-            for unit, job in zip(todo, jobs, strict=True):
+            for i, lost in self._finished(jobs):
+                unit, job = todo[i], jobs[i]
                 try:
+                    if lost:
+                        raise RuntimeError(lost)
                     job.result()
-                    report.advance()
+                    report.advance(unit.share)
                 except Exception as exc:  # failed, timed out or pre-empted: submitted again
                     failures.append(Failure(f"{unit.name} (job {job.job_id})", _reason(exc)))
                     again.append(unit)
             todo = again
             if not todo:
                 break
-        for _ in failures:
-            report.advance()
+        for unit in todo:  # failed for good: done with, as far as the run's progress goes
+            report.advance(unit.share)
         return failures
+
+    def _finished(self, jobs: list[Any]) -> Iterator[tuple[int, str | None]]:
+        """(index, None) for each job as it finishes, in the order they finish; (index, why) for
+        a job that ended without a result where Slurm's accounting is off. submitit learns a
+        job's end from its result file or from `sacct`; with accounting off (common on small
+        clusters) `sacct` answers nothing (and submitit would wait for a killed job forever,
+        warning at every poll), so the controller (`scontrol`) is asked instead."""
+        accounting = self.local or _accounting_on()
+        pending = dict(enumerate(jobs))
+        ended_at: dict[int, float] = {}
+        while pending:
+            for i, job in list(pending.items()):
+                lost = None
+                if not (job.done() if accounting else job.paths.result_pickle.exists()):
+                    state = "RUNNING" if accounting else _slurm_state(job.job_id)
+                    if state not in ENDED:
+                        continue
+                    # its result file may reach this node a little after the job ends
+                    if time.monotonic() - ended_at.setdefault(i, time.monotonic()) < self.grace_s:
+                        continue
+                    lost = (f"the job ended ({state}) without a result: killed, out of memory or "
+                            "pre-empted (Slurm's accounting is off here, so it cannot say which)")
+                del pending[i]
+                yield i, lost
+            if pending:
+                time.sleep(self.poll_s)
+
+
+def _accounting_on() -> bool:
+    """Whether `sacct` answers here (Slurm's accounting storage is configured)."""
+    try:
+        return subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+# Job states after which a job leaves nothing more to wait for; "GONE": the controller has
+# forgotten it (after its MinJobAge), so it has long ended.
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                   "PREEMPTED", "BOOT_FAIL", "DEADLINE", "GONE"})
+
+
+def _slurm_state(job_id: str) -> str:
+    """A job's state from the Slurm controller, which keeps ended jobs for minutes even where
+    accounting is off; "GONE" once it no longer knows the job, "UNKNOWN" if it cannot be asked."""
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                               text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    if shown.returncode != 0:
+        return "GONE" if "invalid job id" in shown.stderr.lower() else "UNKNOWN"
+    state = re.search(r"\bJobState=(\w+)", shown.stdout)
+    return state.group(1) if state else "UNKNOWN"
 
 
 def make_executor(name: str, out: Path, options: dict[str, Any] | None = None) -> Executor | None:
@@ -235,7 +325,7 @@ def make_executor(name: str, out: Path, options: dict[str, Any] | None = None) -
     if name == "slurm":
         _optional("submitit", "slurm")
         return SlurmExecutor(Path(out) / "slurm", partition=options.get("slurm_partition"),
-                             time_min=options.get("slurm_time", 60), gpus=options.get("slurm_gpus", 0),
+                             time_min=options.get("slurm_time", 60), gpus=options.get("slurm_gpus"),
                              account=options.get("slurm_account"),
                              retries=options.get("slurm_retries", 2),
                              local=options.get("slurm_local", False))

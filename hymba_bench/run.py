@@ -63,7 +63,7 @@ class Reporter(Protocol):
     """Where a run says how far it is (the CLI: rich bars on a terminal, lines elsewhere)."""
 
     def start(self, index: int, name: str, what: str) -> None: ...
-    def advance(self) -> None: ...
+    def advance(self, share: float = 1.0) -> None: ...  # share: the part of a design's stage
     def log(self, message: str) -> None: ...
     def training(self, name: str, steps: int, seeds: int) -> Training: ...
 
@@ -74,7 +74,7 @@ class Silent:
     def start(self, index: int, name: str, what: str) -> None:
         pass
 
-    def advance(self) -> None:
+    def advance(self, share: float = 1.0) -> None:
         pass
 
     def log(self, message: str) -> None:
@@ -292,9 +292,12 @@ def _on_engine(executor: Any, stage: Stage, jobs: list[Job], results: ResultsFil
     a unit per seed) gets one more local pass per design whose parts all succeeded: it trains
     nothing then, and records the mean over the seeds."""
     split = getattr(stage, "split", None)
-    parts = [part for job in jobs for part in (split(job) if split else [job])]
-    failures = executor.run([Unit(stage, part, stamp) for part in parts], results, report)
-    if len(parts) > len(jobs):
+    units = []
+    for job in jobs:
+        parts = split(job) if split else [job]
+        units += [Unit(stage, part, stamp, share=1 / len(parts)) for part in parts]
+    failures = executor.run(units, results, report)
+    if len(units) > len(jobs):
         failed = {f.unit.split("/")[0] for f in failures}
         records = results.load()
         finish = [Job(j.design, j.wanted, records.of(j.name)) for j in jobs if j.name not in failed]

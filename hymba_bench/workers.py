@@ -64,7 +64,7 @@ class _QueueReporter:
     def start(self, index: int, name: str, what: str) -> None:
         _QUEUE.put((name, "start", (index, what), None))
 
-    def advance(self) -> None:
+    def advance(self, share: float = 1.0) -> None:
         pass  # the parent advances when the unit is done
 
     def log(self, message: str) -> None:

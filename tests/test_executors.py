@@ -4,6 +4,10 @@ records are kept."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +159,16 @@ def test_a_sweep_runs_its_units_through_an_engine(tmp_path: Path) -> None:
     assert (tmp_path / "slurm" / "sweep_throughput.png").is_file()
 
 
+class Counting(Silent):
+    """How much of the run's (design, stage) pairs the run says is done."""
+
+    def __init__(self) -> None:
+        self.done = 0.0
+
+    def advance(self, share: float = 1.0) -> None:
+        self.done += share
+
+
 @pytest.mark.slow
 def test_seeds_are_units_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With 2 seeds each design's accuracy stage is 2 units (one per seed, anywhere), then the
@@ -164,8 +178,10 @@ def test_seeds_are_units_of_their_own(tmp_path: Path, monkeypatch: pytest.Monkey
     out = tmp_path / "run"
     budget = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16,
               "seeds": 2}
+    progress = Counting()
     run(RunOptions(["llama", "mamba"], out=out, skip={"cache", "throughput"}, train=budget,
-                   executor="slurm", executor_options={"slurm_local": True}))
+                   executor="slurm", executor_options={"slurm_local": True}), progress)
+    assert progress.done == pytest.approx(2)  # one stage for each of 2 designs, not 4 units
     records = RunDir(out).records()
     assert len(list((out / "slurm").glob("*_submitted.pkl"))) == 4  # 2 designs x 2 seeds
     for name in ("llama", "mamba"):
@@ -174,3 +190,108 @@ def test_seeds_are_units_of_their_own(tmp_path: Path, monkeypatch: pytest.Monkey
         recall = records.get(name, "recall_pct")
         assert recall.get("seeds") == 2
         assert recall.value == pytest.approx(sum(r.value for r in per_seed) / 2)
+
+
+def slurm_is_up() -> bool:
+    """A Slurm cluster answers here (e.g. `scripts/slurm-single-node.sh`): a node is up."""
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return False
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states)
+
+
+needs_slurm = pytest.mark.skipif(not slurm_is_up(),
+                                 reason="no Slurm cluster here (scripts/slurm-single-node.sh makes one)")
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_real_slurm_cluster_runs_the_roadmap_units(local_run: Path, tmp_path: Path) -> None:
+    """Through sbatch, from the command line, as a user would: the same exact figures as the
+    local run, the tables written, then a resume that submits nothing."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "slurm"
+    fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    cmd = [sys.executable, "-m", "hymba_bench.cli", "run", "--variants", ",".join(DESIGNS),
+           "--skip", "accuracy", *fast, "--executor", "slurm", "--slurm-time", "10",
+           "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert exact(out) == exact(local_run)
+    assert all(RunDir(out).records().value(name, "decode_tok_s") > 0 for name in DESIGNS)
+    assert (out / "roadmap.md").is_file()
+    scripts = [p.read_text() for p in sorted((out / "slurm").glob("*_submission.sh"))]
+    assert scripts and all("#SBATCH" in text for text in scripts)  # sbatch's, not a stand-in's
+    # the throughput array had nodes of its own, the cache array one core per job
+    assert sum("#SBATCH --exclusive" in text for text in scripts) == 1
+    assert sum("#SBATCH --cpus-per-task=1" in text for text in scripts) == 1
+    submitted = len(list((out / "slurm").glob("*_submitted.pkl")))
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list((out / "slurm").glob("*_submitted.pkl"))) == submitted
+
+
+def test_slurm_asks_for_what_ray_asks_for() -> None:
+    """A GPU per CUDA unit; on the CPU a node of its own for a throughput unit (timed alone,
+    every core), one core and one torch thread for the others."""
+    from hymba_bench.executors import resources, slurm_request
+
+    class On:
+        def __init__(self, name: str, device: str) -> None:
+            self.name, self.device, self.timed = name, device, name == "throughput"
+
+    job = Job(Design(1, resolve("llama")), frozenset({"params"}))
+    stamp = Stamp({"device": "test"}, "tiny")
+
+    def unit(stage: str, device: str) -> Unit:
+        return Unit(On(stage, device), job, stamp)  # type: ignore[arg-type]
+
+    assert slurm_request(unit("throughput", "cuda"), None) == ({"slurm_gpus_per_task": 1}, None)
+    assert slurm_request(unit("accuracy", "cuda:0"), 2) == ({"slurm_gpus_per_task": 2}, None)
+    assert slurm_request(unit("throughput", "cpu"), None) == ({"slurm_exclusive": True}, None)
+    assert slurm_request(unit("cache", "cpu"), None) == ({"cpus_per_task": 1}, 1)
+    assert resources(unit("throughput", "cpu"), 16) == {"num_cpus": 16}
+    assert resources(unit("cache", "cpu"), 16) == {"num_cpus": 1}
+    assert resources(unit("accuracy", "cuda"), 16) == {"num_gpus": 1, "num_cpus": 1}
+    from hymba_bench.accuracy.stage import AccuracyStage
+    from hymba_bench.bench.stages import CacheStage, ContextStage, ThroughputStage
+
+    timed = {c.__name__: getattr(c, "timed", False)
+             for c in (CacheStage, ThroughputStage, ContextStage, AccuracyStage)}
+    assert timed == {"CacheStage": False, "ThroughputStage": True, "ContextStage": True,
+                     "AccuracyStage": False}
+
+
+class KilledFor(FailsFor):
+    """A stage whose process is killed (SIGKILL, as the OOM killer or a pre-emption would) for
+    one design: nothing of that unit can be written, nothing can be caught."""
+
+    def run(self, jobs: list[Job], report: object) -> Iterator[Record]:
+        for job in jobs:
+            yield Record.measured(job.name, "params", 1)
+            if job.name == self.victim:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_killed_slurm_job_is_resubmitted_then_named(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    todo, results = units(tmp_path)
+    todo = [Unit(KilledFor("mamba"), u.job, u.stamp) for u in todo]
+    executor = SlurmExecutor(tmp_path / "jobs", retries=1, time_min=10)
+    failures = executor.run(todo, results, Silent())
+    assert len(failures) == 1 and failures[0].unit.startswith("mamba/flaky (job ")
+    # said by submitit where accounting (sacct) is on, by the controller's state where it is off
+    reason = failures[0].reason
+    assert "without a result" in reason or "has not produced any output" in reason, reason
+    assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == len(DESIGNS) + 1
+    # the killed unit's records were yielded but never written: a unit's records land together
+    assert sorted(r.variant for r in results.load()) == ["c-local-global", "llama"]

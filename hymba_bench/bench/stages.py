@@ -118,6 +118,7 @@ class ThroughputStage:
     settings: dict[str, BenchSettings]
     device: str = "cpu"
     name: str = "throughput"
+    timed: bool = True  # an engine runs it alone on its node: it measures the design, not neighbours
     metrics: tuple[str, ...] = ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes",
                                 "decode_roofline_pct")
 
@@ -237,6 +238,7 @@ class ContextStage:
     settings: dict[str, BenchSettings]
     device: str = "cpu"
     metrics: tuple[str, ...] = ("cache_bytes", "cache_mb", "decode_tok_s")
+    timed: bool = True  # decode tokens/s, as ThroughputStage
 
     @property
     def name(self) -> str:

@@ -48,7 +48,8 @@ RayAddressOpt = Annotated[str | None, typer.Option(
     help="With --executor ray: the cluster to join (default: start a local one).")]
 SlurmPartitionOpt = Annotated[str | None, typer.Option(help="With --executor slurm: partition.")]
 SlurmTimeOpt = Annotated[int, typer.Option(min=1, help="With --executor slurm: minutes per job.")]
-SlurmGpusOpt = Annotated[int, typer.Option(min=0, help="With --executor slurm: GPUs per task.")]
+SlurmGpusOpt = Annotated[int | None, typer.Option(
+    min=0, help="With --executor slurm: GPUs per task [default: 1 on CUDA, none on the CPU].")]
 SlurmAccountOpt = Annotated[str | None, typer.Option(help="With --executor slurm: account.")]
 SlurmRetriesOpt = Annotated[int, typer.Option(
     min=0, help="With --executor slurm: re-submissions of a failed or pre-empted job.")]
@@ -176,7 +177,7 @@ def run(
     ray_address: RayAddressOpt = None,
     slurm_partition: SlurmPartitionOpt = None,
     slurm_time: SlurmTimeOpt = 60,
-    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_gpus: SlurmGpusOpt = None,
     slurm_account: SlurmAccountOpt = None,
     slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:
@@ -231,7 +232,7 @@ def sweep(
     ray_address: RayAddressOpt = None,
     slurm_partition: SlurmPartitionOpt = None,
     slurm_time: SlurmTimeOpt = 60,
-    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_gpus: SlurmGpusOpt = None,
     slurm_account: SlurmAccountOpt = None,
     slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:
@@ -276,7 +277,7 @@ def table(
 
 
 def _engine(ray_address: str | None, slurm_partition: str | None, slurm_time: int,
-            slurm_gpus: int, slurm_account: str | None, slurm_retries: int) -> dict[str, Any]:
+            slurm_gpus: int | None, slurm_account: str | None, slurm_retries: int) -> dict[str, Any]:
     """The executor options, as `hymba_bench.executors.make_executor` takes them."""
     return {"ray_address": ray_address, "slurm_partition": slurm_partition,
             "slurm_time": slurm_time, "slurm_gpus": slurm_gpus, "slurm_account": slurm_account,
@@ -432,7 +433,7 @@ def compare(
     ray_address: RayAddressOpt = None,
     slurm_partition: SlurmPartitionOpt = None,
     slurm_time: SlurmTimeOpt = 60,
-    slurm_gpus: SlurmGpusOpt = 0,
+    slurm_gpus: SlurmGpusOpt = None,
     slurm_account: SlurmAccountOpt = None,
     slurm_retries: SlurmRetriesOpt = 2,
 ) -> None:

@@ -26,6 +26,11 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _count(done: float) -> str:
+    """Stages done: whole numbers as such; a design's stage part-done by its seed units as 2.3."""
+    return f"{done:.0f}" if abs(done - round(done)) < 1e-6 else f"{done:.1f}"
+
+
 class SubTask:
     """A nested count (training steps): a second bar, or a line every tenth of the way."""
 
@@ -77,7 +82,7 @@ class RunProgress:
     def __init__(self, console: Console, designs: int, stages: int, unit: str = "stages") -> None:
         self.console = console
         self.designs, self.total, self.unit = designs, designs * stages, unit
-        self.done = 0
+        self.done = 0.0
         self._t0 = time.perf_counter()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -94,18 +99,18 @@ class RunProgress:
         self._t0 = time.perf_counter()
         if self.console.is_terminal:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 TextColumn(f"{{task.completed}}/{{task.total}} {self.unit}"),
+                                 TextColumn(f"{{task.fields[done]}}/{{task.total}} {self.unit}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=self.console)
             self._bar.__enter__()
-            self._task = self._bar.add_task("starting", total=self.total)
+            self._task = self._bar.add_task("starting", total=self.total, done="0")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
         elif exc is None and self._started:
-            self.console.print(f"done: {self.done}/{self.total} {self.unit} in "
+            self.console.print(f"done: {_count(self.done)}/{self.total} {self.unit} in "
                                f"{_clock(time.perf_counter() - self._t0)}")
 
     def start(self, index: int, name: str, what: str) -> None:
@@ -117,14 +122,15 @@ class RunProgress:
             return
         elapsed = time.perf_counter() - self._t0
         eta = f", ETA {_clock(elapsed / self.done * (self.total - self.done))}" if self.done else ""
-        self.console.print(f"[{time.strftime('%H:%M:%S')}] {label} ({self.unit} {self.done}/"
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {label} ({self.unit} {_count(self.done)}/"
                            f"{self.total} done, {_clock(elapsed)} elapsed{eta})")
 
-    def advance(self) -> None:
+    def advance(self, share: float = 1.0) -> None:
+        """`share` of a design's stage is done (a seed's unit on an engine: 1/seeds)."""
         self._begin()
-        self.done += 1
+        self.done += share
         if self._bar is not None and self._task is not None:
-            self._bar.advance(self._task)
+            self._bar.update(self._task, advance=share, done=_count(self.done))
 
     def subtask(self, description: str, total: int) -> SubTask:
         self._begin()
