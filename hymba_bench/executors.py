@@ -35,7 +35,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -120,31 +120,29 @@ def _optional(module: str, extra: str) -> Any:
                               param="executor") from None
 
 
-def _on_cuda(unit: Unit) -> bool:
-    return str(getattr(unit.stage, "device", "cpu")).startswith("cuda")
-
-
-def _timed(unit: Unit) -> bool:
-    """A stage that measures time (`timed = True`: throughput, a sweep's context) runs alone."""
-    return bool(getattr(unit.stage, "timed", False))
+def need(unit: Unit) -> str:
+    """What a unit asks of any engine, the one rule both spell in their own terms: "gpu" on
+    CUDA; on the CPU "node" for a stage that measures time (`timed = True`: throughput, a
+    sweep's context), which must run alone on every core to measure the design and not its
+    neighbours, and "core" (one core, one torch thread) for the others."""
+    if str(getattr(unit.stage, "device", "cpu")).startswith("cuda"):
+        return "gpu"
+    return "node" if getattr(unit.stage, "timed", False) else "core"
 
 
 def resources(unit: Unit, cpus_here: int) -> dict[str, float]:
-    """A unit's Ray resource request (see the module docstring)."""
-    if _on_cuda(unit):
-        return {"num_gpus": 1, "num_cpus": 1}
-    if _timed(unit):
-        return {"num_cpus": cpus_here}
-    return {"num_cpus": 1}
+    """A unit's Ray resource request: `need` in Ray's terms, a node being `cpus_here` cores."""
+    return {"gpu": {"num_gpus": 1, "num_cpus": 1}, "node": {"num_cpus": cpus_here},
+            "core": {"num_cpus": 1}}[need(unit)]
 
 
 def slurm_request(unit: Unit, gpus: int | None) -> tuple[dict[str, Any], int | None]:
-    """A unit's Slurm request and the torch threads it runs with, on the same rule as Ray's:
-    `gpus` GPUs (1 if not said) on CUDA; on the CPU a node of its own for a throughput unit
-    (timed alone, all its cores), one core (and one thread) for the others."""
-    if _on_cuda(unit):
+    """A unit's Slurm request and the torch threads it runs with: `need` in Slurm's terms,
+    `gpus` GPUs (1 if not said) for "gpu", `--exclusive` for "node"."""
+    kind = need(unit)
+    if kind == "gpu":
         return {"slurm_gpus_per_task": 1 if gpus is None else gpus}, None
-    if _timed(unit):
+    if kind == "node":
         return {"slurm_exclusive": True}, None
     return {"cpus_per_task": 1}, 1
 
@@ -170,7 +168,7 @@ class RayExecutor:
         for unit in units:
             request = resources(unit, cpus_here)
             threads = None if "num_gpus" in request else int(request["num_cpus"])
-            sent = Unit(unit.stage, unit.job, unit.stamp, threads, unit.share)
+            sent = replace(unit, threads=threads)
             refs[task.options(**request).remote(sent)] = unit
             report.start(unit.job.design.index, unit.job.name, f"{unit.stage.name} (ray)")
         failures = []
@@ -233,7 +231,7 @@ class SlurmExecutor:
         # a call is one stage's units, so one request serves them all
         request, threads = slurm_request(units[0], self.gpus) if units else ({}, None)
         executor = self._executor(request)
-        todo, failures = [Unit(u.stage, u.job, u.stamp, threads, u.share) for u in units], []
+        todo, failures = [replace(u, threads=threads) for u in units], []
         for attempt in range(self.retries + 1):
             for unit in todo:
                 report.start(unit.job.design.index, unit.job.name,
@@ -271,7 +269,9 @@ class SlurmExecutor:
             for i, job in list(pending.items()):
                 lost = None
                 if not (job.done() if accounting else job.paths.result_pickle.exists()):
-                    state = "RUNNING" if accounting else _slurm_state(job.job_id)
+                    if accounting:  # submitit knows when it ends
+                        continue
+                    state = _slurm_state(job.job_id)
                     if state not in ENDED:
                         continue
                     # its result file may reach this node a little after the job ends
