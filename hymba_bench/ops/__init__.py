@@ -2,9 +2,9 @@
 
 Every op has a pure-PyTorch implementation that runs anywhere and a `*_ref` twin with the same
 signature. On CUDA, with the optional `cuda` extra installed, the mamba-ssm / causal-conv1d
-kernels are used instead; on the CPU the selective scan uses the compiled kernel of
-`cpu_kernel.py` when a C++ compiler is there. `backend_report(device)` says which ran, for the
-results file.
+kernels are used instead; on the CPU the selective scan and the causal conv use the compiled
+kernels of `cpu_kernel.py` when a C++ compiler is there. `backend_report(device)` says which
+ran, for the results file.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hymba_bench.ops.conv import (
     causal_conv1d as causal_conv1d_torch,
 )
 from hymba_bench.ops.conv import (
+    causal_conv1d_cpu,
     causal_conv1d_ref,
     conv_state_from_prefix,
 )
@@ -80,7 +81,9 @@ def _state_update_path(cuda: bool) -> KernelPath:
 
 
 def _conv_path(cuda: bool) -> KernelPath:
-    return _cuda_or(cuda, _conv_cuda, "causal_conv1d", ("torch-conv1d", causal_conv1d_torch))
+    cpu = ("cpu-kernel", causal_conv1d_cpu) if not cuda and cpu_kernel.available() else \
+        ("torch-conv1d", causal_conv1d_torch)
+    return _cuda_or(cuda, _conv_cuda, "causal_conv1d", cpu)
 
 
 def _conv_update_path(cuda: bool) -> KernelPath:
@@ -139,7 +142,9 @@ __all__ = [
     "attention_ref",
     "backend_report",
     "causal_conv1d",
+    "causal_conv1d_cpu",
     "causal_conv1d_ref",
+    "causal_conv1d_torch",
     "causal_conv1d_update",
     "causal_conv1d_update_torch",
     "conv_state_from_prefix",

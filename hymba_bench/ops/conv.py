@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hymba_bench.ops import cpu_kernel
+
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                   activation: str | None = None) -> Tensor:
@@ -17,6 +19,19 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     k = weight.shape[1]
     out = F.conv1d(F.pad(x, (k - 1, 0)), weight[:, None, :], bias, groups=x.shape[1])
     return F.silu(out) if activation in ("silu", "swish") else out
+
+
+def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                      activation: str | None = None) -> Tensor:
+    """The compiled CPU kernel (`csrc/causal_conv.cpp`), in float32; `causal_conv1d` where the
+    kernel does not apply (another activation)."""
+    if activation not in (None, "silu", "swish"):
+        return causal_conv1d(x, weight, bias, activation)
+    dtype = x.dtype
+    out = cpu_kernel.CausalConv1dCPU.apply(
+        x.float().contiguous(), weight.float().contiguous(),
+        None if bias is None else bias.float().contiguous(), activation is not None)
+    return out.to(dtype)
 
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,

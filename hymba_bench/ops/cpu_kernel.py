@@ -1,4 +1,5 @@
-"""The compiled CPU selective scan (`csrc/selective_scan.cpp`): build, load, call.
+"""The compiled CPU kernels (`csrc/`: the selective scan and the depthwise causal conv): build,
+load, call.
 
 Why compiled: on the CPU the scan's cost is per-op overhead and passes over memory, not
 arithmetic. Torch ops step through time one (B, N, D) slab at a time (the chunked form in
@@ -33,7 +34,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "causal_conv.cpp"]  # one library
+HEADERS = [CSRC / "simd.h"]
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
 LANES = 8  # channels per block (the kernel's vector width); D must be a multiple
 # Below this many state updates, handing blocks to other threads costs more than it saves.
@@ -74,15 +77,16 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, *FLAGS,
+        texts = [p.read_text() for p in (*SOURCES, *HEADERS)]
+        key = hashlib.sha256("\0".join([*texts, cxx, version, *FLAGS,
                                         _cpu_signature()]).encode()).hexdigest()[:16]
-        lib_path = _cache_dir() / f"selective_scan-{key}.so"
+        lib_path = _cache_dir() / f"hymba_kernels-{key}.so"
         if not lib_path.is_file():
             lib_path.parent.mkdir(parents=True, exist_ok=True)
             # build beside the target and rename: concurrent runs never load a half-written file
             with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
                 built = Path(tmp) / lib_path.name
-                proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(built)],
+                proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", str(built)],
                                       capture_output=True, text=True, timeout=300)
                 if proc.returncode != 0:
                     first = (proc.stderr.strip().splitlines() or ["no output"])[0]
@@ -92,9 +96,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"the C++ build could not run ({type(exc).__name__}: {exc})"
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.hb_scan_fwd.argtypes = [ptr] * 10 + [i64] * 6
-    lib.hb_scan_bwd.argtypes = [ptr] * 17 + [i64] * 6
+    lib.hb_scan_fwd.argtypes = [ptr] * 11 + [i64] * 7
+    lib.hb_scan_bwd.argtypes = [ptr] * 19 + [i64] * 7
+    lib.hb_conv_fwd.argtypes = [ptr] * 4 + [i64] * 7
+    lib.hb_conv_bwd.argtypes = [ptr] * 7 + [i64] * 7
     lib.hb_scan_fwd.restype = lib.hb_scan_bwd.restype = None
+    lib.hb_conv_fwd.restype = lib.hb_conv_bwd.restype = None
     lib.hb_max_state.restype = lib.hb_chunk.restype = ctypes.c_int
     return lib, ""
 
@@ -142,10 +149,12 @@ def _over_blocks(call: object, blocks: int, work: int) -> None:
         future.result()
 
 
-def scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             z: Tensor | None, keep_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """u, delta, z: (Bt, D, L); A: (D, N); B, C: (Bt, N, L); D: (D,) -> out (Bt, D, L), the last
-    state (Bt, D, N), and the states the backward restarts from, (chunks, Bt, N, D), or None."""
+def scan_fwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor, C: Tensor,
+             D: Tensor | None, z: Tensor | None, softplus: bool, keep_checkpoints: bool
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """u, delta, z: (Bt, D, L); bias, D: (D,); A: (D, N); B, C: (Bt, N, L) -> out (Bt, D, L), the
+    last state (Bt, D, N), and the states the backward restarts from, (chunks, Bt, N, D), or None.
+    The recurrence's delta is softplus(delta + bias) (each optional), computed in the kernel."""
     lib = _load()[0]
     assert lib is not None
     batch, d, length = u.shape
@@ -154,16 +163,17 @@ def scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     last = u.new_empty(batch, d, n)
     chunks = -(-length // lib.hb_chunk())
     ck = u.new_empty(chunks, batch, n, d) if keep_checkpoints else None
-    args = [_ptr(t) for t in (u, delta, A, B, C, D, z, out, last, ck)]
-    _over_blocks(lambda lo, hi: lib.hb_scan_fwd(*args, length, batch, d, n, lo, hi),
+    args = [_ptr(t) for t in (u, delta, bias, A, B, C, D, z, out, last, ck)]
+    _over_blocks(lambda lo, hi: lib.hb_scan_fwd(*args, length, batch, d, n, int(softplus), lo, hi),
                  batch * d // LANES, length * batch * d * n)
     return out, last, ck
 
 
-def scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             z: Tensor | None, ck: Tensor, dout: Tensor, dlast: Tensor
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Gradients (du, ddelta, dA, dB, dC, dD, dz), each in its input's layout (None if absent)."""
+def scan_bwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor, C: Tensor,
+             D: Tensor | None, z: Tensor | None, softplus: bool, ck: Tensor, dout: Tensor,
+             dlast: Tensor) -> tuple[Tensor | None, ...]:
+    """Gradients (du, ddelta, dbias, dA, dB, dC, dD, dz), each in its input's layout (None if
+    absent); ddelta is the delta given's, before bias and softplus."""
     lib = _load()[0]
     assert lib is not None
     batch, d, length = u.shape
@@ -173,14 +183,14 @@ def scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     dA = u.new_empty(batch, d, n)
     dBp = u.new_empty(per_row, batch, n, length)
     dCp = u.new_empty(per_row, batch, n, length)
-    dDp = u.new_empty(batch, d)
+    dDp, dbp = u.new_empty(batch, d), u.new_empty(batch, d)
     dz = torch.empty_like(u) if z is not None else None
-    args = [_ptr(t) for t in (u, delta, A, B, C, D, z, ck, dout, dlast, du, ddelta, dA, dBp, dCp,
-                              dDp, dz)]
-    _over_blocks(lambda lo, hi: lib.hb_scan_bwd(*args, length, batch, d, n, lo, hi),
+    args = [_ptr(t) for t in (u, delta, bias, A, B, C, D, z, ck, dout, dlast, du, ddelta, dA, dBp,
+                              dCp, dDp, dbp, dz)]
+    _over_blocks(lambda lo, hi: lib.hb_scan_bwd(*args, length, batch, d, n, int(softplus), lo, hi),
                  batch * per_row, length * batch * d * n)
-    return (du, ddelta, dA.sum(0), dBp.sum(0), dCp.sum(0),
-            dDp.sum(0) if D is not None else None, dz)
+    return (du, ddelta, dbp.sum(0) if bias is not None else None, dA.sum(0), dBp.sum(0),
+            dCp.sum(0), dDp.sum(0) if D is not None else None, dz)
 
 
 class SelectiveScanCPU(torch.autograd.Function):
@@ -188,16 +198,64 @@ class SelectiveScanCPU(torch.autograd.Function):
     backward recomputes each chunk from it: L/64 x B x N x D floats held, not L x B x N x D."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, u: Tensor, delta: Tensor, A: Tensor,
-                B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(ctx: torch.autograd.function.FunctionCtx, u: Tensor, delta: Tensor,
+                bias: Tensor | None, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                z: Tensor | None, softplus: bool) -> tuple[Tensor, Tensor]:
         training = any(ctx.needs_input_grad)
-        out, last, ck = scan_fwd(u, delta, A, B, C, D, z, keep_checkpoints=training)
+        out, last, ck = scan_fwd(u, delta, bias, A, B, C, D, z, softplus, keep_checkpoints=training)
         if training:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, ck)
+            ctx.softplus = softplus
+            ctx.save_for_backward(u, delta, bias, A, B, C, D, z, ck)
         return out, last
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor, dlast: Tensor
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-        u, delta, A, B, C, D, z, ck = ctx.saved_tensors
-        return scan_bwd(u, delta, A, B, C, D, z, ck, dout.contiguous(), dlast.contiguous())
+                 ) -> tuple[Tensor | None, ...]:
+        u, delta, bias, A, B, C, D, z, ck = ctx.saved_tensors
+        return (*scan_bwd(u, delta, bias, A, B, C, D, z, ctx.softplus, ck, dout.contiguous(),
+                          dlast.contiguous()), None)
+
+
+def conv_fwd(x: Tensor, w: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    """x: (B, D, L), w: (D, K), bias: (D,) -> the causal depthwise conv (B, D, L), SiLU'd if asked."""
+    lib = _load()[0]
+    assert lib is not None
+    batch, d, length = x.shape
+    k = w.shape[1]
+    out = torch.empty_like(x)
+    args = [_ptr(t) for t in (x, w, bias, out)]
+    _over_blocks(lambda lo, hi: lib.hb_conv_fwd(*args, batch, d, length, k, int(silu), lo, hi),
+                 batch * d, batch * d * length * k)
+    return out
+
+
+def conv_bwd(x: Tensor, w: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients (dx, dw, dbias) of `conv_fwd`; the pre-activation is recomputed from x."""
+    lib = _load()[0]
+    assert lib is not None
+    batch, d, length = x.shape
+    k = w.shape[1]
+    dx = torch.empty_like(x)
+    dwp, dbp = x.new_empty(batch, d, k), x.new_empty(batch, d)
+    args = [_ptr(t) for t in (x, w, bias, dout, dx, dwp, dbp)]
+    _over_blocks(lambda lo, hi: lib.hb_conv_bwd(*args, batch, d, length, k, int(silu), lo, hi),
+                 batch * d, batch * d * length * k)
+    return dx, dwp.sum(0), dbp.sum(0) if bias is not None else None
+
+
+class CausalConv1dCPU(torch.autograd.Function):
+    """The compiled conv under autograd; the backward recomputes the pre-activation from x."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, w: Tensor,
+                bias: Tensor | None, silu: bool) -> Tensor:
+        ctx.silu = silu
+        ctx.save_for_backward(x, w, bias)
+        return conv_fwd(x, w, bias, silu)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        x, w, bias = ctx.saved_tensors
+        return (*conv_bwd(x, w, bias, dout.contiguous(), ctx.silu), None)

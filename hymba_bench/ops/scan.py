@@ -181,19 +181,22 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       return_last_state)
     dtype = u.dtype
-    u, delta, A = _prepare(u, delta, A, delta_bias, delta_softplus)
+    u, delta, A = u.float(), delta.float(), A.float()  # bias and softplus: in the kernel
     d = u.shape[1]
     pad = -d % cpu_kernel.LANES  # the kernel works on whole blocks of channels; zeros stay zero
     D = None if D is None else D.float()
     z = None if z is None else z.float()
+    bias = None if delta_bias is None else delta_bias.float()
     if pad:
         u, delta, A = F.pad(u, (0, 0, 0, pad)), F.pad(delta, (0, 0, 0, pad)), F.pad(A, (0, 0, 0, pad))
         D = None if D is None else F.pad(D, (0, pad))
         z = None if z is None else F.pad(z, (0, 0, 0, pad))
+        bias = None if bias is None else F.pad(bias, (0, pad))
     out, last = cpu_kernel.SelectiveScanCPU.apply(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B.float().contiguous(),
-        C.float().contiguous(), None if D is None else D.contiguous(),
-        None if z is None else z.contiguous())
+        u.contiguous(), delta.contiguous(), None if bias is None else bias.contiguous(),
+        A.contiguous(), B.float().contiguous(), C.float().contiguous(),
+        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+        delta_softplus)
     if pad:
         out, last = out[:, :d], last[:, :d]
     out = out.to(dtype)

@@ -79,13 +79,16 @@ def test_selective_scan_grad_equals_ref_grad(bc: str) -> None:
 @pytest.mark.parametrize("fast", FAST_SCANS)
 @given(batch=st.integers(1, 2), d=st.sampled_from([3, 8, 16]), n=st.integers(1, 6),
        length=st.integers(1, 150), use_d=st.booleans(), use_z=st.booleans(),
-       use_bias=st.booleans(), seed=st.integers(0, 2**16))
+       use_bias=st.booleans(), softplus=st.booleans(), seed=st.integers(0, 2**16))
 def test_selective_scan_training_grads_equal_ref(fast, batch, d, n, length, use_d, use_z,
-                                                 use_bias, seed) -> None:
-    """Mamba's layout (B, C per step): values and every input's gradient, the last state's
-    included, equal autograd through the reference loop, across the kernel's chunk boundary."""
+                                                 use_bias, softplus, seed) -> None:
+    """Mamba's layout (B, C per step): values and every input's gradient (the delta bias's and
+    the last state's included, through softplus or not) equal autograd through the reference
+    loop, across the kernel's chunk boundary."""
     g = torch.Generator().manual_seed(seed)
     x = scan_inputs(batch, d, n, length, "var", seed)
+    if not softplus:
+        x["delta"] = x["delta"].abs()
     if use_d:
         x["D"] = torch.randn(d, generator=g)
     if use_z:
@@ -96,7 +99,7 @@ def test_selective_scan_training_grads_equal_ref(fast, batch, d, n, length, use_
     results = []
     for fn in (fast, ops.selective_scan_ref):
         leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-        y, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+        y, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
         ((y * dy).sum() + (last * dlast).sum()).backward()
         results.append([y, last, *(leaves[k].grad for k in sorted(leaves))])
     for got, want in zip(*results, strict=True):
@@ -113,6 +116,19 @@ def test_cpu_kernel_exp_matches_libm() -> None:
     u = torch.stack([torch.ones(m), torch.zeros(m)], -1)[None]  # delta_0 u_0 B_0 = 1, no input at 1
     y = ops.selective_scan_cpu(u, delta, arg[:, None], torch.ones(1, 1, 2), torch.ones(1, 1, 2))
     torch.testing.assert_close(y[0, :, 1], torch.exp(arg), rtol=2.5e-7, atol=1e-37)
+
+
+@needs_kernel
+def test_cpu_kernel_softplus_matches_torch() -> None:
+    """The kernel's own softplus (and delta bias), read back through a one-step scan with u = B =
+    C = 1, where y = delta = softplus(delta + bias): both tails, the threshold at 20, zero, tiny."""
+    arg = torch.cat([torch.linspace(-100, 100, 4001), torch.tensor([0.0, 19.99, 20.0, 20.01, 1e-8])])
+    m = arg.numel()
+    bias = torch.full((m,), 0.25)
+    ones, delta = torch.ones(1, 1, 1), arg - 0.25
+    y = ops.selective_scan_cpu(torch.ones(1, m, 1), delta[None, :, None], -torch.ones(m, 1), ones,
+                               ones, delta_bias=bias, delta_softplus=True)
+    torch.testing.assert_close(y[0, :, 0], F.softplus(delta + bias), rtol=4e-7, atol=1e-37)
 
 
 @needs_kernel
@@ -154,18 +170,22 @@ def test_scan_dispatch_and_report_follow_the_kernel(monkeypatch, tmp_path, reset
     ops.selective_scan(**x)
     assert ran == ["selective_scan_chunked"]
     assert ops.backend_report("cpu")["selective_scan"] == "torch-chunked"
+    assert ops.backend_report("cpu")["causal_conv1d"] == "torch-conv1d"
+    assert ops._conv_path(False)[1] is ops.causal_conv1d_torch
 
 
 @needs_kernel
 def test_scan_dispatch_takes_the_built_kernel(monkeypatch, tmp_path, reset_kernel) -> None:
     _fresh_kernel(monkeypatch, tmp_path)  # a build from scratch, into an empty cache
     assert cpu_kernel.available(), cpu_kernel.unavailable_reason()
-    assert list(tmp_path.glob("kernels/selective_scan-*.so"))
+    assert list(tmp_path.glob("kernels/hymba_kernels-*.so"))
     ran = []
     real = ops.selective_scan_cpu
     monkeypatch.setattr(ops, "selective_scan_cpu", lambda *a, **k: ran.append(1) or real(*a, **k))
     ops.selective_scan(**scan_inputs(1, 8, 4, 10, "var", 0))
     assert ran and ops.backend_report("cpu")["selective_scan"] == "cpu-kernel"
+    assert ops.backend_report("cpu")["causal_conv1d"] == "cpu-kernel"
+    assert ops._conv_path(False)[1] is ops.causal_conv1d_cpu
 
 
 @pytest.mark.parametrize("fast", FAST_SCANS)
@@ -193,14 +213,20 @@ def test_state_update_steps_equal_scan(batch, d, n, length, seed) -> None:
     torch.testing.assert_close(state, last, rtol=1e-4, atol=1e-5)
 
 
+# Every CPU causal conv path, held to the reference by the same test bodies.
+FAST_CONVS = [pytest.param(ops.causal_conv1d_torch, id="torch-conv1d"),
+              pytest.param(ops.causal_conv1d_cpu, id="cpu-kernel", marks=needs_kernel)]
+
+
+@pytest.mark.parametrize("fast", FAST_CONVS)
 @given(batch=st.integers(1, 3), d=st.integers(1, 5), k=st.integers(1, 5),
        length=st.integers(1, 30), bias=st.booleans(), act=st.sampled_from([None, "silu"]),
        seed=st.integers(0, 2**16))
-def test_causal_conv1d_equals_ref_and_steps(batch, d, k, length, bias, act, seed) -> None:
+def test_causal_conv1d_equals_ref_and_steps(fast, batch, d, k, length, bias, act, seed) -> None:
     g = torch.Generator().manual_seed(seed)
     x, w = torch.randn(batch, d, length, generator=g), torch.randn(d, k, generator=g)
     b = torch.randn(d, generator=g) if bias else None
-    out = ops.causal_conv1d(x, w, b, act)
+    out = fast(x, w, b, act)
     torch.testing.assert_close(out, ops.causal_conv1d_ref(x, w, b, act), rtol=1e-5, atol=1e-5)
     # stepping from a prefix's state reproduces the rest
     split = length // 2
@@ -209,6 +235,27 @@ def test_causal_conv1d_equals_ref_and_steps(batch, d, k, length, bias, act, seed
     steps = [ops.causal_conv1d_update(x[:, :, t], state, w, b, act) for t in range(split, length)]
     if steps:
         torch.testing.assert_close(torch.stack(steps, 2), out[:, :, split:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", FAST_CONVS)
+@given(batch=st.integers(1, 3), d=st.integers(1, 12), k=st.integers(1, 5),
+       length=st.integers(1, 80), bias=st.booleans(), act=st.sampled_from([None, "silu"]),
+       seed=st.integers(0, 2**16))
+def test_causal_conv1d_grads_equal_ref(fast, batch, d, k, length, bias, act, seed) -> None:
+    """Gradients of x, the weight and the bias equal autograd through the shifted-sum reference
+    (lengths off the kernel's vector width, K = 1, no bias: every edge of its padding)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(batch, d, length, generator=g), torch.randn(d, k, generator=g)]
+    if bias:
+        inputs.append(torch.randn(d, generator=g))
+    dy = torch.randn(batch, d, length, generator=g)
+    grads = []
+    for fn in (fast, ops.causal_conv1d_ref):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        x, w, *b = leaves
+        grads.append(torch.autograd.grad((fn(x, w, b[0] if b else None, act) * dy).sum(), leaves))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_causal_conv1d_matches_torch_conv_module() -> None:

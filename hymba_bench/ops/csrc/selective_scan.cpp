@@ -4,67 +4,27 @@
 // owns threads (each call takes a range of blocks) and autograd.
 //
 // Layouts are mamba-ssm's, float32, contiguous:
-//   u, delta, z, y, dy, du_grad, ddelta, dz: (B, D, L)   delta after bias and softplus
-//   A: (D, N)   Bm, Cm: (B, N, L)   Dv: (D,)   dDp: (B, D)   last, dlast, dA: (B, D, N)
+//   u, delta, z, y, dy, du_grad, ddelta, dz: (B, D, L)   delta before bias and softplus
+//   A: (D, N)   Bm, Cm: (B, N, L)   Dv, dbias: (D,)   dDp, dbp: (B, D)   last, dlast, dA: (B, D, N)
 //   ck: (chunks, B, N, D)
 //   dBp, dCp: (D / 8, B, N, L) per-block partial sums, reduced over the first axis by the caller
 // D is a multiple of 8 (the caller pads), N <= MAX_N. A block is 8 channels of one batch row; it
 // walks time in chunks of CHUNK steps, transposing each chunk's slice of the (.., L) rows into a
 // small time-major tile first, so the inner loop reads one 8-lane vector per step.
 //
+//   delta_t <- softplus(delta_t + dbias) (each optional, as mamba-ssm's delta_bias, delta_softplus;
+//   done here, on the tile, because as two torch ops and their backward they cost half the scan)
 //   a_t = exp(delta_t A),  x_t = a_t x_{t-1} + delta_t u_t B_t,  y_t = sum_n C_t[n] x_t[n]
 //   out_t = (y_t + Dv u_t) * silu(z_t)     (Dv and z optional, as in mamba-ssm)
 //
-// No fast-math: exp is the classic range reduction e^x = 2^k e^r, |r| <= ln2/2, with a degree-6
-// polynomial for e^r (within 2 ulp of libm), written on GCC/Clang vectors so every lane of a
-// block computes at once on any SIMD width the compiler targets.
+// exp and the vector helpers are in simd.h.
 
-#include <cstdint>
-#include <cstring>
+#include "simd.h"
 
 namespace {
 
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-constexpr int LANES = 8;
+using namespace hb;
 constexpr int MAX_N = 64;
-
-inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float s) { return vf{} + s; }
-inline float hsum(vf v) {  // a tree: three shuffle-adds, not seven dependent lane extracts
-  typedef int32_t vmask __attribute__((vector_size(32)));
-  v += __builtin_shuffle(v, vmask{4, 5, 6, 7, 0, 1, 2, 3});
-  v += __builtin_shuffle(v, vmask{2, 3, 0, 1, 6, 7, 4, 5});
-  v += __builtin_shuffle(v, vmask{1, 0, 3, 2, 5, 4, 7, 6});
-  return v[0];
-}
-
-__attribute__((always_inline)) inline vf vexp(vf x) {
-  const vf lo = splat(-87.33654475f), hi = splat(88.3683f);  // keeps round(x / ln 2) <= 127
-  const vi under = x < lo;  // e^x below the smallest normal float: 0, as libm's result rounds to
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  // k = round(x / ln 2) by the 1.5 * 2^23 trick: adding it leaves k in the low mantissa bits
-  const vf shifted = x * 1.44269504088896341f + 12582912.0f;
-  const vf kf = shifted - 12582912.0f;
-  vi k;
-  std::memcpy(&k, &shifted, sizeof k);
-  k -= 0x4B400000;
-  const vf r = x - kf * 0.693359375f + kf * 2.12194440e-4f;  // ln 2 split in two for exactness
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const vi bits = (k + 127) << 23;  // 2^k as float bits
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const vf y = p * scale;
-  return under ? splat(0.f) : y;
-}
 
 constexpr int64_t CHUNK = 64;
 
@@ -73,17 +33,40 @@ struct Shape {
 };
 
 // One block's view of a chunk [t0, t1): the inputs transposed to time-major tiles.
-struct Tile {
-  float dl[CHUNK][LANES], u[CHUNK][LANES], z[CHUNK][LANES], bm[CHUNK][MAX_N], cm[CHUNK][MAX_N];
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(e) = 2 atanh(e / (2 + e)) as its odd series
+// to s^15 (s <= 1/3: the next term is below 1e-9), exact for small e where log(1 + e) is not.
+// Above 20 this rounds to x, as torch's threshold gives.
+inline vf softplus(vf x) {
+  const vf e = vexp(x > 0 ? -x : x), s = e / (2.0f + e), s2 = s * s;
+  vf p = splat(1.0f / 15);
+  p = p * s2 + 1.0f / 13;
+  p = p * s2 + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  return (x > 0 ? x : splat(0.f)) + 2.0f * (s + s * s2 * p);
+}
 
-  void load_inputs(const Shape& s, const float* delta, const float* u_in, const float* z_in,
-                   const float* Bm, const float* Cm, int64_t b, int64_t d0, int64_t t0,
-                   int64_t len) {
+struct Tile {
+  // dl: delta as the recurrence uses it; raw: delta + bias, before softplus (for its gradient)
+  float dl[CHUNK][LANES], raw[CHUNK][LANES], u[CHUNK][LANES], z[CHUNK][LANES], bm[CHUNK][MAX_N],
+      cm[CHUNK][MAX_N];
+
+  void load_inputs(const Shape& s, const float* delta, const float* dbias, bool soft,
+                   const float* u_in, const float* z_in, const float* Bm, const float* Cm,
+                   int64_t b, int64_t d0, int64_t t0, int64_t len) {
     for (int c = 0; c < LANES; ++c) {
       const int64_t row = (b * s.D + d0 + c) * s.L + t0;
-      for (int64_t t = 0; t < len; ++t) { dl[t][c] = delta[row + t]; u[t][c] = u_in[row + t]; }
+      for (int64_t t = 0; t < len; ++t) { raw[t][c] = delta[row + t]; u[t][c] = u_in[row + t]; }
       if (z_in)
         for (int64_t t = 0; t < len; ++t) z[t][c] = z_in[row + t];
+    }
+    const vf bias = dbias ? load(dbias + d0) : splat(0.f);
+    for (int64_t t = 0; t < len; ++t) {
+      const vf r = load(raw[t]) + bias;
+      store(raw[t], r);
+      store(dl[t], soft ? softplus(r) : r);
     }
     for (int64_t n = 0; n < s.N; ++n) {
       const float* br = Bm + (b * s.N + n) * s.L + t0;
@@ -101,8 +84,6 @@ inline void store_rows(const Shape& s, float* out, const float (*tile)[LANES], i
     for (int64_t t = 0; t < len; ++t) r[t] = tile[t][c];
   }
 }
-
-inline vf sigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 
 inline vf gather_lanes(const float* p, int64_t stride) {  // p[0], p[stride], ... as one vector
   vf v;
@@ -123,10 +104,10 @@ int hb_chunk() { return CHUNK; }
 
 // Blocks [blk0, blk1) of B * D / 8. ck may be null (no backward to feed): else the state before
 // each chunk is stored there, for the backward to recompute from.
-void hb_scan_fwd(const float* u_in, const float* delta, const float* A, const float* Bm,
-                 const float* Cm, const float* Dv, const float* z, float* y, float* last,
-                 float* ck, int64_t L, int64_t B, int64_t D, int64_t N, int64_t blk0,
-                 int64_t blk1) {
+void hb_scan_fwd(const float* u_in, const float* delta, const float* dbias, const float* A,
+                 const float* Bm, const float* Cm, const float* Dv, const float* z, float* y,
+                 float* last, float* ck, int64_t L, int64_t B, int64_t D, int64_t N, int64_t soft,
+                 int64_t blk0, int64_t blk1) {
   const Shape s{L, B, D, N};
   const int64_t per_row = D / LANES;
   Tile tile;
@@ -140,7 +121,7 @@ void hb_scan_fwd(const float* u_in, const float* delta, const float* A, const fl
       const int64_t len = t0 + CHUNK < L ? CHUNK : L - t0;
       if (ck)
         for (int64_t n = 0; n < N; ++n) store(ck + ((t0 / CHUNK * B + b) * N + n) * D + d0, x[n]);
-      tile.load_inputs(s, delta, u_in, z, Bm, Cm, b, d0, t0, len);
+      tile.load_inputs(s, delta, dbias, soft, u_in, z, Bm, Cm, b, d0, t0, len);
       for (int64_t t = 0; t < len; ++t) {
         const vf dl = load(tile.dl[t]), uu = load(tile.u[t]), du = dl * uu;
         vf acc = skip * uu;
@@ -162,12 +143,14 @@ void hb_scan_fwd(const float* u_in, const float* delta, const float* A, const fl
 
 // The reverse recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} (g: dLoss/dx_t), one chunk at a time,
 // the chunk's states, decays and outputs recomputed from its checkpoint. dA and dDp are written
-// per batch row (the caller sums over B); ddelta includes the path through delta * u.
-void hb_scan_bwd(const float* u_in, const float* delta, const float* A, const float* Bm,
-                 const float* Cm, const float* Dv, const float* z, const float* ck,
-                 const float* dout, const float* dlast, float* du_grad, float* ddelta, float* dA,
-                 float* dBp, float* dCp, float* dDp, float* dz, int64_t L, int64_t B, int64_t D,
-                 int64_t N, int64_t blk0, int64_t blk1) {
+// per batch row (the caller sums over B); ddelta includes the path through delta * u, and is
+// the gradient of the delta given (before bias and softplus); dbp per batch row, as dDp.
+void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, const float* A,
+                 const float* Bm, const float* Cm, const float* Dv, const float* z,
+                 const float* ck, const float* dout, const float* dlast, float* du_grad,
+                 float* ddelta, float* dA, float* dBp, float* dCp, float* dDp, float* dbp, float* dz,
+                 int64_t L, int64_t B, int64_t D, int64_t N, int64_t soft, int64_t blk0,
+                 int64_t blk1) {
   const Shape s{L, B, D, N};
   const int64_t per_row = D / LANES, chunks = (L + CHUNK - 1) / CHUNK;
   Tile tile;
@@ -184,10 +167,10 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* A, const fl
       da_acc[n] = splat(0.f);
     }
     const vf skip = Dv ? load(Dv + d0) : splat(0.f);
-    vf dskip = splat(0.f);
+    vf dskip = splat(0.f), draw_sum = splat(0.f);
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * CHUNK, len = t0 + CHUNK < L ? CHUNK : L - t0;
-      tile.load_inputs(s, delta, u_in, z, Bm, Cm, b, d0, t0, len);
+      tile.load_inputs(s, delta, dbias, soft, u_in, z, Bm, Cm, b, d0, t0, len);
       for (int c2 = 0; c2 < LANES; ++c2) {
         const float* r = dout + (b * D + d0 + c2) * L + t0;
         for (int64_t t = 0; t < len; ++t) dyt[t][c2] = r[t];
@@ -232,13 +215,17 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* A, const fl
           g[n] = gt * a[n];
         }
         store(out_du[t], ddu * dl + dyv * skip);
-        store(out_dl[t], ddl + ddu * uu);
+        vf draw = ddl + ddu * uu;  // dLoss / d delta_t, then through softplus: sigmoid(raw)
+        if (soft) draw *= sigmoid(load(tile.raw[t]));
+        draw_sum += draw;
+        store(out_dl[t], draw);
       }
       store_rows(s, du_grad, out_du, b, d0, t0, len);
       store_rows(s, ddelta, out_dl, b, d0, t0, len);
       if (z) store_rows(s, dz, out_dz, b, d0, t0, len);
     }
     store(dDp + b * D + d0, dskip);
+    store(dbp + b * D + d0, draw_sum);
     for (int64_t n = 0; n < N; ++n) scatter_lanes(dA + (b * D + d0) * N + n, N, da_acc[n]);
   }
   delete[] xs;
