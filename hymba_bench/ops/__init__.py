@@ -37,6 +37,7 @@ from hymba_bench.ops.long_conv import (
     modal_step,
 )
 from hymba_bench.ops.moe import moe_combine, moe_combine_ref
+from hymba_bench.ops.norm import rms_norm, rms_norm_ref
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
     selective_scan_cpu,
@@ -157,6 +158,8 @@ __all__ = [
     "modal_step",
     "moe_combine",
     "moe_combine_ref",
+    "rms_norm",
+    "rms_norm_ref",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_cpu",

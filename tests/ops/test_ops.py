@@ -325,3 +325,23 @@ def test_attention_equals_ref(batch, hkv, group, lq, extra, e, ev, masked, seed)
         tril = torch.ones(lq, lq, dtype=torch.bool).tril()
         torch.testing.assert_close(causal, ops.attention_ref(q, k[:, :, :lq], v[:, :, :lq], tril),
                                    rtol=1e-4, atol=1e-5)
+
+
+@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=3), d=st.integers(1, 70),
+       eps=st.sampled_from([1e-6, 1e-5, 0.1]), half=st.booleans(), seed=st.integers(0, 2**16))
+def test_rms_norm_equals_ref_values_and_grads(lead, d, eps, half, seed) -> None:
+    """The hand-written backward against autograd through the formula; half inputs too."""
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(*lead, d, generator=g) * 3, torch.randn(d, generator=g)
+    dy = torch.randn(*lead, d, generator=g)
+    if half:
+        x, dy = x.half(), dy.half()
+    results = []
+    for fn in (ops.rms_norm, ops.rms_norm_ref):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fn(xl, wl, eps)
+        results.append([y, *torch.autograd.grad((y.float() * dy.float()).sum(), (xl, wl))])
+    assert results[0][0].dtype == x.dtype
+    tol = dict(rtol=2e-3, atol=2e-3) if half else dict(rtol=1e-5, atol=1e-5)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, **tol)
