@@ -37,7 +37,7 @@ from hymba_bench.ops.long_conv import (
     modal_step,
 )
 from hymba_bench.ops.moe import moe_combine, moe_combine_ref
-from hymba_bench.ops.norm import rms_norm, rms_norm_ref
+from hymba_bench.ops.norm import rms_norm_cpu, rms_norm_ref, rms_norm_torch
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
     selective_scan_cpu,
@@ -75,6 +75,11 @@ def _scan_path(cuda: bool) -> KernelPath:
     cpu = ("cpu-kernel", selective_scan_cpu) if not cuda and cpu_kernel.available() else \
         ("torch-chunked", selective_scan_chunked)
     return _cuda_or(cuda, _scan_cuda, "mamba_ssm", cpu)
+
+
+def _norm_path(cuda: bool) -> KernelPath:
+    return ("cpu-kernel", rms_norm_cpu) if not cuda and cpu_kernel.available() else \
+        ("torch", rms_norm_torch)
 
 
 def _state_update_path(cuda: bool) -> KernelPath:
@@ -119,6 +124,11 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
     return fn(x, conv_state, weight, bias, activation=activation)
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x: (..., d), weight: (d,) -> RMSNorm(x) * weight, in float32, returned in x's dtype."""
+    return _norm_path(x.is_cuda)[1](x, weight, eps)
+
+
 def long_conv(u: Tensor, h: Tensor) -> Tensor:
     """Hyena's long causal convolution: FFT everywhere (no fused kernel is needed at these sizes)."""
     return long_conv_fft(u, h)
@@ -133,6 +143,7 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
         "causal_conv1d": _conv_path(cuda)[0],
         "causal_conv1d_update": _conv_update_path(cuda)[0],
         "attention": f"{decode_path(cuda)[0]} decode, torch-sdpa prefill",
+        "rms_norm": _norm_path(cuda)[0],
         "long_conv": "torch-fft",
         "moe": "torch-gather",
     }
@@ -159,7 +170,9 @@ __all__ = [
     "moe_combine",
     "moe_combine_ref",
     "rms_norm",
+    "rms_norm_cpu",
     "rms_norm_ref",
+    "rms_norm_torch",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_cpu",

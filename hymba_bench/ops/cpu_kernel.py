@@ -1,5 +1,5 @@
-"""The compiled CPU kernels (`csrc/`: the selective scan and the depthwise causal conv): build,
-load, call.
+"""The compiled CPU kernels (`csrc/`: the selective scan, the depthwise causal conv, RMSNorm):
+build, load, call.
 
 Why compiled: on the CPU the scan's cost is per-op overhead and passes over memory, not
 arithmetic. Torch ops step through time one (B, N, D) slab at a time (the chunked form in
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "selective_scan.cpp", CSRC / "causal_conv.cpp"]  # one library
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "causal_conv.cpp", CSRC / "rms_norm.cpp"]  # one library
 HEADERS = [CSRC / "simd.h"]
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
 LANES = 8  # channels per block (the kernel's vector width); D must be a multiple
@@ -100,6 +100,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.hb_scan_bwd.argtypes = [ptr] * 19 + [i64] * 7
     lib.hb_conv_fwd.argtypes = [ptr] * 4 + [i64] * 7
     lib.hb_conv_bwd.argtypes = [ptr] * 7 + [i64] * 7
+    lib.hb_rmsnorm_fwd.argtypes = [ptr] * 4 + [i64, i64, ctypes.c_float, i64, i64]
+    lib.hb_rmsnorm_bwd.argtypes = [ptr] * 6 + [i64] * 4
+    lib.hb_rmsnorm_fwd.restype = lib.hb_rmsnorm_bwd.restype = None
+    lib.hb_norm_rows.restype = i64
     lib.hb_scan_fwd.restype = lib.hb_scan_bwd.restype = None
     lib.hb_conv_fwd.restype = lib.hb_conv_bwd.restype = None
     lib.hb_max_state.restype = lib.hb_chunk.restype = ctypes.c_int
@@ -259,3 +263,44 @@ class CausalConv1dCPU(torch.autograd.Function):
                  ) -> tuple[Tensor, Tensor, Tensor | None, None]:
         x, w, bias = ctx.saved_tensors
         return (*conv_bwd(x, w, bias, dout.contiguous(), ctx.silu), None)
+
+
+def rms_norm_fwd(x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """x: (R, d), w: (d,) -> (out (R, d), 1/rms per row (R,))."""
+    lib = _load()[0]
+    assert lib is not None
+    rows, d = x.shape
+    out, rstd = torch.empty_like(x), x.new_empty(rows)
+    blocks = -(-rows // lib.hb_norm_rows())
+    args = [_ptr(t) for t in (x, w, out, rstd)]
+    _over_blocks(lambda lo, hi: lib.hb_rmsnorm_fwd(*args, rows, d, eps, lo, hi), blocks, rows * d)
+    return out, rstd
+
+
+def rms_norm_bwd(x: Tensor, w: Tensor, rstd: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients (dx, dw) of `rms_norm_fwd`."""
+    lib = _load()[0]
+    assert lib is not None
+    rows, d = x.shape
+    blocks = -(-rows // lib.hb_norm_rows())
+    dx, dwp = torch.empty_like(x), x.new_empty(blocks, d)
+    args = [_ptr(t) for t in (x, w, rstd, dy, dx, dwp)]
+    _over_blocks(lambda lo, hi: lib.hb_rmsnorm_bwd(*args, rows, d, lo, hi), blocks, rows * d)
+    return dx, dwp.sum(0)
+
+
+class RMSNormCPU(torch.autograd.Function):
+    """The compiled RMSNorm under autograd, over rows of x's last dimension."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, w: Tensor, eps: float) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out, rstd = rms_norm_fwd(rows, w, eps)
+        ctx.save_for_backward(rows, w, rstd)
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
+        rows, w, rstd = ctx.saved_tensors
+        dx, dw = rms_norm_bwd(rows, w, rstd, dy.reshape(rows.shape).contiguous())
+        return dx.view(dy.shape), dw, None

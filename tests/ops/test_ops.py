@@ -171,6 +171,7 @@ def test_scan_dispatch_and_report_follow_the_kernel(monkeypatch, tmp_path, reset
     assert ran == ["selective_scan_chunked"]
     assert ops.backend_report("cpu")["selective_scan"] == "torch-chunked"
     assert ops.backend_report("cpu")["causal_conv1d"] == "torch-conv1d"
+    assert ops.backend_report("cpu")["rms_norm"] == "torch"
     assert ops._conv_path(False)[1] is ops.causal_conv1d_torch
 
 
@@ -185,6 +186,7 @@ def test_scan_dispatch_takes_the_built_kernel(monkeypatch, tmp_path, reset_kerne
     ops.selective_scan(**scan_inputs(1, 8, 4, 10, "var", 0))
     assert ran and ops.backend_report("cpu")["selective_scan"] == "cpu-kernel"
     assert ops.backend_report("cpu")["causal_conv1d"] == "cpu-kernel"
+    assert ops.backend_report("cpu")["rms_norm"] == "cpu-kernel"
     assert ops._conv_path(False)[1] is ops.causal_conv1d_cpu
 
 
@@ -327,17 +329,23 @@ def test_attention_equals_ref(batch, hkv, group, lq, extra, e, ev, masked, seed)
                                    rtol=1e-4, atol=1e-5)
 
 
-@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=3), d=st.integers(1, 70),
+FAST_NORMS = [pytest.param(ops.rms_norm_torch, id="torch"),
+              pytest.param(ops.rms_norm_cpu, id="cpu-kernel", marks=needs_kernel)]
+
+
+@pytest.mark.parametrize("fast", FAST_NORMS)
+@given(lead=st.lists(st.integers(1, 5), min_size=0, max_size=3), d=st.integers(1, 70),
        eps=st.sampled_from([1e-6, 1e-5, 0.1]), half=st.booleans(), seed=st.integers(0, 2**16))
-def test_rms_norm_equals_ref_values_and_grads(lead, d, eps, half, seed) -> None:
-    """The hand-written backward against autograd through the formula; half inputs too."""
+def test_rms_norm_equals_ref_values_and_grads(fast, lead, d, eps, half, seed) -> None:
+    """Both hand-written backwards against autograd through the formula: widths off the vector
+    width, more rows than one of the kernel's blocks, half inputs."""
     g = torch.Generator().manual_seed(seed)
     x, w = torch.randn(*lead, d, generator=g) * 3, torch.randn(d, generator=g)
     dy = torch.randn(*lead, d, generator=g)
     if half:
         x, dy = x.half(), dy.half()
     results = []
-    for fn in (ops.rms_norm, ops.rms_norm_ref):
+    for fn in (fast, ops.rms_norm_ref):
         xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
         y = fn(xl, wl, eps)
         results.append([y, *torch.autograd.grad((y.float() * dy.float()).sum(), (xl, wl))])
