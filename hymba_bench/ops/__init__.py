@@ -2,8 +2,8 @@
 
 Every op has a pure-PyTorch implementation that runs anywhere and a `*_ref` twin with the same
 signature. On CUDA, with the optional `cuda` extra installed, the mamba-ssm / causal-conv1d
-kernels are used instead; on the CPU the selective scan and the causal conv use the compiled
-kernels of `cpu_kernel.py` when a C++ compiler is there. `backend_report(device)` says which
+kernels are used instead; on the CPU the selective scan, the causal conv and RMSNorm use the
+compiled kernels of `cpu_kernel.py` when a C++ compiler is there. `backend_report(device)` says which
 ran, for the results file.
 """
 
@@ -70,16 +70,22 @@ def _cuda_or(cuda: bool, kernel: Callable[..., Any] | None, name: str, fallback:
     return (name, kernel) if cuda and kernel is not None else fallback
 
 
+def _compiled_or(cuda: bool, kernel: Callable[..., Any], fallback: KernelPath) -> KernelPath:
+    """The compiled CPU kernel where it is built and the tensors are on the CPU, else `fallback`.
+    Under torch.compile the fallback too, asked first: Dynamo cannot trace the build check or a
+    ctypes call (Inductor fuses the torch path instead)."""
+    use = not cuda and not torch.compiler.is_compiling() and cpu_kernel.available()
+    return ("cpu-kernel", kernel) if use else fallback
+
+
 # Each op's path: the dispatch calls it and `backend_report` names it, so they cannot disagree.
 def _scan_path(cuda: bool) -> KernelPath:
-    cpu = ("cpu-kernel", selective_scan_cpu) if not cuda and cpu_kernel.available() else \
-        ("torch-chunked", selective_scan_chunked)
+    cpu = _compiled_or(cuda, selective_scan_cpu, ("torch-chunked", selective_scan_chunked))
     return _cuda_or(cuda, _scan_cuda, "mamba_ssm", cpu)
 
 
 def _norm_path(cuda: bool) -> KernelPath:
-    return ("cpu-kernel", rms_norm_cpu) if not cuda and cpu_kernel.available() else \
-        ("torch", rms_norm_torch)
+    return _compiled_or(cuda, rms_norm_cpu, ("torch", rms_norm_torch))
 
 
 def _state_update_path(cuda: bool) -> KernelPath:
@@ -87,8 +93,7 @@ def _state_update_path(cuda: bool) -> KernelPath:
 
 
 def _conv_path(cuda: bool) -> KernelPath:
-    cpu = ("cpu-kernel", causal_conv1d_cpu) if not cuda and cpu_kernel.available() else \
-        ("torch-conv1d", causal_conv1d_torch)
+    cpu = _compiled_or(cuda, causal_conv1d_cpu, ("torch-conv1d", causal_conv1d_torch))
     return _cuda_or(cuda, _conv_cuda, "causal_conv1d", cpu)
 
 
@@ -125,10 +130,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """x: (..., d), weight: (d,) -> RMSNorm(x) * weight, in float32, returned in x's dtype.
-    Under torch.compile the formula itself: Inductor fuses it, and cannot trace the C++ kernel."""
-    if torch.compiler.is_compiling():
-        return rms_norm_ref(x, weight, eps)
+    """x: (..., d), weight: (d,) -> RMSNorm(x) * weight, in float32, returned in x's dtype."""
     return _norm_path(x.is_cuda)[1](x, weight, eps)
 
 

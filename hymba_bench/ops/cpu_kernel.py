@@ -118,6 +118,13 @@ def unavailable_reason() -> str:
     return _load()[1]
 
 
+def _lib() -> ctypes.CDLL:
+    """The loaded library, for callers the dispatch chose because it is `available()`."""
+    lib = _load()[0]
+    assert lib is not None, unavailable_reason()
+    return lib
+
+
 def max_state() -> int:
     lib = _load()[0]
     return int(lib.hb_max_state()) if lib is not None else 0
@@ -159,8 +166,7 @@ def scan_fwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor
     """u, delta, z: (Bt, D, L); bias, D: (D,); A: (D, N); B, C: (Bt, N, L) -> out (Bt, D, L), the
     last state (Bt, D, N), and the states the backward restarts from, (chunks, Bt, N, D), or None.
     The recurrence's delta is softplus(delta + bias) (each optional), computed in the kernel."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     batch, d, length = u.shape
     n = A.shape[1]
     out = torch.empty_like(u)
@@ -178,8 +184,7 @@ def scan_bwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor
              dlast: Tensor) -> tuple[Tensor | None, ...]:
     """Gradients (du, ddelta, dbias, dA, dB, dC, dD, dz), each in its input's layout (None if
     absent); ddelta is the delta given's, before bias and softplus."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     batch, d, length = u.shape
     n = A.shape[1]
     per_row = d // LANES
@@ -222,8 +227,7 @@ class SelectiveScanCPU(torch.autograd.Function):
 
 def conv_fwd(x: Tensor, w: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     """x: (B, D, L), w: (D, K), bias: (D,) -> the causal depthwise conv (B, D, L), SiLU'd if asked."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     batch, d, length = x.shape
     k = w.shape[1]
     out = torch.empty_like(x)
@@ -236,8 +240,7 @@ def conv_fwd(x: Tensor, w: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
 def conv_bwd(x: Tensor, w: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
              ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients (dx, dw, dbias) of `conv_fwd`; the pre-activation is recomputed from x."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     batch, d, length = x.shape
     k = w.shape[1]
     dx = torch.empty_like(x)
@@ -267,8 +270,7 @@ class CausalConv1dCPU(torch.autograd.Function):
 
 def rms_norm_fwd(x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """x: (R, d), w: (d,) -> (out (R, d), 1/rms per row (R,))."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     rows, d = x.shape
     out, rstd = torch.empty_like(x), x.new_empty(rows)
     blocks = -(-rows // lib.hb_norm_rows())
@@ -279,8 +281,7 @@ def rms_norm_fwd(x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 def rms_norm_bwd(x: Tensor, w: Tensor, rstd: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients (dx, dw) of `rms_norm_fwd`."""
-    lib = _load()[0]
-    assert lib is not None
+    lib = _lib()
     rows, d = x.shape
     blocks = -(-rows // lib.hb_norm_rows())
     dx, dwp = torch.empty_like(x), x.new_empty(blocks, d)

@@ -7,8 +7,9 @@ in x's dtype.
 Why a hand-written backward: a tiny model's training step runs ~60 of these per forward, and
 autograd through the formula records seven nodes each (pow, mean, add, rsqrt and three products);
 one node that keeps the normalised x and 1/rms does the backward in eight passes instead of about
-fifteen. Measured on the 2-core CPU, fwd+bwd at (32, 33, 128): 2.2 ms -> 1.4 ms in torch ops;
-the compiled kernel does each direction in one pass over the rows.
+fifteen. The compiled kernel does each direction in one pass over the rows: a tiny B training
+step 259 -> 243 ms against this torch path (`python scripts/train_step_ab.py b-parallel --torch
+rms_norm`, 2-core CPU, 1 thread, arms interleaved).
 """
 
 from __future__ import annotations

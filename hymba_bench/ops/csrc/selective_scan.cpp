@@ -32,7 +32,6 @@ struct Shape {
   int64_t L, B, D, N;
 };
 
-// One block's view of a chunk [t0, t1): the inputs transposed to time-major tiles.
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(e) = 2 atanh(e / (2 + e)) as its odd series
 // to s^15 (s <= 1/3: the next term is below 1e-9), exact for small e where log(1 + e) is not.
 // Above 20 this rounds to x, as torch's threshold gives.
@@ -48,6 +47,7 @@ inline vf softplus(vf x) {
   return (x > 0 ? x : splat(0.f)) + 2.0f * (s + s * s2 * p);
 }
 
+// One block's view of a chunk [t0, t1): the inputs transposed to time-major tiles.
 struct Tile {
   // dl: delta as the recurrence uses it; raw: delta + bias, before softplus (for its gradient)
   float dl[CHUNK][LANES], raw[CHUNK][LANES], u[CHUNK][LANES], z[CHUNK][LANES], bm[CHUNK][MAX_N],
