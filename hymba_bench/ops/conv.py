@@ -27,11 +27,15 @@ def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     kernel does not apply (another activation)."""
     if activation not in (None, "silu", "swish"):
         return causal_conv1d(x, weight, bias, activation)
-    dtype = x.dtype
-    out = cpu_kernel.CausalConv1dCPU.apply(
-        x.float().contiguous(), weight.float().contiguous(),
-        None if bias is None else bias.float().contiguous(), activation is not None)
-    return out.to(dtype)
+    dtype, d = x.dtype, x.shape[1]
+    x, weight = x.float(), weight.float().contiguous()  # x: read by its strides, not copied
+    bias = None if bias is None else bias.float().contiguous()
+    pad = -d % cpu_kernel.LANES  # the kernel works on whole blocks of channels
+    if pad:
+        x, weight = F.pad(x, (0, 0, 0, pad)), F.pad(weight, (0, 0, 0, pad))
+        bias = None if bias is None else F.pad(bias, (0, pad))
+    out = cpu_kernel.CausalConv1dCPU.apply(x, weight, bias, activation is not None)
+    return out[:, :d].to(dtype)
 
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,

@@ -192,11 +192,9 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         D = None if D is None else F.pad(D, (0, pad))
         z = None if z is None else F.pad(z, (0, 0, 0, pad))
         bias = None if bias is None else F.pad(bias, (0, pad))
-    out, last = cpu_kernel.SelectiveScanCPU.apply(
-        u.contiguous(), delta.contiguous(), None if bias is None else bias.contiguous(),
-        A.contiguous(), B.float().contiguous(), C.float().contiguous(),
-        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
-        delta_softplus)
+    out, last = cpu_kernel.SelectiveScanCPU.apply(  # u, delta, z, B, C: read by their strides
+        u, delta, None if bias is None else bias.contiguous(), A.contiguous(), B.float(),
+        C.float(), None if D is None else D.contiguous(), z, delta_softplus)
     if pad:
         out, last = out[:, :d], last[:, :d]
     out = out.to(dtype)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import Tensor
 
 from hymba_bench import ops
 from hymba_bench.ops import cpu_kernel
@@ -18,6 +19,22 @@ needs_kernel = pytest.mark.skipif(not cpu_kernel.available(),
 # Every fast CPU scan path, held to the same reference by the same test bodies.
 FAST_SCANS = [pytest.param(ops.selective_scan_chunked, id="torch-chunked"),
               pytest.param(ops.selective_scan_cpu, id="cpu-kernel", marks=needs_kernel)]
+
+
+LAYOUTS = ["rows", "time-major", "slice"]
+
+
+def as_layout(t: Tensor, layout: str) -> Tensor:
+    """(B, C, L) -> the same values held as the mixers hand them over: contiguous rows, a
+    transposed time-major tensor, or a transposed slice of a wider time-major one (the input
+    projection's). Differentiable, so a leaf's gradient comes back through it."""
+    if layout == "rows":
+        return t
+    tm = t.transpose(1, 2)  # (B, L, C)
+    if layout == "time-major":
+        return tm.contiguous().transpose(1, 2)
+    wide = torch.cat([tm[..., :1].detach() * 0, tm, tm[..., :2].detach() * 0 + 7], dim=-1)
+    return wide[..., 1:1 + t.shape[1]].transpose(1, 2)
 
 
 def scan_inputs(batch: int, d: int, n: int, length: int, bc: str, seed: int) -> dict:
@@ -79,12 +96,14 @@ def test_selective_scan_grad_equals_ref_grad(bc: str) -> None:
 @pytest.mark.parametrize("fast", FAST_SCANS)
 @given(batch=st.integers(1, 2), d=st.sampled_from([3, 8, 16]), n=st.integers(1, 6),
        length=st.integers(1, 150), use_d=st.booleans(), use_z=st.booleans(),
-       use_bias=st.booleans(), softplus=st.booleans(), seed=st.integers(0, 2**16))
+       use_bias=st.booleans(), softplus=st.booleans(), layout=st.sampled_from(LAYOUTS),
+       seed=st.integers(0, 2**16))
 def test_selective_scan_training_grads_equal_ref(fast, batch, d, n, length, use_d, use_z,
-                                                 use_bias, softplus, seed) -> None:
+                                                 use_bias, softplus, layout, seed) -> None:
     """Mamba's layout (B, C per step): values and every input's gradient (the delta bias's and
     the last state's included, through softplus or not) equal autograd through the reference
-    loop, across the kernel's chunk boundary."""
+    loop, across the kernel's chunk boundary, with u, delta, z, B, C and the output's gradient
+    held in each layout the mixers produce."""
     g = torch.Generator().manual_seed(seed)
     x = scan_inputs(batch, d, n, length, "var", seed)
     if not softplus:
@@ -97,10 +116,12 @@ def test_selective_scan_training_grads_equal_ref(fast, batch, d, n, length, use_
         x["delta_bias"] = torch.randn(d, generator=g) * 0.1
     dy, dlast = torch.randn(batch, d, length, generator=g), torch.randn(batch, d, n, generator=g)
     results = []
+    strided = {"u", "delta", "z", "B", "C"}
     for fn in (fast, ops.selective_scan_ref):
         leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-        y, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
-        ((y * dy).sum() + (last * dlast).sum()).backward()
+        args = {k: as_layout(v, layout) if k in strided else v for k, v in leaves.items()}
+        y, last = fn(**args, delta_softplus=softplus, return_last_state=True)
+        ((y * as_layout(dy, layout)).sum() + (last * dlast).sum()).backward()
         results.append([y, last, *(leaves[k].grad for k in sorted(leaves))])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -242,10 +263,12 @@ def test_causal_conv1d_equals_ref_and_steps(fast, batch, d, k, length, bias, act
 @pytest.mark.parametrize("fast", FAST_CONVS)
 @given(batch=st.integers(1, 3), d=st.integers(1, 12), k=st.integers(1, 5),
        length=st.integers(1, 80), bias=st.booleans(), act=st.sampled_from([None, "silu"]),
-       seed=st.integers(0, 2**16))
-def test_causal_conv1d_grads_equal_ref(fast, batch, d, k, length, bias, act, seed) -> None:
+       layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
+def test_causal_conv1d_grads_equal_ref(fast, batch, d, k, length, bias, act, layout,
+                                       seed) -> None:
     """Gradients of x, the weight and the bias equal autograd through the shifted-sum reference
-    (lengths off the kernel's vector width, K = 1, no bias: every edge of its padding)."""
+    (channels off the kernel's vector width, K = 1, no bias: every edge of its padding), with x
+    and the output's gradient in each layout the mixers produce."""
     g = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(batch, d, length, generator=g), torch.randn(d, k, generator=g)]
     if bias:
@@ -255,7 +278,8 @@ def test_causal_conv1d_grads_equal_ref(fast, batch, d, k, length, bias, act, see
     for fn in (fast, ops.causal_conv1d_ref):
         leaves = [t.clone().requires_grad_() for t in inputs]
         x, w, *b = leaves
-        grads.append(torch.autograd.grad((fn(x, w, b[0] if b else None, act) * dy).sum(), leaves))
+        out = fn(as_layout(x, layout), w, b[0] if b else None, act)
+        grads.append(torch.autograd.grad((out * as_layout(dy, layout)).sum(), leaves))
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 

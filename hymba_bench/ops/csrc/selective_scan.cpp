@@ -3,14 +3,17 @@
 // (c++ -O3 -march=native) and called through ctypes on tensors' data pointers; the Python side
 // owns threads (each call takes a range of blocks) and autograd.
 //
-// Layouts are mamba-ssm's, float32, contiguous:
-//   u, delta, z, y, dy, du_grad, ddelta, dz: (B, D, L)   delta before bias and softplus
-//   A: (D, N)   Bm, Cm: (B, N, L)   Dv, dbias: (D,)   dDp, dbp: (B, D)   last, dlast, dA: (B, D, N)
+// Shapes are mamba-ssm's, float32. The inputs are read through their strides (simd.h's View), so
+// the mixers' transposed slices arrive without a copy; the caller allocates the outputs time-major:
+//   u, delta, z, dout: (B, D, L) views, any strides; Bm, Cm: (B, N, L) views, any strides
+//   st: the strides (batch, channel or state, time) of u, delta, z, Bm, Cm (and dout), 3 each
+//   y, du_grad, ddelta, dz: (B, L, D) contiguous     delta before bias and softplus
+//   A: (D, N)   Dv, dbias: (D,)   dDp, dbp: (B, D)   last, dlast, dA: (B, D, N)
 //   ck: (chunks, B, N, D)
-//   dBp, dCp: (D / 8, B, N, L) per-block partial sums, reduced over the first axis by the caller
+//   dBp, dCp: (D / 8, B, L, N) per-block partial sums, reduced over the first axis by the caller
 // D is a multiple of 8 (the caller pads), N <= MAX_N. A block is 8 channels of one batch row; it
-// walks time in chunks of CHUNK steps, transposing each chunk's slice of the (.., L) rows into a
-// small time-major tile first, so the inner loop reads one 8-lane vector per step.
+// walks time in chunks of CHUNK steps, gathering each chunk's inputs into a small time-major tile
+// first, so the inner loop reads one 8-lane vector per step.
 //
 //   delta_t <- softplus(delta_t + dbias) (each optional, as mamba-ssm's delta_bias, delta_softplus;
 //   done here, on the tile, because as two torch ops and their backward they cost half the scan)
@@ -28,10 +31,6 @@ constexpr int MAX_N = 64;
 
 constexpr int64_t CHUNK = 64;
 
-struct Shape {
-  int64_t L, B, D, N;
-};
-
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(e) = 2 atanh(e / (2 + e)) as its odd series
 // to s^15 (s <= 1/3: the next term is below 1e-9), exact for small e where log(1 + e) is not.
 // Above 20 this rounds to x, as torch's threshold gives.
@@ -47,52 +46,43 @@ inline vf softplus(vf x) {
   return (x > 0 ? x : splat(0.f)) + 2.0f * (s + s * s2 * p);
 }
 
-// One block's view of a chunk [t0, t1): the inputs transposed to time-major tiles.
+// One block's view of a chunk [t0, t1): the inputs gathered into time-major tiles.
 struct Tile {
   // dl: delta as the recurrence uses it; raw: delta + bias, before softplus (for its gradient)
   float dl[CHUNK][LANES], raw[CHUNK][LANES], u[CHUNK][LANES], z[CHUNK][LANES], bm[CHUNK][MAX_N],
       cm[CHUNK][MAX_N];
 
-  void load_inputs(const Shape& s, const float* delta, const float* dbias, bool soft,
-                   const float* u_in, const float* z_in, const float* Bm, const float* Cm,
-                   int64_t b, int64_t d0, int64_t t0, int64_t len) {
-    for (int c = 0; c < LANES; ++c) {
-      const int64_t row = (b * s.D + d0 + c) * s.L + t0;
-      for (int64_t t = 0; t < len; ++t) { raw[t][c] = delta[row + t]; u[t][c] = u_in[row + t]; }
-      if (z_in)
-        for (int64_t t = 0; t < len; ++t) z[t][c] = z_in[row + t];
-    }
+  void load_inputs(const View& uv, const View& dv, const float* dbias, bool soft, const View& zv,
+                   const View& bv, const View& cv, int64_t N, int64_t b, int64_t d0, int64_t t0,
+                   int64_t len) {
     const vf bias = dbias ? load(dbias + d0) : splat(0.f);
     for (int64_t t = 0; t < len; ++t) {
-      const vf r = load(raw[t]) + bias;
+      const vf r = dv.lanes(b, d0, t0 + t) + bias;
       store(raw[t], r);
       store(dl[t], soft ? softplus(r) : r);
+      store(u[t], uv.lanes(b, d0, t0 + t));
+      if (zv.p) store(z[t], zv.lanes(b, d0, t0 + t));
     }
-    for (int64_t n = 0; n < s.N; ++n) {
-      const float* br = Bm + (b * s.N + n) * s.L + t0;
-      const float* cr = Cm + (b * s.N + n) * s.L + t0;
-      for (int64_t t = 0; t < len; ++t) { bm[t][n] = br[t]; cm[t][n] = cr[t]; }
+    load_states(bv, bm, N, b, t0, len);
+    load_states(cv, cm, N, b, t0, len);
+  }
+
+  static void load_states(const View& m, float (*tile)[MAX_N], int64_t N, int64_t b, int64_t t0,
+                          int64_t len) {
+    if (m.s[1] == 1) {  // the states of a step adjacent (a time-major projection's slice)
+      for (int64_t t = 0; t < len; ++t) std::memcpy(tile[t], m.at(b, 0, t0 + t), N * sizeof(float));
+      return;
     }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t t = 0; t < len; ++t) tile[t][n] = *m.at(b, n, t0 + t);
   }
 };
 
-// out rows (B, D, L) <- a time-major (len, LANES) tile
-inline void store_rows(const Shape& s, float* out, const float (*tile)[LANES], int64_t b,
+// (B, L, D) rows of the block's channels <- a time-major (len, LANES) tile
+inline void store_tile(float* out, const float (*tile)[LANES], int64_t L, int64_t D, int64_t b,
                        int64_t d0, int64_t t0, int64_t len) {
-  for (int c = 0; c < LANES; ++c) {
-    float* r = out + (b * s.D + d0 + c) * s.L + t0;
-    for (int64_t t = 0; t < len; ++t) r[t] = tile[t][c];
-  }
-}
-
-inline vf gather_lanes(const float* p, int64_t stride) {  // p[0], p[stride], ... as one vector
-  vf v;
-  for (int c = 0; c < LANES; ++c) v[c] = p[c * stride];
-  return v;
-}
-
-inline void scatter_lanes(float* p, int64_t stride, vf v) {
-  for (int c = 0; c < LANES; ++c) p[c * stride] = v[c];
+  float* o = out + (b * L + t0) * D + d0;
+  for (int64_t t = 0; t < len; ++t) store(o + t * D, load(tile[t]));
 }
 
 }  // namespace
@@ -106,9 +96,9 @@ int hb_chunk() { return CHUNK; }
 // each chunk is stored there, for the backward to recompute from.
 void hb_scan_fwd(const float* u_in, const float* delta, const float* dbias, const float* A,
                  const float* Bm, const float* Cm, const float* Dv, const float* z, float* y,
-                 float* last, float* ck, int64_t L, int64_t B, int64_t D, int64_t N, int64_t soft,
-                 int64_t blk0, int64_t blk1) {
-  const Shape s{L, B, D, N};
+                 float* last, float* ck, const int64_t* st, int64_t L, int64_t B, int64_t D,
+                 int64_t N, int64_t soft, int64_t blk0, int64_t blk1) {
+  const View uv{u_in, st}, dv{delta, st + 3}, zv{z, st + 6}, bv{Bm, st + 9}, cv{Cm, st + 12};
   const int64_t per_row = D / LANES;
   Tile tile;
   float yt[CHUNK][LANES];
@@ -121,7 +111,7 @@ void hb_scan_fwd(const float* u_in, const float* delta, const float* dbias, cons
       const int64_t len = t0 + CHUNK < L ? CHUNK : L - t0;
       if (ck)
         for (int64_t n = 0; n < N; ++n) store(ck + ((t0 / CHUNK * B + b) * N + n) * D + d0, x[n]);
-      tile.load_inputs(s, delta, dbias, soft, u_in, z, Bm, Cm, b, d0, t0, len);
+      tile.load_inputs(uv, dv, dbias, soft, zv, bv, cv, N, b, d0, t0, len);
       for (int64_t t = 0; t < len; ++t) {
         const vf dl = load(tile.dl[t]), uu = load(tile.u[t]), du = dl * uu;
         vf acc = skip * uu;
@@ -135,7 +125,7 @@ void hb_scan_fwd(const float* u_in, const float* delta, const float* dbias, cons
         }
         store(yt[t], acc);
       }
-      store_rows(s, y, yt, b, d0, t0, len);
+      store_tile(y, yt, L, D, b, d0, t0, len);
     }
     for (int64_t n = 0; n < N; ++n) scatter_lanes(last + (b * D + d0) * N + n, N, x[n]);
   }
@@ -149,9 +139,10 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, cons
                  const float* Bm, const float* Cm, const float* Dv, const float* z,
                  const float* ck, const float* dout, const float* dlast, float* du_grad,
                  float* ddelta, float* dA, float* dBp, float* dCp, float* dDp, float* dbp, float* dz,
-                 int64_t L, int64_t B, int64_t D, int64_t N, int64_t soft, int64_t blk0,
-                 int64_t blk1) {
-  const Shape s{L, B, D, N};
+                 const int64_t* st, int64_t L, int64_t B, int64_t D, int64_t N, int64_t soft,
+                 int64_t blk0, int64_t blk1) {
+  const View uv{u_in, st}, dv{delta, st + 3}, zv{z, st + 6}, bv{Bm, st + 9}, cv{Cm, st + 12},
+      gv{dout, st + 15};
   const int64_t per_row = D / LANES, chunks = (L + CHUNK - 1) / CHUNK;
   Tile tile;
   float dyt[CHUNK][LANES], yt[CHUNK][LANES], out_du[CHUNK][LANES], out_dl[CHUNK][LANES],
@@ -170,11 +161,8 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, cons
     vf dskip = splat(0.f), draw_sum = splat(0.f);
     for (int64_t c = chunks - 1; c >= 0; --c) {
       const int64_t t0 = c * CHUNK, len = t0 + CHUNK < L ? CHUNK : L - t0;
-      tile.load_inputs(s, delta, dbias, soft, u_in, z, Bm, Cm, b, d0, t0, len);
-      for (int c2 = 0; c2 < LANES; ++c2) {
-        const float* r = dout + (b * D + d0 + c2) * L + t0;
-        for (int64_t t = 0; t < len; ++t) dyt[t][c2] = r[t];
-      }
+      tile.load_inputs(uv, dv, dbias, soft, zv, bv, cv, N, b, d0, t0, len);
+      for (int64_t t = 0; t < len; ++t) store(dyt[t], gv.lanes(b, d0, t0 + t));
       for (int64_t n = 0; n < N; ++n) xs[n] = load(ck + ((c * B + b) * N + n) * D + d0);
       for (int64_t t = 0; t < len; ++t) {
         const vf dl = load(tile.dl[t]), du = dl * load(tile.u[t]);
@@ -189,8 +177,8 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, cons
         }
         store(yt[t], acc);
       }
-      float* dbr = dBp + ((j * B + b) * N) * L + t0;  // row n at dbr + n * L
-      float* dcr = dCp + ((j * B + b) * N) * L + t0;
+      float* dbr = dBp + ((j * B + b) * L + t0) * N;  // step t's states at dbr + t * N
+      float* dcr = dCp + ((j * B + b) * L + t0) * N;
       for (int64_t t = len - 1; t >= 0; --t) {
         const vf dl = load(tile.dl[t]), uu = load(tile.u[t]), du = dl * uu;
         vf dyv = load(dyt[t]);  // dLoss/d out_t, then dLoss/d(y_t + Dv u_t)
@@ -206,8 +194,8 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, cons
         vf ddl = splat(0.f), ddu = splat(0.f);
         for (int64_t n = 0; n < N; ++n) {
           const vf gt = g[n] + dyv * tile.cm[t][n];
-          dcr[n * L + t] = hsum(cur[n] * dyv);
-          dbr[n * L + t] = hsum(gt * du);
+          dcr[t * N + n] = hsum(cur[n] * dyv);
+          dbr[t * N + n] = hsum(gt * du);
           ddu += gt * tile.bm[t][n];
           const vf dlog = gt * prev[n] * a[n];  // dLoss / d(delta_t A)
           ddl += dlog * a_n[n];
@@ -220,9 +208,9 @@ void hb_scan_bwd(const float* u_in, const float* delta, const float* dbias, cons
         draw_sum += draw;
         store(out_dl[t], draw);
       }
-      store_rows(s, du_grad, out_du, b, d0, t0, len);
-      store_rows(s, ddelta, out_dl, b, d0, t0, len);
-      if (z) store_rows(s, dz, out_dz, b, d0, t0, len);
+      store_tile(du_grad, out_du, L, D, b, d0, t0, len);
+      store_tile(ddelta, out_dl, L, D, b, d0, t0, len);
+      if (z) store_tile(dz, out_dz, L, D, b, d0, t0, len);
     }
     store(dDp + b * D + d0, dskip);
     store(dbp + b * D + d0, draw_sum);

@@ -1,5 +1,6 @@
-// Vector helpers shared by the compiled CPU kernels (selective_scan.cpp, causal_conv.cpp): GCC/Clang
-// vector types of 8 floats, so every lane computes at once on any SIMD width the compiler targets.
+// Vector helpers shared by the compiled CPU kernels (selective_scan.cpp, causal_conv.cpp,
+// rms_norm.cpp): GCC/Clang vector types of 8 floats, so every lane computes at once on any SIMD
+// width the compiler targets.
 //
 // No fast-math: exp is the classic range reduction e^x = 2^k e^r, |r| <= ln2/2, with a degree-6
 // polynomial for e^r (within 2 ulp of libm; tests/ops/test_ops.py holds it there).
@@ -25,6 +26,29 @@ inline float hsum(vf v) {  // a tree: three shuffle-adds, not seven dependent la
   v += __builtin_shuffle(v, vmask{1, 0, 3, 2, 5, 4, 7, 6});
   return v[0];
 }
+
+inline vf gather_lanes(const float* p, int64_t stride) {  // p[0], p[stride], ... as one vector
+  vf v;
+  for (int c = 0; c < LANES; ++c) v[c] = p[c * stride];
+  return v;
+}
+
+inline void scatter_lanes(float* p, int64_t stride, vf v) {
+  for (int c = 0; c < LANES; ++c) p[c * stride] = v[c];
+}
+
+// A (batch, channel, time) float tensor as torch holds it, strides in elements: a transposed or
+// sliced view is read in place. lanes(b, c0, t): channels c0 .. c0 + 7 at step t, one vector load
+// where the channels are adjacent.
+struct View {
+  const float* p;
+  const int64_t* s;
+  const float* at(int64_t b, int64_t c, int64_t t) const { return p + b * s[0] + c * s[1] + t * s[2]; }
+  vf lanes(int64_t b, int64_t c0, int64_t t) const {
+    const float* q = at(b, c0, t);
+    return s[1] == 1 ? load(q) : gather_lanes(q, s[1]);
+  }
+};
 
 __attribute__((always_inline)) inline vf vexp(vf x) {
   const vf lo = splat(-87.33654475f), hi = splat(88.3683f);  // keeps round(x / ln 2) <= 127
