@@ -23,7 +23,8 @@ DECODE_MODES = ("auto", "eager", "compiled", "graph")  # how a decode step runs 
 @dataclass(frozen=True)
 class BenchSettings:
     """Throughput: decode `gen_tokens` steps at `batch` after `context` cached tokens; prefill
-    `context` tokens at `prefill_batch`; `warmup` untimed then `repeats` timed runs (median)."""
+    `context` tokens at `prefill_batch`; `warmup` untimed then `repeats` timed runs (median); a
+    decode warm-up run is a few steps (`throughput.WARMUP_STEPS`), every step costing the same."""
 
     batch: int
     context: int

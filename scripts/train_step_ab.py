@@ -10,7 +10,8 @@ clipping), one thread, as the accuracy stage's workers run it. The two arms alte
 (the shared VM's speed drifts by 10-20% over minutes, so arms timed apart are not comparable);
 the median and minimum step of each arm are printed. `--torch` names the ops (`backend_report`'s
 keys) that the second arm runs on their torch path; `--kernels-from REV` builds the C++ kernels of
-revision REV (`git show REV:hymba_bench/ops/csrc/...`) and runs the second arm on them.
+revision REV (`git show REV:hymba_bench/ops/csrc/...`) and runs the second arm on them, through
+this tree's ctypes calls (so for changes inside the kernels, not to their signatures).
 """
 
 from __future__ import annotations

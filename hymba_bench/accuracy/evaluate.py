@@ -86,6 +86,31 @@ def quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+_ENV_REPORT: list[str] = []  # torch's environment report, once collected in this process
+
+
+@contextlib.contextmanager
+def env_report_once() -> Iterator[None]:
+    """lm-eval's results carry torch's environment report (`add_env_info` calls
+    `torch.utils.collect_env.get_pretty_env_info`), which runs several subprocesses each time:
+    about 1 s per task, longer than scoring a tiny design. One process evaluates every design
+    it trains in one environment, so the report is collected once and handed back after that."""
+    import torch.utils.collect_env as collect_env
+
+    real = collect_env.get_pretty_env_info
+
+    def once() -> str:
+        if not _ENV_REPORT:
+            _ENV_REPORT.append(real())
+        return _ENV_REPORT[0]
+
+    collect_env.get_pretty_env_info = once
+    try:
+        yield
+    finally:
+        collect_env.get_pretty_env_info = real
+
+
 def evaluate(lm: Any, suites: list[str], limit: int | None = None,
              metadata: dict[str, Any] | None = None, output_path: Path | None = None,
              log_samples: bool = False,
@@ -117,7 +142,7 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
             done += 1
             tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
             try:
-                with quiet_stderr():
+                with quiet_stderr(), env_report_once():
                     res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
                                                   limit=limit, bootstrap_iters=100,
                                                   log_samples=log_samples, verbosity="ERROR",

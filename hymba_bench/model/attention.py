@@ -17,10 +17,15 @@ from hymba_bench.model.context import Context
 from hymba_bench.model.layers import Rotary
 
 
-def split_heads(x: Tensor, heads: int) -> Tensor:
-    """(B, L, heads*d) -> (B, heads, L, d)"""
+def time_major_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, L, heads*d) -> (B, L, heads, d), a view: the layout rotary embeddings take."""
     b, length, _ = x.shape
-    return x.view(b, length, heads, -1).transpose(1, 2)
+    return x.view(b, length, heads, -1)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, L, heads*d) -> (B, heads, L, d), a view: the layout attention takes."""
+    return time_major_heads(x, heads).transpose(1, 2)
 
 
 def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, n_meta: int,
@@ -92,10 +97,11 @@ class Attention(nn.Module):
         return {}
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        q = self.rotary(split_heads(self.q_proj(x), self.cfg.n_heads), ctx.positions)
+        q = self.rotary(time_major_heads(self.q_proj(x), self.cfg.n_heads), ctx).transpose(1, 2)
         k = v = None
         if self.spec.owns_kv:
-            k = self.rotary(split_heads(self.k_proj(x), self.spec.n_kv_heads), ctx.positions)
+            k = self.rotary(time_major_heads(self.k_proj(x), self.spec.n_kv_heads), ctx)
+            k = k.transpose(1, 2)
             v = split_heads(self.v_proj(x), self.spec.n_kv_heads)
         return self.o_proj(attend(q, k, v, self.spec, self.cfg.meta_tokens, ctx))
 

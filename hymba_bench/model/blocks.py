@@ -5,7 +5,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from hymba_bench.design.config import LayerSpec, ModelConfig
-from hymba_bench.model.attention import Attention, attend, qkv_widths, split_heads
+from hymba_bench.model.attention import (
+    Attention,
+    attend,
+    qkv_widths,
+    split_heads,
+    time_major_heads,
+)
 from hymba_bench.model.context import Context
 from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm, Rotary, SwiGLU
@@ -25,7 +31,7 @@ class HybridHeads(SSMCore):
         super().__init__(cfg)
         self.cfg, self.spec = cfg, spec
         q, k, v = qkv_widths(cfg, spec)
-        self.widths = [q, k, v, cfg.d_inner, cfg.d_inner]
+        self.widths = [q + k, v, cfg.d_inner, cfg.d_inner]  # Q and K adjacent: rotated together
         self.in_proj = nn.Linear(cfg.d_model, sum(self.widths), bias=False)
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
         self.attn_norm = RMSNorm(cfg.d_inner, cfg.norm_eps)
@@ -33,13 +39,14 @@ class HybridHeads(SSMCore):
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        q, k, v, xs, z = self.in_proj(x).split(self.widths, dim=-1)
-        cfg = self.cfg
-        q = self.rotary(split_heads(q, cfg.n_heads), ctx.positions)
+        qk, v, xs, z = self.in_proj(x).split(self.widths, dim=-1)
+        cfg, kv_heads = self.cfg, self.spec.n_kv_heads if self.spec.owns_kv else 0
+        qk = self.rotary(time_major_heads(qk, cfg.n_heads + kv_heads), ctx)  # (B, L, Hq + Hkv, d)
+        q = qk[:, :, :cfg.n_heads].transpose(1, 2)
         kh = vh = None
         if self.spec.owns_kv:
-            kh = self.rotary(split_heads(k, self.spec.n_kv_heads), ctx.positions)
-            vh = split_heads(v, self.spec.n_kv_heads)
+            kh = qk[:, :, cfg.n_heads:].transpose(1, 2)
+            vh = split_heads(v, kv_heads)
         attn = attend(q, kh, vh, self.spec, cfg.meta_tokens, ctx)
         ssm = self.ssm(xs, z, ctx.state(self.spec.index), ctx.decode)
         return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -20,6 +20,8 @@ class Context:
     cache: InferenceCache | None = None
     decode: bool = False  # one token per sequence into a prefilled cache
     shared: SharedKV = field(default_factory=dict)
+    # what every layer of one forward pass shares, built by the first that needs it (rotary tables)
+    memo: dict[tuple[object, ...], Any] = field(default_factory=dict)
 
     def state(self, index: int) -> LayerCache | None:
         """Layer `index`'s cache entry, or None without a cache."""

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hymba_bench import ops
+from hymba_bench.model.context import Context
 
 
 class RMSNorm(nn.Module):
@@ -20,25 +21,32 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE with optional NTK-aware base scaling (theta * s^(d/(d-2))) for longer contexts."""
+    """RoPE with optional NTK-aware base scaling (theta * s^(d/(d-2))) for longer contexts. The
+    cos/sin tables are built once per forward pass (every layer's are the same: memoized in the
+    Context) and applied by `ops.rotary`."""
 
     def __init__(self, dim: int, theta: float = 10000.0, scaling: float = 1.0,
                  enabled: bool = True) -> None:
         super().__init__()
         self.enabled = enabled  # False: no positional encoding (Jamba relies on its Mamba layers)
         base = theta * scaling ** (dim / (dim - 2)) if scaling != 1.0 else theta
+        self.key = ("rotary", dim, base)
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, heads, L, d), positions: (L,) -> x rotated by its absolute positions."""
+    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions (L,) -> cos, sin (L, d), each angle repeated over both halves."""
+        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, d/2)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        """x: (B, L, heads, d) -> x rotated by its absolute positions `ctx.positions`."""
         if not self.enabled:
             return x
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, d/2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        # Half-split pairing (as in Llama / the released Hymba), so released weights load as-is.
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        if self.key not in ctx.memo:
+            ctx.memo[self.key] = self.tables(ctx.positions)
+        return ops.rotary(x, *ctx.memo[self.key])
 
 
 class SwiGLU(nn.Module):

@@ -38,6 +38,7 @@ from hymba_bench.ops.long_conv import (
 )
 from hymba_bench.ops.moe import moe_combine, moe_combine_ref
 from hymba_bench.ops.norm import rms_norm_cpu, rms_norm_ref, rms_norm_torch
+from hymba_bench.ops.rotary import rotary, rotary_ref
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
     selective_scan_cpu,
@@ -178,6 +179,8 @@ __all__ = [
     "rms_norm_cpu",
     "rms_norm_ref",
     "rms_norm_torch",
+    "rotary",
+    "rotary_ref",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_cpu",

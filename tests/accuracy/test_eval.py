@@ -84,3 +84,20 @@ def test_the_paper_suites_are_the_task_groups_in_tasks() -> None:
         "lambada_openai": "acc", "piqa": "acc", "arc_easy": "acc", "arc_challenge": "acc_norm",
         "hellaswag": "acc_norm", "winogrande": "acc", "truthfulqa_mc2": "acc", "social_iqa": "acc"}
     assert SUITES["recall"] == {"swde": "contains", "squad_completion": "contains"}
+
+
+def test_env_report_collected_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval asks for torch's environment report on every task; it is collected once (a
+    second of subprocesses each time), and the real function is back afterwards."""
+    import torch.utils.collect_env as collect_env
+
+    from hymba_bench.accuracy import evaluate as evaluate_mod
+
+    calls = []
+    fake = lambda: calls.append(1) or f"report {len(calls)}"  # noqa: E731
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", fake)
+    monkeypatch.setattr(evaluate_mod, "_ENV_REPORT", [])
+    for _ in range(2):
+        with evaluate_mod.env_report_once():
+            assert [collect_env.get_pretty_env_info() for _ in range(3)] == ["report 1"] * 3
+    assert calls == [1] and collect_env.get_pretty_env_info is fake

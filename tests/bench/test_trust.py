@@ -200,6 +200,7 @@ def test_eval_out_writes_lm_eval_results_and_samples(tmp_path: Path) -> None:
     data = json.loads(results[0].read_text())
     assert {"results", "configs", "versions", "n-samples"} <= set(data)
     assert "hymba_recall_synthetic" in data["results"]
+    assert "PyTorch version" in data["pretty_env_info"]  # collected once per process, still there
     samples = list((tmp_path / "e").rglob("samples_hymba_recall_synthetic_*.jsonl"))
     assert len(samples) == 1 and len(samples[0].read_text().splitlines()) == 4
     summary = json.loads((tmp_path / "e" / "eval.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -377,3 +379,43 @@ def test_rms_norm_equals_ref_values_and_grads(fast, lead, d, eps, half, seed) ->
     tol = dict(rtol=2e-3, atol=2e-3) if half else dict(rtol=1e-5, atol=1e-5)
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, **tol)
+
+
+@given(batch=st.integers(1, 3), length=st.integers(1, 40), heads=st.integers(1, 5),
+       half_d=st.integers(1, 12), offset=st.integers(0, 5000), strided=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_rotary_equals_ref_values_and_grads(batch, length, heads, half_d, offset, strided,
+                                            seed) -> None:
+    """The one-node rotary against autograd through transformers' formula: values and x's
+    gradient, at positions far from 0, with x a slice of a wider projection (as the hybrid
+    mixer's Q and K are)."""
+    from hymba_bench.model.layers import Rotary
+
+    g = torch.Generator().manual_seed(seed)
+    d = 2 * half_d
+    cos, sin = Rotary(d).tables(torch.arange(offset, offset + length))
+    wide = torch.randn(batch, length, heads, d + 3, generator=g)
+    dy = torch.randn(batch, length, heads, d, generator=g)
+    results = []
+    for fn in (ops.rotary, ops.rotary_ref):
+        leaf = wide.clone().requires_grad_()
+        x = leaf[..., 1:1 + d] if strided else leaf[..., :d].contiguous()
+        y = fn(x, cos, sin)
+        results.append([y, *torch.autograd.grad((y * dy).sum(), leaf)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_rotates_pairs_by_their_angle() -> None:
+    """Half-split pairing: (x_i, x_{i+d/2}) turns by position * theta^(-2i/d), norms kept."""
+    from hymba_bench.model.layers import Rotary
+
+    d, pos = 8, 7
+    cos, sin = Rotary(d, theta=100.0).tables(torch.tensor([pos]))
+    x = torch.zeros(1, 1, 1, d)
+    x[..., 1] = 1.0  # the unit vector of pair 1's first coordinate
+    y = ops.rotary(x, cos, sin)[0, 0, 0]
+    angle = pos * 100.0 ** (-2 / d)
+    expected = torch.zeros(d)
+    expected[1], expected[1 + d // 2] = math.cos(angle), math.sin(angle)
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
