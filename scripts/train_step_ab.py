@@ -60,13 +60,14 @@ def library_arm(load: Callable[[], tuple[Any, str]]) -> Arm:
 
 def kernels_from(rev: str) -> Callable[[], tuple[Any, str]]:
     """The kernel library built from revision `rev`'s sources."""
-    tmp = Path(tempfile.mkdtemp(prefix="hymba-kernels-"))
-    for path in (*cpu_kernel.SOURCES, *cpu_kernel.HEADERS):
-        rel = path.relative_to(Path(cpu_kernel.__file__).parents[2]).as_posix()
-        text = subprocess.run(["git", "show", f"{rev}:{rel}"], capture_output=True, text=True,
-                              check=True).stdout
-        (tmp / path.name).write_text(text)
-    lib, why = cpu_kernel.load_from(tmp)
+    with tempfile.TemporaryDirectory(prefix="hymba-kernels-") as tmp:  # the build is cached
+        for path in (*cpu_kernel.SOURCES, *cpu_kernel.HEADERS):
+            rel = path.relative_to(Path(cpu_kernel.__file__).parents[2]).as_posix()
+            show = subprocess.run(["git", "show", f"{rev}:{rel}"], capture_output=True, text=True)
+            if show.returncode != 0:
+                raise SystemExit(f"--kernels-from {rev}: {show.stderr.strip().splitlines()[0]}")
+            (Path(tmp) / path.name).write_text(show.stdout)
+        lib, why = cpu_kernel.load_from(Path(tmp))
     if lib is None:
         raise SystemExit(f"--kernels-from {rev}: {why}")
     return lambda: (lib, "")

@@ -155,11 +155,12 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _pools[workers]
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    """A float32 CPU tensor's address: contiguous, or an input the kernel reads by its strides."""
+def _ptr(t: Tensor | None, strided: bool = False) -> int | None:
+    """A float32 CPU tensor's address. Contiguous, as the kernel indexes it, unless `strided`:
+    an input the kernel reads through the strides it is handed beside it (`_Strides`)."""
     if t is None:
         return None
-    assert t.dtype == torch.float32 and t.device.type == "cpu"
+    assert t.dtype == torch.float32 and t.device.type == "cpu" and (strided or t.is_contiguous())
     return t.data_ptr()
 
 
@@ -177,9 +178,9 @@ class _Strides:
 
 
 def _time_major(batch: int, channels: int, length: int, like: Tensor) -> Tensor:
-    """A kernel's output, allocated (B, L, channels) and returned as the (B, channels, L) view the
-    caller expects: the next projection reads it without a copy."""
-    return like.new_empty(batch, length, channels).transpose(1, 2)
+    """A kernel's output, (B, L, channels) contiguous; its caller returns the (B, channels, L)
+    view, so the next projection reads the memory without a copy."""
+    return like.new_empty(batch, length, channels)
 
 
 def _over_blocks(call: object, blocks: int, work: int) -> None:
@@ -209,11 +210,12 @@ def scan_fwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor
     chunks = -(-length // lib.hb_chunk())
     ck = u.new_empty(chunks, batch, n, d) if keep_checkpoints else None
     st = _Strides(u, delta, z, B, C)
-    args = [_ptr(t) for t in (u, delta, bias, A, B, C, D, z, out, last, ck)]
+    args = [_ptr(u, True), _ptr(delta, True), _ptr(bias), _ptr(A), _ptr(B, True), _ptr(C, True),
+            _ptr(D), _ptr(z, True), _ptr(out), _ptr(last), _ptr(ck)]
     _over_blocks(lambda lo, hi: lib.hb_scan_fwd(*args, st.ptr, length, batch, d, n, int(softplus),
                                                 lo, hi),
                  batch * d // LANES, length * batch * d * n)
-    return out, last, ck
+    return out.transpose(1, 2), last, ck
 
 
 def scan_bwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor, C: Tensor,
@@ -233,14 +235,15 @@ def scan_bwd(u: Tensor, delta: Tensor, bias: Tensor | None, A: Tensor, B: Tensor
     dDp, dbp = u.new_empty(batch, d), u.new_empty(batch, d)
     dz = _time_major(batch, d, length, u) if z is not None else None
     st = _Strides(u, delta, z, B, C, dout)
-    args = [_ptr(t) for t in (u, delta, bias, A, B, C, D, z, ck, dout, dlast, du, ddelta, dA, dBp,
-                              dCp, dDp, dbp, dz)]
+    args = [_ptr(u, True), _ptr(delta, True), _ptr(bias), _ptr(A), _ptr(B, True), _ptr(C, True),
+            _ptr(D), _ptr(z, True), _ptr(ck), _ptr(dout, True), _ptr(dlast),
+            *(_ptr(t) for t in (du, ddelta, dA, dBp, dCp, dDp, dbp, dz))]
     _over_blocks(lambda lo, hi: lib.hb_scan_bwd(*args, st.ptr, length, batch, d, n, int(softplus),
                                                 lo, hi),
                  batch * per_row, length * batch * d * n)
-    return (du, ddelta, dbp.sum(0) if bias is not None else None, dA.sum(0),
-            dBp.sum(0).transpose(1, 2), dCp.sum(0).transpose(1, 2),
-            dDp.sum(0) if D is not None else None, dz)
+    return (du.transpose(1, 2), ddelta.transpose(1, 2), dbp.sum(0) if bias is not None else None,
+            dA.sum(0), dBp.sum(0).transpose(1, 2), dCp.sum(0).transpose(1, 2),
+            dDp.sum(0) if D is not None else None, None if dz is None else dz.transpose(1, 2))
 
 
 class SelectiveScanCPU(torch.autograd.Function):
@@ -274,11 +277,11 @@ def conv_fwd(x: Tensor, w: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     k = w.shape[1]
     out = _time_major(batch, d, length, x)
     sx = _Strides(x)
-    x_, w_, b_, o_ = (_ptr(t) for t in (x, w, bias, out))
+    x_, w_, b_, o_ = _ptr(x, True), _ptr(w), _ptr(bias), _ptr(out)
     _over_blocks(lambda lo, hi: lib.hb_conv_fwd(x_, sx.ptr, w_, b_, o_, batch, d, length, k,
                                                 int(silu), lo, hi),
                  batch * d // LANES, batch * d * length * k)
-    return out
+    return out.transpose(1, 2)
 
 
 def conv_bwd(x: Tensor, w: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
@@ -291,11 +294,12 @@ def conv_bwd(x: Tensor, w: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
     dx = _time_major(batch, d, length, x)
     dwp, dbp = x.new_empty(batch, d, k), x.new_empty(batch, d)
     sx, sd = _Strides(x), _Strides(dout)
-    x_, w_, b_, g_, dx_, dw_, db_ = (_ptr(t) for t in (x, w, bias, dout, dx, dwp, dbp))
+    x_, g_ = _ptr(x, True), _ptr(dout, True)
+    w_, b_, dx_, dw_, db_ = (_ptr(t) for t in (w, bias, dx, dwp, dbp))
     _over_blocks(lambda lo, hi: lib.hb_conv_bwd(x_, sx.ptr, w_, b_, g_, sd.ptr, dx_, dw_, db_,
                                                 batch, d, length, k, int(silu), lo, hi),
                  batch * d // LANES, batch * d * length * k)
-    return dx, dwp.sum(0), dbp.sum(0) if bias is not None else None
+    return dx.transpose(1, 2), dwp.sum(0), dbp.sum(0) if bias is not None else None
 
 
 class CausalConv1dCPU(torch.autograd.Function):
