@@ -16,8 +16,20 @@ class HymbaBenchError(ValueError):
     exit_code = 2
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(f"{param}: {message}" if param else message)
         self.param, self.detail = param, message
+
+
+MAX_MESSAGE = 600  # characters: a message quoting a huge input (an alias bomb) stays one line
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` on one line of at most `limit` characters, the cut said."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
 class Interrupted(HymbaBenchError):

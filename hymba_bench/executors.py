@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import Record, ResultsFile
+from hymba_bench.results.records import Record, ResultsFile, RunDir
 
 if TYPE_CHECKING:
     from hymba_bench.run import Job, Reporter, Stage, Stamp
@@ -188,9 +188,10 @@ class RayExecutor:
 def _run_unit_into(unit: Unit, results: str) -> int:
     """A Slurm job's body: the unit's records appended to the run's results file."""
     file = ResultsFile(Path(results))
-    records = run_unit(unit)
-    for record in records:
-        file.append(record)
+    with RunDir(file.path.parent).writing():  # a resumed driver waits for no job still alive
+        records = run_unit(unit)
+        for record in records:
+            file.append(record)
     return len(records)
 
 

@@ -14,6 +14,7 @@ prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -33,9 +34,11 @@ from hymba_bench.bench.profile import machine
 from hymba_bench.bench.stages import CacheStage, ThroughputStage
 from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.config import ModelConfig
+from hymba_bench.design.masks import window_keys
 from hymba_bench.design.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
+from hymba_bench.files import write_atomic
 from hymba_bench.ops import backend_report
 from hymba_bench.results.plots import roadmap_plot
 from hymba_bench.results.records import (
@@ -147,7 +150,7 @@ class Stamp:
     def __call__(self, record: Record) -> Record:
         where = self.placements.get(record.variant, {"profile": self.profile})
         return Record(record.variant, record.metric, record.value,
-                      {**self.context, **where, **record.fields})
+                      {**self.context, **where, **record.fields}).checked()
 
     def with_context(self, **context: Any) -> Stamp:
         return Stamp({**self.context, **context}, self.profile, self.placements)
@@ -216,9 +219,15 @@ class RunOptions:
     executor_options: dict[str, Any] = field(default_factory=dict)  # ray_address, slurm_*
 
 
-def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage]:
+LONG_BUDGET = 4  # a training budget past this many times the profile's gets an up-front estimate
+
+
+def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant],
+                report: Reporter | None = None) -> list[Stage]:
     """The stages `opts` asks for, their settings resolved and checked (bad --batch, a design
-    that cannot fit, a bad budget or data directory fail here, before anything is written)."""
+    that cannot fit, a bad budget or data directory fail here, before anything is written);
+    input that is legal but unwise is said through `report` as a warning."""
+    report = report or Silent()
     for stage in opts.skip:
         if stage not in STAGES:
             raise HymbaBenchError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}", param="skip")
@@ -233,6 +242,12 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage
             s = bench[rv.config.name] = bench_settings(rv.profile, dev, opts.bench)
             # batch 1 is where halving would end: if even that cannot fit, say so now
             check_fits(rv.config, 1, s.context + s.gen_tokens, s.torch_dtype, dev)
+            window = rv.config.sliding_window
+            if window is not None and window_keys(window) >= s.context + s.gen_tokens:
+                report.log(f"warning: {rv.config.name}: its sliding window ({window}) never binds "
+                           f"at a context of {s.context}: its throughput is timed as global "
+                           f"attention's, while its cache is reported at "
+                           f"{rv.info['cache_seq_len']} tokens")
         stages.append(ThroughputStage(bench, opts.device))
     if "accuracy" not in opts.skip:
         profile = get_profile(opts.profile)
@@ -241,11 +256,32 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant]) -> list[Stage
             raise HymbaBenchError(f"unknown train/eval setting {key!r} (known: {', '.join(sorted(known))})",
                                   param="train")
         use_data_dir(opts.data_dir)
-        stages.append(AccuracyStage(train_budget(profile, opts.train), eval_budget(profile, opts.train),
-                                    RunDir(opts.out), opts.device,
-                                    paper_data=opts.data_dir is not None or hub_reachable(),
-                                    log_samples=opts.log_samples, data_dir=opts.data_dir))
+        budget = train_budget(profile, opts.train)
+        accuracy = AccuracyStage(budget, eval_budget(profile, opts.train), RunDir(opts.out),
+                                 opts.device, paper_data=opts.data_dir is not None or hub_reachable(),
+                                 log_samples=opts.log_samples, data_dir=opts.data_dir)
+        accuracy.check(resolved)
+        usual = train_budget(profile)
+        if budget.steps * budget.seeds > LONG_BUDGET * usual.steps * usual.seeds:
+            seconds, how = accuracy.estimate(resolved, opts.workers if _parallel_ok(opts) else 1)
+            report.log(f"{'warning: ' if seconds > 3600 else ''}the accuracy stage will train for "
+                       f"about {_duration(seconds)} ({how})")
+        stages.append(accuracy)
+    if opts.workers > (os.cpu_count() or 1):
+        report.log(f"warning: workers: {opts.workers} is more than this machine's "
+                   f"{os.cpu_count()} cores: designs trained at once would share cores and each "
+                   "run slower")
     return stages
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    hours = minutes / 60
+    return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
@@ -254,14 +290,14 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
     report = report or Silent()
     get_profile(opts.profile)
     resolved = [resolve(name, opts.profile, opts.variant_files) for name in opts.variants]
-    stages = plan_stages(opts, resolved)
+    stages = plan_stages(opts, resolved, report)
     run_dir = RunDir(opts.out)
     executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     failures: list[Failure] = []
+    context = base_context(opts.device)
     with run_dir.lock():
-        results = run_dir.open(opts.resume)
-        context = base_context(opts.device)
+        results = run_dir.open(opts.resume, {"profile": opts.profile, "device": context["device"]})
         stamp = Stamp(context, opts.profile,
                       {d.name: placement(d.rv, opts.profile) for d in designs})
         noted = {(r.variant, r.get("stage"), r.value) for r in results.load() if r.kind == "note"}
@@ -269,16 +305,23 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
             text = f"{skipped} skipped (--skip {skipped})"
             if ("*", skipped, text) not in noted:  # a resumed run says it once
                 results.append(stamp(Record.note("*", skipped, text)))
-        for stage in stages:
-            jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
-            if not jobs:
-                continue
-            if executor is not None:  # one unit per design (or seed), run where the engine puts it
-                failures += _on_engine(executor, stage, jobs, results, stamp, report)
-            elif stage.name == "accuracy" and _parallel(opts, jobs):
-                _train_side_by_side(stage, jobs, opts, results, stamp, report)
-            else:
-                execute(stage, jobs, results, stamp, report)
+        try:
+            for stage in stages:
+                jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
+                if not jobs:
+                    continue
+                if executor is not None:  # one unit per design (or seed), where the engine puts it
+                    failures += _on_engine(executor, stage, jobs, results, stamp, report)
+                elif stage.name == "accuracy" and _parallel(opts, jobs):
+                    _train_side_by_side(stage, jobs, opts, results, stamp, report)
+                else:
+                    execute(stage, jobs, results, stamp, report)
+        except BaseException:
+            # interrupted, or the disk filled: the tables of what was kept, if they can be written
+            with contextlib.suppress(HymbaBenchError, OSError):
+                if results.load().metrics():
+                    write_tables(run_dir)
+            raise
         if results.load().metrics():
             write_tables(run_dir)
     if failures:
@@ -305,9 +348,13 @@ def _on_engine(executor: Any, stage: Stage, jobs: list[Job], results: ResultsFil
     return failures
 
 
+def _parallel_ok(opts: RunOptions) -> bool:
+    return opts.workers > 1 and opts.device.startswith("cpu") and opts.executor == "local"
+
+
 def _parallel(opts: RunOptions, jobs: list[Job]) -> bool:
     """Several accuracy designs at once, each in its own process: only on the CPU."""
-    return opts.workers > 1 and opts.device.startswith("cpu") and len(jobs) > 1
+    return _parallel_ok(opts) and len(jobs) > 1
 
 
 def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: ResultsFile,
@@ -326,8 +373,8 @@ def write_tables(run_dir: RunDir) -> dict[str, Any]:
     records = run_dir.records()
     built = {"roadmap": roadmap_table(records), "roadmap_extended": extended_table(records)}
     for name, table in built.items():
-        run_dir.table(name, "csv").write_text(table.to_csv())
-        run_dir.table(name, "md").write_text(table.to_markdown())
+        write_atomic(run_dir.table(name, "csv"), table.to_csv())
+        write_atomic(run_dir.table(name, "md"), table.to_markdown())
     roadmap_plot(records, run_dir.plot("roadmap"))
     return built
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hymba_bench.results.records import ResultsFile
+from hymba_bench.results.records import ResultsFile, RunDir
 
 if TYPE_CHECKING:
     from hymba_bench.run import Job, Reporter, Stage, Stamp, Training
@@ -75,10 +75,27 @@ class _QueueReporter:
         return _QueueTraining(name)
 
 
-def _init(progress_queue: Any) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux's PR_SET_PDEATHSIG): a
+    driver killed with SIGKILL cannot terminate its pool, and orphaned workers would go on
+    appending records that a resumed run measures again. Where the call is not available, the
+    run directory's writer lock (`RunDir.writing`) still keeps a resumed run from starting."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call: nothing will signal us
+        os._exit(1)
+
+
+def _init(progress_queue: Any, parent: int) -> None:
     global _QUEUE
     _QUEUE = progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it terminates the pool
+    die_with_parent(parent)
 
 
 def _run_unit(unit: Unit) -> str:
@@ -86,7 +103,8 @@ def _run_unit(unit: Unit) -> str:
 
     torch.set_num_threads(unit.threads)
     stamp = unit.stamp.with_context(threads=unit.threads)
-    execute(unit.stage, [unit.job], ResultsFile(unit.results), stamp, _QueueReporter())
+    with RunDir(unit.results.parent).writing():
+        execute(unit.stage, [unit.job], ResultsFile(unit.results), stamp, _QueueReporter())
     return unit.job.name
 
 
@@ -105,7 +123,7 @@ def run_in_parallel(units: list[Unit], workers: int, report: Reporter,
     ctx = mp.get_context("spawn")  # a clean interpreter: no fork of torch's thread pools
     messages = ctx.Queue()
     bars: dict[str, Training] = {}
-    pool = ctx.Pool(workers, initializer=_init, initargs=(messages,))
+    pool = ctx.Pool(workers, initializer=_init, initargs=(messages, os.getpid()))
     try:
         order = sorted(units, key=lambda u: -(cost or {}).get(u.job.name, 0.0))
         pending = {u.job.name: pool.apply_async(_run_unit, (u,)) for u in order}

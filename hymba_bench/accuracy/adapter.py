@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from hymba_bench.accuracy.tokenizer import load_tokenizer
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.accuracy.tokenizer import check_vocab, load_tokenizer
 from hymba_bench.model.generate import greedy_generate
 
 
@@ -52,9 +51,7 @@ class HymbaBenchLM(TemplateLM):
                                      **overrides)
         self.model.eval()
         self.tokenizer = load_tokenizer(Path(checkpoint) if checkpoint else None)
-        if self.tokenizer.vocab_size > self.model.cfg.vocab_size:
-            raise HymbaBenchError(f"tokenizer has {self.tokenizer.vocab_size} tokens but the "
-                                  f"model's vocabulary is {self.model.cfg.vocab_size}")
+        check_vocab(self.model.cfg.vocab_size, self.tokenizer.vocab_size, self.model.cfg.name)
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self.max_length = int(max_length or self.model.cfg.max_seq_len)
         self._device = torch.device(device)

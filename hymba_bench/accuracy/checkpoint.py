@@ -10,6 +10,7 @@ import torch
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.files import atomic, make_dirs, write_atomic
 from hymba_bench.model.lm import HybridLM, instantiate
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -19,19 +20,17 @@ def save_checkpoint(model: HybridLM, path: Path, variant: str, profile: str,
                     extra: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = make_dirs(Path(path))
     state: dict[str, torch.Tensor] = {}
     repeated = aliases(model)
     for key, value in model.state_dict(keep_vars=True).items():
         if key not in repeated:  # tied / shared weights are stored once, under one name
             state[key] = value.detach().contiguous().cpu()
-    tmp = path / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path / WEIGHTS)  # atomic: an interrupted save never leaves a torn checkpoint
+    with atomic(path / WEIGHTS) as tmp:  # an interrupted save never leaves a torn checkpoint
+        save_file(state, str(tmp))
     meta = {"format": "hymba-bench", "variant": variant, "profile": profile,
             "config": model.cfg.to_dict(), **(extra or {})}
-    (path / CONFIG).write_text(json.dumps(meta, indent=2))
+    write_atomic(path / CONFIG, json.dumps(meta, indent=2))
 
 
 def aliases(model: torch.nn.Module) -> set[str]:

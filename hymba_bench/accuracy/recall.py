@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.files import write_atomic
 
 KEYS, VALUES = string.ascii_lowercase, string.ascii_uppercase
 SEPARATOR = "|"
@@ -82,6 +83,5 @@ def eval_items(seed: int, n_items: int, spec: RecallSpec) -> list[dict[str, str]
 
 
 def write_eval_file(path: Path, seed: int, n_items: int, spec: RecallSpec) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(item) + "\n" for item in eval_items(seed, n_items, spec)))
-    return path
+    return write_atomic(path, "".join(json.dumps(item) + "\n"
+                                      for item in eval_items(seed, n_items, spec)))

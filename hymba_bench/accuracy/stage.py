@@ -34,13 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from hymba_bench.accuracy.evaluate import evaluate, quiet_stderr
 from hymba_bench.accuracy.recall import RecallSpec
-from hymba_bench.accuracy.train import train, train_settings
+from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
+from hymba_bench.accuracy.train import step_seconds, train, train_settings
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.lm import count_parameters, instantiate
 from hymba_bench.results.records import PAPER_RECALL, SYNTHETIC, Record, RecordSet, RunDir
 from hymba_bench.settings import EvalBudget, TrainBudget
 
 if TYPE_CHECKING:
+    from hymba_bench.design.registry import ResolvedVariant
     from hymba_bench.run import Design, Job, Reporter, Training
 
 PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
@@ -116,6 +118,32 @@ class AccuracyStage:
     def cost(self, design: Design) -> float:
         """Expected training time, any unit (parameters): the largest designs start first."""
         return float(count_parameters(design.config))
+
+    def check(self, designs: list[ResolvedVariant]) -> None:
+        """Refuse, before any training, a design the accuracy stage would fail on after it."""
+        length = RecallSpec(pairs=self.train.pairs, queries=self.train.queries).rendered_length() + 1
+        for rv in designs:
+            cfg = rv.config
+            check_vocab(cfg.vocab_size, ByteTokenizer.vocab_size, str(rv.variant.path))
+            if cfg.meta_tokens + length > cfg.max_seq_len:
+                raise HymbaBenchError(
+                    f"{rv.variant.path}: max_seq_len: {cfg.max_seq_len} tokens do not hold the "
+                    f"recall task's {length}-token sequences after {cfg.meta_tokens} meta tokens "
+                    "(lm-eval would cut their beginning)")
+
+    def estimate(self, designs: list[ResolvedVariant], workers: int) -> tuple[float, str]:
+        """Seconds the training will take, from one measured step per design, and how it was
+        reckoned (for a budget long enough that the user should know before it starts)."""
+        spec = RecallSpec(pairs=self.train.pairs, queries=self.train.queries)
+        settings = train_settings(self.train, spec.rendered_length(), self.train.seed)
+        steps = {rv.config.name: step_seconds(instantiate(rv.config, self.device, seed=0), settings,
+                                              spec) for rv in designs}
+        together = max(1, workers)
+        total = sum(steps.values()) * self.train.steps * self.train.seeds / together
+        how = (f"{len(designs)} designs x {self.train.steps} steps x {self.train.seeds} seeds, a "
+               f"step measured at {1e3 * min(steps.values()):.0f}-{1e3 * max(steps.values()):.0f} "
+               f"ms, {together} at a time")
+        return total, how
 
     def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]:
         use_data_dir(self.data_dir)

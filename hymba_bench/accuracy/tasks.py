@@ -10,19 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hymba_bench.accuracy.recall import RecallSpec, write_eval_file
+from hymba_bench.accuracy.recall import RecallSpec, eval_items, write_eval_file
 from hymba_bench.errors import HymbaBenchError
 
 
 def recall_dataset(seed: int = 1234, n_items: int = 200, pairs: int = 8, queries: int = 8,
-                   data_dir: str = "runs/data", **_: Any) -> Any:
-    """The synthetic associative-recall items, written to `data_dir` and loaded as a dataset."""
+                   data_dir: str | None = None, **_: Any) -> Any:
+    """The synthetic associative-recall items as a dataset; also written to `data_dir` (a run's
+    `data/` folder) when given, for a reader to see what was asked."""
     import datasets
 
-    path = Path(data_dir) / f"recall_synthetic_s{seed}_n{n_items}_p{pairs}_q{queries}.jsonl"
-    write_eval_file(path, seed, n_items, RecallSpec(pairs=pairs, queries=queries))
-    return datasets.DatasetDict({"test": datasets.load_dataset("json", data_files=str(path),
-                                                                split="train")})
+    spec = RecallSpec(pairs=pairs, queries=queries)
+    if data_dir is not None:
+        name = f"recall_synthetic_s{seed}_n{n_items}_p{pairs}_q{queries}.jsonl"
+        write_eval_file(Path(data_dir) / name, seed, n_items, spec)
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(eval_items(seed, n_items, spec))})
 
 
 def text_dataset(text_path: str | None = None, doc_chars: int = 2048, held_out: float = 0.1,

@@ -18,6 +18,14 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+def check_vocab(model_vocab: int, tokenizer_vocab: int, where: str) -> None:
+    """A model whose vocabulary is smaller than its tokenizer's would index past its embedding."""
+    if model_vocab < tokenizer_vocab:
+        raise HymbaBenchError(f"{where}: vocab_size: {model_vocab} is smaller than the "
+                              f"tokenizer's {tokenizer_vocab} tokens (accuracy trains and "
+                              f"evaluates through it): make it at least {tokenizer_vocab}")
+
+
 class ByteTokenizer:
     """UTF-8 bytes 0..255, then BOS, EOS and PAD. Lossless for any text; needs no files."""
 

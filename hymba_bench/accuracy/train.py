@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ import torch.nn.functional as F
 
 from hymba_bench.accuracy.checkpoint import load_checkpoint, save_checkpoint
 from hymba_bench.accuracy.recall import RecallSpec, training_example
-from hymba_bench.accuracy.tokenizer import ByteTokenizer
+from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.files import atomic
 from hymba_bench.settings import TrainBudget
 
 STATE = "trainer_state.pt"
@@ -110,14 +112,10 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
           out: Path, resume: bool = False, recall: RecallSpec | None = None,
           on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train `model` in place; returns a summary with the loss history."""
+    check_vocab(model.cfg.vocab_size, ByteTokenizer.vocab_size, variant)  # type: ignore[union-attr]
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    params = list(model.named_parameters())
-    decay = [p for n, p in params if p.dim() >= 2 and n.rsplit(".", 1)[-1] not in NO_DECAY]
-    no_decay = [p for n, p in params if p.dim() < 2 or n.rsplit(".", 1)[-1] in NO_DECAY]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr,
-                            betas=(0.9, 0.95), fused=_fused_ok(model))
+    opt = _optimizer(model, settings)
     step, losses = 0, []
     state_path = Path(out) / STATE
     if resume and state_path.is_file():
@@ -141,14 +139,7 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
         ids, scored = next(data)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
-        logits = model(ids[:, :-1])  # (B, L, V)
-        targets = ids[:, 1:] if scored is None else ids[:, 1:].masked_fill(~scored[:, 1:], -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-        aux = model.aux_loss() if hasattr(model, "aux_loss") else None  # MoE load balancing
-        opt.zero_grad(set_to_none=True)
-        (loss if aux is None else loss + aux).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
+        loss = _step(model, opt, ids, scored, settings)
         step += 1
         losses.append(loss.item())
         if on_step is not None:
@@ -159,13 +150,52 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
     return {"steps": step, "losses": losses, "final_loss": losses[-1] if losses else math.nan}
 
 
+def _optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = list(model.named_parameters())
+    decay = [p for n, p in params if p.dim() >= 2 and n.rsplit(".", 1)[-1] not in NO_DECAY]
+    no_decay = [p for n, p in params if p.dim() < 2 or n.rsplit(".", 1)[-1] in NO_DECAY]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr,
+                             betas=(0.9, 0.95), fused=_fused_ok(model))
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
+          scored: torch.Tensor | None, settings: TrainSettings) -> torch.Tensor:
+    """One optimizer step on `ids` (B, seq_len + 1); the language-model loss (without MoE's)."""
+    logits = model(ids[:, :-1])  # (B, L, V)
+    targets = ids[:, 1:] if scored is None else ids[:, 1:].masked_fill(~scored[:, 1:], -100)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    aux = model.aux_loss() if hasattr(model, "aux_loss") else None  # MoE load balancing
+    opt.zero_grad(set_to_none=True)
+    (loss if aux is None else loss + aux).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    opt.step()
+    return loss
+
+
+def step_seconds(model: torch.nn.Module, settings: TrainSettings,
+                 recall: RecallSpec | None = None) -> float:
+    """Seconds one training step of `model` takes at `settings` (the second of two, the first
+    paying for kernel builds): what an up-front estimate of a long budget multiplies. The model's
+    weights change; build a throwaway one."""
+    opt = _optimizer(model, settings)
+    data = batches("recall", settings, random.Random(settings.seed), recall)
+    model.train()
+    elapsed = 0.0
+    for _ in range(2):
+        ids, scored = next(data)
+        start = time.perf_counter()
+        _step(model, opt, ids, scored, settings)
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
 def _save(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
           out: Path, opt: torch.optim.Optimizer, step: int, losses: list[float],
           rng: random.Random) -> None:
     save_checkpoint(model, out, variant, profile,  # type: ignore[arg-type]
                     {"task": task, "step": step, "train": asdict(settings)})
-    tmp = Path(out) / (STATE + ".tmp")
-    torch.save({"optimizer": opt.state_dict(), "step": step, "losses": losses,
-                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                "settings": asdict(settings)}, tmp)
-    tmp.replace(Path(out) / STATE)
+    with atomic(Path(out) / STATE) as tmp:
+        torch.save({"optimizer": opt.state_dict(), "step": step, "losses": losses,
+                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                    "settings": asdict(settings)}, tmp)

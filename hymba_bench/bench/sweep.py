@@ -19,6 +19,7 @@ from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
+from hymba_bench.results.plots import save_figure
 from hymba_bench.results.records import RecordSet, RunDir, placement
 from hymba_bench.run import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
 from hymba_bench.settings import bench_settings
@@ -62,9 +63,10 @@ def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
     run_dir = RunDir(opts.out, "sweep")
     executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
     failures: list[Failure] = []
+    context = base_context(opts.device)
     with run_dir.lock():
-        results = run_dir.open(opts.resume)
-        stamp = Stamp(base_context(opts.device), opts.profile,
+        results = run_dir.open(opts.resume, {"profile": opts.profile, "device": context["device"]})
+        stamp = Stamp(context, opts.profile,
                       {d.name: placement(d.rv, opts.profile) for d in designs})
         for seq in opts.seq_lens:
             stage = ContextStage(seq, bench, opts.device)
@@ -87,6 +89,8 @@ def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    if not records.metrics():
+        return []
     frame = records.frame().drop_duplicates(["variant", "metric", "context"], keep="last")
     paths = []
     specs = [("decode_tok_s", "decode throughput (tokens/s)", "sweep_throughput", False),
@@ -115,8 +119,5 @@ def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = run_dir.plot(filename)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, run_dir.plot(filename)))
     return paths

@@ -7,8 +7,12 @@ Heavy imports (torch, the model, the measurements) happen inside the commands th
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hymba_bench.errors import HymbaBenchError, Interrupted
+from hymba_bench.files import FileError, append_fd, inside, make_dirs, write_all, write_atomic
 from hymba_bench.results.records import RunDir
 
 app = typer.Typer(
@@ -202,14 +207,31 @@ def run(
                       executor_options=_engine(ray_address, slurm_partition, slurm_time,
                                                slurm_gpus, slurm_account, slurm_retries))
     stages = len([s for s in STAGES if s not in opts.skip])
-    try:
-        with RunProgress(console, len(chosen), stages) as progress:
-            run_dir = run_all(opts, progress)
-    except KeyboardInterrupt:
-        results = RunDir(out).results
-        raise Interrupted(f"interrupted; {len(results.load())} records kept in {results.path}; "
-                          "rerun with --resume to finish") from None
+    with _keeping(RunDir(out)), RunProgress(console, len(chosen), stages) as progress:
+        run_dir = run_all(opts, progress)
     print_run(run_dir, console)
+
+
+@contextmanager
+def _keeping(run_dir: RunDir) -> Iterator[None]:
+    """An interrupt (Ctrl-C, SIGTERM) or a full disk during a run: one line saying what was kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {_kept(run_dir)}; rerun with --resume to finish") from None
+    except FileError as exc:
+        kept = _kept(run_dir)
+        if kept.startswith("0 "):
+            raise
+        raise FileError(f"{exc}; {kept}; free space, then rerun with --resume") from None
+
+
+def _kept(run_dir: RunDir) -> str:
+    try:
+        count = len(run_dir.results.load())
+    except HymbaBenchError:
+        count = 0
+    return f"{count} records kept in {run_dir.results.path}"
 
 
 @app.command()
@@ -250,12 +272,9 @@ def sweep(
                                "decode": decode}, executor=executor,
                         executor_options=_engine(ray_address, slurm_partition, slurm_time,
                                                  slurm_gpus, slurm_account, slurm_retries))
-    try:
-        with RunProgress(console, len(opts.variants), len(opts.seq_lens), unit="contexts") as progress:
-            paths = run_sweep(opts, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; what was measured is kept in "
-                          f"{RunDir(out, 'sweep').results.path}; rerun with --resume to finish") from None
+    with _keeping(RunDir(out, "sweep")), \
+            RunProgress(console, len(opts.variants), len(opts.seq_lens), unit="contexts") as progress:
+        paths = run_sweep(opts, progress)
     for path in paths:
         console.print(f"wrote {path}")
 
@@ -265,13 +284,19 @@ def table(
     run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
     format: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
     extended: Annotated[bool, typer.Option(help="Ours beside the paper's figures, with ratios.")] = False,
+    profile: Annotated[str | None, typer.Option(
+        help="Only this profile's records (a directory holding several).")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Only records measured on this device (a part of its name).")] = None,
 ) -> None:
     """Render a run's results again as Table 1."""
-    from hymba_bench.results.tables import extended_table, roadmap_table
+    from hymba_bench.results.tables import extended_table, roadmap_table, select
 
     if format not in ("md", "csv", "json"):
         raise HymbaBenchError(f"--format: expected md, csv or json, got {format!r}")
     records = RunDir(run_dir).records()
+    if profile is not None or device is not None:
+        records = select(records, profile, device)
     built = extended_table(records) if extended else roadmap_table(records)
     print({"md": built.to_markdown, "csv": built.to_csv, "json": built.to_json}[format](), end="")
 
@@ -356,7 +381,7 @@ def eval_cmd(
         "recall_synthetic,text_bpb"),
     profile: ProfileOpt = "tiny",
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint directory.")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many items per task.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many items per task.")] = None,
     text: Annotated[Path | None, typer.Option(help="Text file for text_bpb (held-out tail).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items.")] = 1234,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
@@ -381,13 +406,13 @@ def eval_cmd(
     if log_samples and out is None:
         raise HymbaBenchError("--log-samples: needs --out (where the sample logs go)")
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HymbaBenchError(f"--out: cannot write to {out}: {exc.strerror}") from None
+        make_dirs(out)
+        summary_path = inside(out, "eval.json")
+        write_atomic(summary_path, "{}")  # probed before the evaluation, rewritten after it
     lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
                       device=_device(device), variant_files=variant_file)
-    metadata = {"seed": seed, "data_dir": "runs/data", "text_path": str(text) if text else None}
+    metadata = {"seed": seed, "data_dir": str(inside(out, "data")) if out is not None else None,
+                "text_path": str(text) if text else None}
     n_tasks = sum(len(SUITES[s]) for s in suites)
     with RunProgress(console, 1, n_tasks, unit="tasks") as progress:
 
@@ -404,8 +429,8 @@ def eval_cmd(
                    "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
                    "limit": limit, "values": outcome.values, "stderr": outcome.stderr,
                    "n": outcome.n, "missing": outcome.missing}
-        (out / "eval.json").write_text(json.dumps(summary, indent=2))
-        console.print(f"wrote {out / 'eval.json'} and lm-eval's results files under {out}")
+        write_atomic(summary_path, json.dumps(summary, indent=2))
+        console.print(f"wrote {summary_path} and lm-eval's results files under {out}")
     table = Table("metric", "value", "stderr", "items")
     for key, value in outcome.values.items():
         se = outcome.stderr.get(key)
@@ -459,10 +484,12 @@ def compare(
         run_dir = run_all(opts, progress)
     records = run_dir.records()
     built = compare_table(records, names)
-    run_dir.table("compare", "md").write_text(built.to_markdown())
-    run_dir.table("compare", "csv").write_text(built.to_csv())
+    write_atomic(run_dir.table("compare", "md"), built.to_markdown())
+    write_atomic(run_dir.table("compare", "csv"), built.to_csv())
     print_table(built, console, title=f"{' vs '.join(names)} ({run_dir.table('compare', 'md')})")
-    console.print(f"wrote {roadmap_plot(records, run_dir.plot('compare'), designs=names)}")
+    picture = roadmap_plot(records, run_dir.plot("compare"), designs=names)
+    if picture is not None:
+        console.print(f"wrote {picture}")
 
 
 @app.command()
@@ -475,11 +502,7 @@ def baseline(
     from hymba_bench.bench.regress import make_baseline
 
     data = make_baseline(run_dir, reference)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise HymbaBenchError(f"--out: cannot write {out}: {exc.strerror}") from None
+    write_atomic(out, json.dumps(data, indent=2) + "\n")
     console.print(f"baseline of {len(data['variants'])} designs written to {out}")
 
 
@@ -499,10 +522,7 @@ def regress(
     text = report(cmp, tolerance, abs_tolerance)
     print(text, end="")
     if report_path is not None:
-        try:
-            report_path.write_text(text)
-        except OSError as exc:
-            raise HymbaBenchError(f"--report: cannot write {report_path}: {exc.strerror}") from None
+        write_atomic(report_path, text)
     if cmp.failed:
         raise typer.Exit(1)
 
@@ -569,9 +589,12 @@ def profile_decode_cmd(
         with console.status(f"profiling {name} ..."):
             row = profile_decode(name, profile, dev, settings)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            make_dirs(out.parent)
+            fd = append_fd(out)
+            try:
+                write_all(fd, (json.dumps(row) + "\n").encode(), out)
+            finally:
+                os.close(fd)
         if as_json:
             print(json.dumps(row))
             continue
@@ -608,10 +631,17 @@ def say(exc: HymbaBenchError) -> str:
     return re.sub(r"`(\w+)`", lambda m: flag(m.group(1)) or m.group(0), text)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's kill, `timeout`) is handled as Ctrl-C is: what was measured is
+    kept and said, the lock released, the tables written."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: library errors become one line on stderr and exit status 2."""
     from typer.exceptions import TyperException  # base of the (vendored) click exceptions
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except HymbaBenchError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 from hymba_bench.errors import HymbaBenchError
 
 MIXERS = ("attention", "mamba", "hybrid", "hyena")
+MAX_SEQ_LEN = 1 << 22  # a context past 4M tokens is a typo, and the caches it sizes would not fit
 FFNS = ("dense", "moe", "none")
 
 
@@ -161,9 +162,22 @@ class ModelConfig:
         for key in ("rope", "shared_attention", "ssm_norms", "tie_embeddings"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
-        if not isinstance(self.moe_aux_loss, int | float) or isinstance(self.moe_aux_loss, bool) \
-                or self.moe_aux_loss < 0:
-            raise ConfigError(f"moe_aux_loss: expected a number >= 0, got {self.moe_aux_loss!r}")
+        for key, low in (("moe_aux_loss", 0.0), ("rope_theta", None), ("rope_scaling", None),
+                         ("norm_eps", None)):
+            value = getattr(self, key)
+            if not _is_number(value) or not math.isfinite(value) or (
+                    value < low if low is not None else value <= 0):
+                what = f"a number >= {low:g}" if low is not None else "a positive number"
+                raise ConfigError(f"{key}: expected {what}, got {value!r}")
+        if self.max_seq_len > MAX_SEQ_LEN:
+            raise ConfigError(f"max_seq_len: expected at most {MAX_SEQ_LEN:,} tokens, got "
+                              f"{self.max_seq_len:,}")
+        if self.meta_tokens >= self.max_seq_len:
+            raise ConfigError(f"meta_tokens: {self.meta_tokens} meta tokens leave no room in the "
+                              f"{self.max_seq_len}-token context (max_seq_len)")
+        if not isinstance(self.name, str) or not isinstance(self.description, str) \
+                or not isinstance(self.design_reason, str):
+            raise ConfigError("name: name, description and design_reason must be strings")
         if self.moe_top_k > self.moe_experts:
             raise ConfigError(f"moe_top_k: expected at most moe_experts ({self.moe_experts}), "
                               f"got {self.moe_top_k}")
@@ -231,6 +245,10 @@ class ModelConfig:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:

@@ -19,11 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hymba_bench.design.config import ConfigError, ModelConfig, ntk_scale
 from hymba_bench.design.masks import window_keys
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.files import check_name, read_yaml
 
 # Keys a variant file may hold besides ModelConfig's own fields.
 META_KEYS = {
@@ -95,28 +94,38 @@ class ResolvedVariant:
     info: dict[str, Any]  # resolved meta keys (table label, section, cache_seq_len, ...)
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RegistryError(f"{path}: YAML syntax error{where}: {problem}") from None
-    except OSError as exc:
-        raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise RegistryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+def _load_yaml(path: Path, what: str) -> dict[str, Any]:
+    data = read_yaml(path, what)
     if not isinstance(data, dict):
         raise RegistryError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What each meta key must hold: (test, what it expects), checked when the file is read.
+META_TYPES: dict[str, tuple[Any, str]] = {
+    "extends": (lambda v: isinstance(v, str), "a variant name"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "design_reason": (lambda v: isinstance(v, str), "a string"),
+    "table_label": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+    "table_section": (lambda v: v in SECTIONS, f"one of {', '.join(SECTIONS)}"),
+    "size": (lambda v: isinstance(v, str), "a size of the profile (base, large)"),
+    "in_all": (lambda v: isinstance(v, bool), "true or false"),
+    "fixed_size": (lambda v: isinstance(v, bool), "true or false"),
+    "context_extension": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "cache_seq_len": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "order": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+}
 
 
 @lru_cache(maxsize=1)
 def profiles() -> dict[str, Profile]:
     out: dict[str, Profile] = {}
     for path in sorted((variants_dir() / "profiles").glob("*.yaml")):
-        data = _load_yaml(path)
+        data = _load_yaml(path, "profile")
         try:
             out[data["name"]] = Profile(
                 name=data["name"], description=data.get("description", ""),
@@ -130,17 +139,17 @@ def profiles() -> dict[str, Profile]:
 
 
 def _variant_from_file(path: Path) -> Variant:
-    data = _load_yaml(path)
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise RegistryError(f"{path}: name: expected a non-empty string")
+    data = _load_yaml(path, "design file")
+    check_name(data.get("name"), str(path))  # it becomes folder names under the run directory
     allowed = set(META_KEYS) | set(ModelConfig.init_keys())
-    for key in data:
+    for key, value in data.items():
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise RegistryError(f"{path}: {key}: unknown key{extra}")
-    return Variant(name=name, path=path, keys=data)
+        if key in META_TYPES and not META_TYPES[key][0](value):
+            raise RegistryError(f"{path}: {key}: expected {META_TYPES[key][1]}, got {value!r}")
+    return Variant(name=data["name"], path=path, keys=data)
 
 
 @lru_cache(maxsize=1)

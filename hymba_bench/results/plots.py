@@ -3,53 +3,78 @@
 Both axes are ratios to a reference design measured in the same run (Llama for the roadmap, the
 first design for `compare`), and the paper's points are ratios to its own Llama: a tiny CPU run
 and the paper's A100 figures can share a plot only as ratios. Recall, where measured, is in each
-point's label. Context-length sweeps have their own plots (`sweep.plot`).
+point's label. A point whose throughput was timed unstably is drawn as a cross and its label
+marked †, as the tables mark it. Labels are placed where they overlap no other label or point.
+With nothing to plot (an accuracy-only run), no picture is written. Context-length sweeps have
+their own plots (`sweep.plot`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import Any
 
+from hymba_bench.files import write_atomic
 from hymba_bench.results.records import RecordSet
-from hymba_bench.results.tables import BASELINE, measured, paper_reference
+from hymba_bench.results.tables import BASELINE, UNSTABLE, measured, paper_reference
 
 
-def roadmap_plot(records: RecordSet, path: Path,
-                 designs: list[str] | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as a PNG, written atomically (never through a link), then closed."""
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return write_atomic(path, buf.getvalue())
+
+
+def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = None) -> Path | None:
+    """The picture at `path`, or None (nothing written) when no design has both figures."""
     current = measured(records)
     shown = [v for v in current.variants() if designs is None or v in designs]
     get = records.value
     reference = designs[0] if designs else BASELINE
     base_tps, base_cache = get(reference, "decode_tok_s"), get(reference, "cache_bytes")
+    points = []
+    for name in shown:
+        tps, cache = get(name, "decode_tok_s"), get(name, "cache_bytes")
+        if not any(math.isnan(x) for x in (tps, cache, base_tps, base_cache)):
+            points.append((name, tps / base_tps, cache / base_cache))
+    if not points:
+        return None
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
     paper = paper_reference().set_index("configuration")
     p_base = paper.loc["Transformer (Llama)"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    plotted = 0
-    offsets = [(6, 4), (6, -11), (6, 14), (-6, -11)]  # staggered: close points stay readable
-    for name in shown:
-        tps, cache = get(name, "decode_tok_s"), get(name, "cache_bytes")
-        if any(math.isnan(x) for x in (tps, cache, base_tps, base_cache)):
-            continue
-        x, y = tps / base_tps, cache / base_cache
+    labels: list[tuple[str, float, float]] = []
+    any_unstable = any_paper = False
+    for k, (name, x, y) in enumerate(points):
+        color = f"C{k % 10}"
+        timing = records.get(name, "decode_tok_s")
+        unstable = bool(timing is not None and timing.get("unstable"))
+        any_unstable |= unstable
+        if unstable:
+            ax.scatter(x, y, s=70, marker="X", color=color, zorder=3)
+        else:
+            ax.scatter(x, y, s=60, color=color, zorder=3)
         recall = get(name, "recall_pct")
-        label = name + ("" if math.isnan(recall) else f" ({recall:.0f}% recall)")
-        dx, dy = offsets[plotted % len(offsets)]
-        dot = ax.scatter(x, y, s=60, zorder=3)
-        ax.annotate(label, (x, y), fontsize=8, xytext=(dx, dy), textcoords="offset points",
-                    ha="left" if dx > 0 else "right")
-        plotted += 1
+        labels.append((name + ("" if math.isnan(recall) else f" ({recall:.0f}% recall)")
+                       + (UNSTABLE if unstable else ""), x, y))
         table_label = current.placement(name).get("table_label")
         if designs is None and table_label in paper.index:  # the paper's point, paired
+            any_paper = True
             p = paper.loc[table_label]
             px = p["throughput_tok_s"] / p_base["throughput_tok_s"]
             py = p["cache_mb"] / p_base["cache_mb"]
-            color = dot.get_facecolor()[0]
             ax.scatter(px, py, s=60, facecolors="none", edgecolors=color, zorder=2)
             ax.plot([x, px], [y, py], color=color, linewidth=0.7, alpha=0.5, zorder=1)
     ax.set_xscale("log")
@@ -57,10 +82,50 @@ def roadmap_plot(records: RecordSet, path: Path,
     ax.set_xlabel(f"decode throughput, x {reference}")
     ax.set_ylabel(f"cache bytes, x {reference}")
     first = current[0]
-    ax.set_title(f"{plotted} designs, {first.profile} profile on {first.get('device', '')}"
-                 + ("; hollow: the paper (A100)" if designs is None else ""), fontsize=9)
+    ax.set_title(f"{len(points)} designs, {first.profile} profile on {first.get('device', '')}",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    legend = [Line2D([], [], marker="o", linestyle="", color="grey", label="this run")]
+    if any_unstable:
+        legend.append(Line2D([], [], marker="X", linestyle="", color="grey",
+                             label=f"this run, throughput unstable ({UNSTABLE.strip()})"))
+    if any_paper:
+        legend.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                             color="grey", label="the paper (A100), joined to our point"))
+    ax.legend(handles=legend, fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _place_labels(fig, ax, labels)
+    return save_figure(fig, path)
+
+
+# Offsets (points) tried in turn for a label: beside the dot first, then further out.
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in
+            ((6, 4), (6, -11), (-6, 4), (-6, -11), (0, 12), (0, -18))]
+
+
+def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]]) -> None:
+    """Each label at the first offset where its box overlaps no placed label and no dot (a
+    greedy placement: enough for the dozen points of a roadmap)."""
+    renderer = fig.canvas.get_renderer()
+    taken = []
+    for _, x, y in labels:  # the dots themselves, as small boxes
+        cx, cy = ax.transData.transform((x, y))
+        taken.append((cx - 5, cy - 5, cx + 5, cy + 5))
+    for text, x, y in labels:
+        note = None
+        for dx, dy in _OFFSETS:
+            if note is not None:
+                note.remove()
+            note = ax.annotate(text, (x, y), fontsize=8, xytext=(dx, dy),
+                               textcoords="offset points", ha="left" if dx >= 0 else "right",
+                               arrowprops={"arrowstyle": "-", "linewidth": 0.4, "alpha": 0.5}
+                               if abs(dx) > 6 or abs(dy) > 14 else None)
+            box = note.get_window_extent(renderer)
+            rect = (box.x0, box.y0, box.x1, box.y1)
+            if not any(_overlap(rect, t) for t in taken):
+                break
+        taken.append(rect)
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, overload
 
+from hymba_bench import files
 from hymba_bench.design.registry import ORDER_DEFAULT
 from hymba_bench.errors import HymbaBenchError
 
@@ -174,6 +175,27 @@ class Record:
         value = self.get(name)
         return math.nan if value is None else float(value)
 
+    def non_finite(self) -> str | None:
+        """The first NaN or infinite number in the value or fields ("nan", "stderr=inf"), or None."""
+        if _non_finite(self.value):
+            return repr(self.value)
+        return next((f"{k}={v!r}" for k, v in self.fields.items() if _non_finite(v)), None)
+
+    def checked(self) -> Record:
+        """This record as it may be written: a measurement that came out NaN or infinite becomes
+        a note saying so (the metric then shows as a gap with its reason), a non-finite field is
+        dropped (unknown, not a number)."""
+        if self.kind == "metric" and _non_finite(self.value):
+            stage = STAGE_OF.get(self.metric, "a stage")
+            extra = {k: v for k, v in self.fields.items() if not _non_finite(v)}
+            return Record.note(self.variant, stage, f"{self.metric} came out {self.value!r}, not a "
+                               "finite number", missing=self.metric,
+                               **{k: v for k, v in extra.items() if k != "stage"})
+        if any(_non_finite(v) for v in self.fields.values()):
+            return Record(self.variant, self.metric, self.value,
+                          {k: v for k, v in self.fields.items() if not _non_finite(v)})
+        return self
+
     def with_fields(self, **fields: Any) -> Record:
         return Record(self.variant, self.metric, self.value, {**self.fields, **fields})
 
@@ -191,6 +213,10 @@ class Record:
                                   f"this one reads up to {SCHEMA}): upgrade to read it")
         fields = {k: v for k, v in data.items() if k not in ("variant", "metric", "value", "unit")}
         return cls(str(data["variant"]), str(data["metric"]), data["value"], fields)
+
+
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
 
 
 class RecordSet(Sequence[Record]):
@@ -281,50 +307,56 @@ class RecordSet(Sequence[Record]):
 
 
 class ResultsFile:
-    """A JSON-lines file of records, appended one whole line at a time."""
+    """A JSON-lines file of records, appended one whole line at a time, never through a link."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._checked = False
 
-    def _drop_torn_tail(self) -> None:
+    def _drop_torn_tail(self, fd: int) -> None:
         """Cut a last line left unfinished by a kill, so the next record starts on its own line."""
-        if not self.path.exists():
-            return
-        with self.path.open("r+b") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0) if size else b""
+        if data and not data.endswith(b"\n"):
+            os.ftruncate(fd, data.rfind(b"\n") + 1)
+
+    def probe(self) -> None:
+        """Open the file for appending (creating it) and close it: an unwritable file, a link or
+        a directory in its place is found before any work, not after the training."""
+        os.close(files.open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT))
 
     def append(self, record: Record) -> None:
         """One line, written whole under an exclusive lock: the accuracy stage's worker processes
         append to the same file, and a torn tail found under the lock is a crash's, never a
-        writer's in flight."""
+        writer's in flight. A non-finite number is refused (`Record.checked` turns a measurement
+        that came out NaN into a note first)."""
         for name in record.fields:
             _known(name)  # a writer's typo fails here, not as a silent gap in a table
+        bad = record.non_finite()
+        if bad:
+            raise HymbaBenchError(f"{record.variant} {record.metric}: {bad} is not a finite number; "
+                                  "not recorded")
         payload = {**record.to_json(),
                    "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        line = (json.dumps(payload, sort_keys=True, default=str) + "\n").encode()
-        with self.path.open("ab") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                if not self._checked:
-                    self._drop_torn_tail()
-                    self._checked = True
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        line = (json.dumps(payload, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
+        fd = files.open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._checked:
+                self._drop_torn_tail(fd)
+                self._checked = True
+            files.write_all(fd, line, self.path)
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def load(self) -> RecordSet:
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return RecordSet()
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise HymbaBenchError(f"{self.path}: not UTF-8 text (byte {exc.start}); is it a "
-                                  "hymba-bench results file?") from None
+            text = files.read_input(self.path, "results file", limit=MAX_RESULTS_BYTES)
+        except HymbaBenchError as exc:
+            raise HymbaBenchError(f"{exc}; is it a hymba-bench results file?") from None
+        lines = text.splitlines()
         records = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -335,15 +367,32 @@ class ResultsFile:
                 if number == len(lines):  # torn by an interrupt: drop it, it is re-measured
                     continue
                 raise HymbaBenchError(f"{self.path}:{number}: not a JSON line") from None
-            records.append(Record.from_json(data, f"{self.path}:{number}"))
+            record = Record.from_json(data, f"{self.path}:{number}")
+            bad = record.non_finite()
+            if bad:  # written by hand or by an older version: shown as a gap with its reason
+                stage = STAGE_OF.get(record.metric, "a stage")
+                record = Record.note(record.variant, stage, f"{record.metric} is recorded as {bad} "
+                                     f"({self.path.name}:{number}), not a finite number",
+                                     missing=record.metric, profile=record.profile)
+            records.append(record)
         return RecordSet(records)
+
+
+MAX_RESULTS_BYTES = 1 << 30  # a results file past 1 GiB is not one this harness wrote
+# The stage that measures each table metric, for notes about one that cannot be shown.
+STAGE_OF = {"cache_mb": "cache", "cache_bytes": "cache", "params": "cache",
+            "decode_tok_s": "throughput", "prefill_tok_s": "throughput",
+            "recall_pct": "accuracy", "commonsense_pct": "accuracy"}
 
 
 class RunDir:
     """A run directory: where every file of a run goes. `kind` "run" (results.jsonl, Table 1's
-    tables) or "sweep" (sweep.jsonl and its plots)."""
+    tables) or "sweep" (sweep.jsonl and its plots). Every path it hands out lies inside it with
+    no link on the way (`files.inside`)."""
 
     RESULTS: ClassVar[dict[str, str]] = {"run": "results.jsonl", "sweep": "sweep.jsonl"}
+    # what a run's records must share with those already in the directory to be one table
+    SAME = ("profile", "device")
 
     def __init__(self, path: Path, kind: Literal["run", "sweep"] = "run") -> None:
         self.path = Path(path)
@@ -356,66 +405,93 @@ class RunDir:
                                   "directory?)")
         return self.results.load()
 
-    def open(self, resume: bool) -> ResultsFile:
-        """The results file, checked writable and empty unless resuming (hold `lock()`)."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise HymbaBenchError(f"cannot write to {self.path}: {exc.strerror}", param="out") from None
-        if self.results.load() and not resume:
+    def open(self, resume: bool, same: dict[str, str] | None = None) -> ResultsFile:
+        """The results file, checked writable, and empty unless resuming (hold `lock()`). `same`:
+        the run's profile and device; records of another in the directory are refused, since
+        they would share one table."""
+        files.make_dirs(self.path)
+        files.inside(self.path, self.results.path.name)
+        existing = self.results.load()
+        if existing and not resume:
             raise HymbaBenchError(f"{self.results.path} already holds results: continue it with "
                                   "`resume`, or choose another directory", param="out")
+        for key, value in (same or {}).items():
+            other = sorted({str(r.fields.get(key)) for r in existing.metrics()
+                            if r.fields.get(key) not in (None, value)})
+            if other:
+                raise HymbaBenchError(f"{self.results.path} holds records of {key} {other[0]!r}; "
+                                      f"this run's are {key} {value!r}, and one directory is one "
+                                      "table: choose another directory", param="out")
+        self.results.probe()
         return self.results
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold `.lock` while a run writes here: a second run into the same directory stops with
-        one line instead of interleaving its records with the first's."""
+        one line instead of interleaving its records with the first's. It also waits for no
+        writer of an earlier run (`writing`): a run killed with its workers still alive would
+        otherwise have its units recorded twice."""
+        files.make_dirs(self.path)
+        fd = files.open_fd(files.inside(self.path, ".lock"), os.O_RDWR | os.O_CREAT)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            handle = (self.path / ".lock").open("a+")
-        except OSError as exc:
-            raise HymbaBenchError(f"cannot write to {self.path}: {exc.strerror}", param="out") from None
-        with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 raise HymbaBenchError(f"{self.path}: another hymba-bench run is writing here "
                                       f"({holder}); wait for it to finish or choose another "
                                       "directory", param="out") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            writers = self._writers()
             try:
+                try:
+                    fcntl.flock(writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise HymbaBenchError(
+                        f"{self.path}: processes of an earlier run are still writing here (its "
+                        "workers outlived it); wait for them to end or stop them, then resume",
+                        param="out") from None
+                fcntl.flock(writers, fcntl.LOCK_SH)  # this run's workers join as writers
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                os.close(writers)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _writers(self) -> int:
+        return files.open_fd(files.inside(self.path, ".writers"), os.O_RDWR | os.O_CREAT)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held by a process that appends records for a run it did not start (a worker, a Slurm
+        job) while it works: a later run waits for none of them, and refuses while any is alive."""
+        fd = self._writers()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     def checkpoint(self, variant: str, seed: int) -> Path:
-        return self.path / "checkpoints" / variant / f"seed-{seed}"
+        return files.inside(self.path, "checkpoints", variant, f"seed-{seed}")
 
     def lm_eval(self, variant: str, seed: int) -> Path:
         """lm-eval's own output (results JSON, sample logs) for one trained seed."""
-        return self.path / "lm_eval" / variant / f"seed-{seed}"
+        return files.inside(self.path, "lm_eval", variant, f"seed-{seed}")
 
     @property
     def data(self) -> Path:
         """Generated task data (the synthetic recall items)."""
-        return self.path / "data"
+        return files.inside(self.path, "data")
 
     def table(self, name: str, suffix: str) -> Path:
         """`roadmap`, `roadmap_extended` or `compare`, as `md` or `csv`."""
-        return self.path / f"{name}.{suffix}"
+        return files.inside(self.path, f"{name}.{suffix}")
 
     def plot(self, name: str) -> Path:
         """`roadmap`, `compare`, `sweep_throughput` or `sweep_cache`, as PNG."""
-        return self.path / f"{name}.png"
+        return files.inside(self.path, f"{name}.png")
 
 
 def placement(rv: Any, profile: str) -> dict[str, Any]:

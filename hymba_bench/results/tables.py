@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import PAPER_RECALL, Record, RecordSet
+from hymba_bench.results.records import PAPER_RECALL, STAGE_OF, Record, RecordSet
 
 COLUMNS = [
     "Configuration",
@@ -113,11 +113,35 @@ def _fmt(column: str, value: float) -> str:
 
 
 def measured(records: RecordSet) -> RecordSet:
-    """The latest measurements; an error when there are none."""
+    """The latest measurements, all of one profile on one device; an error when there are none,
+    or when they mix several (one table compares designs measured alike)."""
     current = records.current()
     if not current:
         raise HymbaBenchError("no measurements in the results file")
+    groups = Counter((r.profile, str(r.get("device", ""))) for r in current)
+    if len(groups) > 1:
+        listed = "; ".join(f"profile {p!r} on {d or 'an unnamed device'}: {n} figures"
+                           for (p, d), n in groups.most_common())
+        raise HymbaBenchError(f"the records mix {len(groups)} profiles or devices ({listed}), which "
+                              "one table cannot compare: choose one with `profile` and `device`")
     return current
+
+
+def select(records: RecordSet, profile: str | None = None, device: str | None = None) -> RecordSet:
+    """The records of one profile and/or device (a substring of its name), notes of the whole
+    run kept; an error naming what there is when nothing matches."""
+    def keep(r: Record) -> bool:
+        if r.kind != "metric" and r.variant == "*":
+            return True
+        return (profile is None or r.profile == profile) and \
+            (device is None or device.lower() in str(r.get("device", "")).lower())
+
+    chosen = records.where(keep)
+    if not chosen.metrics():
+        there = sorted({(r.profile, str(r.get("device", ""))) for r in records.metrics()})
+        raise HymbaBenchError("no records match; the file has " + ", ".join(
+            f"profile {p!r} on {d!r}" for p, d in there), param="profile" if profile else "device")
+    return chosen
 
 
 def _flag_unstable(table: Table, records: RecordSet, rows: dict[str, int],
@@ -250,11 +274,21 @@ def roadmap_table(records: RecordSet) -> Table:
 
 
 def compare_table(records: RecordSet, designs: list[str]) -> Table:
-    """Designs side by side, each figure also as a ratio to the first design."""
+    """Designs side by side, each figure also as a ratio to the first design; unstable figures
+    marked and gaps explained as in Table 1."""
     measured(records)
     get = records.value
+    why = records.why_missing()
     first = designs[0]
     rows = []
+    reasons: dict[str, None] = {}
+    for name in designs:
+        for metric in ("params", "decode_tok_s", "prefill_tok_s", "cache_bytes", "cache_mb"):
+            stage = STAGE_OF[metric]
+            if math.isnan(get(name, metric)):
+                text = why.get((name, stage)) or why.get(("*", stage))
+                if text:
+                    reasons[f"{EMPTY} {name} {metric}: {text}"] = None
     for name in designs:
         row: dict[str, Any] = {"Design": name, "Params": get(name, "params")}
         for label, metric in (("Decode (tok/s)", "decode_tok_s"), ("Prefill (tok/s)", "prefill_tok_s"),
@@ -264,7 +298,17 @@ def compare_table(records: RecordSet, designs: list[str]) -> Table:
             row[f"{label.split(' (')[0]} vs {first}"] = value / base if base else math.nan
         row["Cache (MB)"] = get(name, "cache_mb")
         rows.append(row)
-    return Table(pd.DataFrame(rows), _conventions(records), [])
+    table = Table(pd.DataFrame(rows), [*reasons, *_conventions(records)], [])
+    row_of = {name: i for i, name in enumerate(designs)}
+    _flag_unstable(table, records, row_of, {
+        "decode_tok_s": ["Decode (tok/s)", f"Decode vs {first}"],
+        "prefill_tok_s": ["Prefill (tok/s)", f"Prefill vs {first}"]})
+    if first in row_of:  # a ratio to an unstable first design is as unstable as it is
+        for metric, column in (("decode_tok_s", "Decode"), ("prefill_tok_s", "Prefill")):
+            r = records.get(first, metric)
+            if r is not None and r.get("unstable"):
+                table.flagged.update((i, f"{column} vs {first}") for i in row_of.values())
+    return table
 
 
 def paper_reference() -> pd.DataFrame:
