@@ -43,7 +43,7 @@ from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, ResultsFile, RunDir
 
 if TYPE_CHECKING:
-    from hymba_bench.run import Job, Reporter, Stage, Stamp
+    from hymba_bench.runner import Job, Reporter, Stage, Stamp
 
 EXECUTORS = ("local", "ray", "slurm")
 
@@ -84,7 +84,7 @@ def run_unit(unit: Unit) -> list[Record]:
     """A unit, wherever it runs: its stage's records for its one design, stamped."""
     import torch
 
-    from hymba_bench.run import Silent
+    from hymba_bench.runner import Silent
 
     if unit.threads:
         torch.set_num_threads(unit.threads)

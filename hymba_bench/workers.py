@@ -28,7 +28,7 @@ import torch
 from hymba_bench.results.records import ResultsFile, RunDir
 
 if TYPE_CHECKING:
-    from hymba_bench.run import Job, Reporter, Stage, Stamp, Training
+    from hymba_bench.runner import Job, Reporter, Stage, Stamp, Training
 
 _QUEUE: Any = None  # the worker's end of the progress queue, set by `_init`
 
@@ -99,7 +99,7 @@ def _init(progress_queue: Any, parent: int) -> None:
 
 
 def _run_unit(unit: Unit) -> str:
-    from hymba_bench.run import execute  # run imports this module: the child's import, not ours
+    from hymba_bench.runner import execute  # run imports this module: the child's import, not ours
 
     torch.set_num_threads(unit.threads)
     stamp = unit.stamp.with_context(threads=unit.threads)

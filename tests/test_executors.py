@@ -18,7 +18,7 @@ from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import RayExecutor, SlurmExecutor, Unit, UnitsFailed, make_executor
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
-from hymba_bench.run import Design, Job, RunOptions, Silent, Stamp, run
+from hymba_bench.runner import Design, Job, RunOptions, Silent, Stamp, run
 
 FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
 EXACT = ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb")

@@ -19,7 +19,7 @@ from hymba_bench.bench.throughput import decode_throughput, filled_cache, halve_
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
 from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
-from hymba_bench.run import RunOptions, git_commit, run
+from hymba_bench.runner import RunOptions, git_commit, run
 from tests.helpers import bench, small_model
 
 FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
@@ -328,7 +328,7 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
     it is asked for scores 30 on the synthetic task and `paper` on the paper's."""
     import hymba_bench.accuracy.stage as accuracy
     from hymba_bench.design.registry import get_profile, resolve
-    from hymba_bench.run import Design, Job
+    from hymba_bench.runner import Design, Job
     from hymba_bench.settings import eval_budget, train_budget
 
     trained: list[int] = []
@@ -347,7 +347,7 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
 
 
 def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path) -> None:
-    from hymba_bench.run import Silent
+    from hymba_bench.runner import Silent
 
     earlier = Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
                               **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0})
@@ -378,7 +378,7 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None
     run resumed between seeds still reports the paper tasks' mean over every seed."""
     from hymba_bench.accuracy.evaluate import EvalOutcome
     from hymba_bench.results.records import PAPER_RECALL
-    from hymba_bench.run import Silent
+    from hymba_bench.runner import Silent
 
     paper = EvalOutcome(values={"recall_pct": 50.0, "commonsense_pct": 40.0},
                         stderr={"recall_pct": 2.0, "commonsense_pct": 1.0})

@@ -43,7 +43,7 @@ from hymba_bench.settings import EvalBudget, TrainBudget
 
 if TYPE_CHECKING:
     from hymba_bench.design.registry import ResolvedVariant
-    from hymba_bench.run import Design, Job, Reporter, Training
+    from hymba_bench.runner import Design, Job, Reporter, Training
 
 PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hymba_bench.bench.timing import LOAD_LIMIT, significant
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.files import read_input
 from hymba_bench.results.records import Record, RunDir
 
 FORMAT = "hymba-bench-baseline/1"
@@ -46,12 +48,22 @@ def _speed_record(run: dict[str, dict[str, Record]]) -> Record:
     raise HymbaBenchError("the run has no throughput measurements (was it run with --skip throughput?)")
 
 
-def make_baseline(run_dir: Path, reference: str = "llama") -> dict[str, Any]:
+def make_baseline(run_dir: Path, reference: str = "llama",
+                  allow_unstable: bool = False) -> dict[str, Any]:
+    """The baseline of a run; a run with throughput figures marked unstable (spread or load) is
+    refused unless `allow_unstable`, since every later check would be held to them."""
     run = _latest(run_dir)
     if reference not in run:
         raise HymbaBenchError(f"{reference!r} was not measured in {run_dir} "
                               f"(measured: {', '.join(run)})", param="reference")
     speed = _speed_record(run)
+    timed = [r for metrics in run.values() for m, r in metrics.items() if m in SPEED]
+    unstable = [r for r in timed if r.get("unstable")]
+    if unstable and not allow_unstable:
+        first = unstable[0]
+        raise HymbaBenchError(f"{len(unstable)} of the run's {len(timed)} throughput figures are "
+                              f"unstable ({first.variant} {first.metric}: {first.get('unstable')}); "
+                              "re-run on an idle machine, or accept them with `allow_unstable`")
     variants = {}
     for name, metrics in run.items():
         variants[name] = {
@@ -72,13 +84,13 @@ def make_baseline(run_dir: Path, reference: str = "llama") -> dict[str, Any]:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise HymbaBenchError(f"no such file {path}", param="baseline")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HymbaBenchError(f"no such file {path}", param="baseline") from None
+        data = json.loads(read_input(Path(path), "baseline"))
     except json.JSONDecodeError as exc:
         raise HymbaBenchError(f"{path} is not valid JSON ({exc.msg})", param="baseline") from None
-    if data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise HymbaBenchError(f"{path} is not a {FORMAT} file", param="baseline")
     return data
 
@@ -92,6 +104,7 @@ class Check:
     current: float | None
     ok: bool
     note: str = ""
+    judged: bool = True  # False: timed on a busy machine, no verdict either way
 
 
 @dataclass
@@ -104,6 +117,22 @@ class Comparison:
     @property
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
+
+    @property
+    def speed_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.kind != "exact"]
+
+    @property
+    def unjudged(self) -> list[Check]:
+        return [c for c in self.speed_checks if not c.judged]
+
+    @property
+    def judged_nothing(self) -> bool:
+        """No throughput check came to a verdict: a PASS would say nothing about speed."""
+        return not any(c.judged for c in self.speed_checks)
+
+    def busy_designs(self) -> list[str]:
+        return sorted({c.variant for c in self.unjudged})
 
 
 def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
@@ -141,7 +170,8 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
             busy = _busy(cur[metric])
             if busy:  # load changes ratios too (small-op designs lose more): no verdict either way
                 out.checks.append(Check(name, metric, "vs-reference", None, None, True,
-                                        f"not judged: {busy}; re-run on an idle machine"))
+                                        f"not judged: {busy}; re-run on an idle machine",
+                                        judged=False))
             elif name != ref and base_ref and cur_ref:
                 b, c = entry["value"] / base_ref, now / cur_ref
                 noisy = _ratios(entry.get("samples"), base_ref_entry.get("samples")), \
@@ -189,10 +219,15 @@ def _speed_check(name: str, metric: str, kind: str, base: float, now: float, tol
 def report(cmp: Comparison, tolerance: float, abs_tolerance: float | None = None) -> str:
     """A Markdown report fit for a pull-request comment."""
     base = cmp.baseline
-    unjudged = sum(c.note.startswith("not judged") for c in cmp.checks)
-    verdict = "FAIL" if cmp.failed else "PASS" + (
-        f" ({unjudged} throughput checks not judged: the run was timed on a busy machine)"
-        if unjudged else "")
+    unjudged = len(cmp.unjudged)
+    if cmp.failed:
+        verdict = "FAIL"
+    elif cmp.judged_nothing:
+        verdict = ("NOT JUDGED (no throughput check came to a verdict: the run was timed on a busy "
+                   "machine; re-time it with --retime, or run on an idle one)")
+    else:
+        verdict = "PASS" + (f" ({unjudged} throughput checks not judged: timed on a busy machine)"
+                            if unjudged else "")
     lines = [
         f"## hymba-bench efficiency regression check: {verdict}",
         "",
@@ -230,3 +265,61 @@ def _num(v: float | None) -> str:
     if float(v).is_integer() and abs(v) >= 100:
         return f"{int(v):,}"
     return f"{v:.3f}" if abs(v) < 100 else f"{v:,.1f}"
+
+
+def check(baseline: Path, current: Path, tolerance: float = 0.15,
+          abs_tolerance: float | None = None, retime_tries: int = 0,
+          on_retime: Callable[[list[str], int], None] | None = None) -> Comparison:
+    """`compare` a run with a baseline file; with `retime_tries`, figures timed on a busy machine
+    are timed again (`retime`) up to that many times before the verdict."""
+    base = load_baseline(baseline)
+    cmp = compare(base, current, tolerance, abs_tolerance)
+    for k in range(1, retime_tries + 1):
+        if not cmp.unjudged:
+            break
+        busy = cmp.busy_designs()
+        if on_retime is not None:
+            on_retime(busy, k)
+        retime(current, busy, base["reference"])
+        cmp = compare(base, current, tolerance, abs_tolerance)
+    return cmp
+
+
+def retime(run_dir: Path, designs: list[str], reference: str) -> None:
+    """Time `designs` and `reference` again, together, with the settings their records name
+    (profile, device, context, batch asked for, steps, repeats, decode mode), appending the new
+    figures to the run's results (the latest wins): what `regress --retime` does for figures
+    timed on a busy machine."""
+    import torch
+
+    from hymba_bench.bench.stages import ThroughputStage
+    from hymba_bench.design.registry import resolve, variants_dir
+    from hymba_bench.results.records import placement
+    from hymba_bench.runner import Design, Job, Silent, Stamp, base_context, execute
+    from hymba_bench.settings import bench_settings
+
+    rd = RunDir(run_dir)
+    records = rd.records()
+    names = list(dict.fromkeys([reference, *designs]))
+    timed = [records.get(n, "decode_tok_s") for n in names]
+    if any(r is None for r in timed):
+        raise HymbaBenchError(f"{run_dir}: cannot re-time {', '.join(names)}: not all were timed")
+    first = timed[0]
+    assert first is not None
+    device = "cuda" if first.get("device_type") == "cuda" else "cpu"
+    profile = first.profile
+    files = sorted({Path(r.get("variant_file")) for r in timed if r is not None and r.get("variant_file")
+                    and Path(r.get("variant_file")).parent != variants_dir()})
+    overrides = {"context": first.get("context"), "batch": first.get("requested_batch"),
+                 "gen_tokens": first.get("gen_tokens"), "repeats": first.get("repeats"),
+                 "warmup": first.get("warmup"), "dtype": first.get("dtype")}
+    resolved = [resolve(n, profile, files) for n in names]
+    bench = {rv.config.name: bench_settings(rv.profile, torch.device(device), overrides)
+             for rv in resolved}
+    designs_ = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
+    stage = ThroughputStage(bench, device)
+    stamp = Stamp(base_context(device), profile, {d.name: placement(d.rv, profile) for d in designs_})
+    with rd.lock():
+        results = rd.open(True, {"profile": profile, "device": stamp.context["device"]})
+        jobs = [Job(d, frozenset(stage.metrics), records.of(d.name)) for d in designs_]
+        execute(stage, jobs, results, stamp, Silent())

@@ -4,7 +4,7 @@
 allocator's view on a GPU). `ThroughputStage`: prefill and decode tokens/s, peak memory and the
 roofline percentage, the designs timed interleaved round by round when their caches fit together.
 `ContextStage`: one context length of `hymba-bench sweep` (cache bytes and decode tokens/s there).
-Each follows `hymba_bench.run.Stage`: `needed(design, records)` says which metrics are missing,
+Each follows `hymba_bench.runner.Stage`: `needed(design, records)` says which metrics are missing,
 `run(jobs, report)` yields records as they are measured.
 """
 
@@ -33,7 +33,7 @@ from hymba_bench.model.lm import count_parameters, instantiate
 from hymba_bench.results.records import Record, RecordSet
 
 if TYPE_CHECKING:
-    from hymba_bench.run import Design, Job, Reporter
+    from hymba_bench.runner import Design, Job, Reporter
     from hymba_bench.settings import BenchSettings
 
 

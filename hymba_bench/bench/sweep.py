@@ -21,7 +21,7 @@ from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.results.plots import save_figure
 from hymba_bench.results.records import RecordSet, RunDir, placement
-from hymba_bench.run import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
+from hymba_bench.runner import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
 from hymba_bench.settings import bench_settings
 
 

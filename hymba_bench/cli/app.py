@@ -189,8 +189,8 @@ def run(
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     from hymba_bench.cli.progress import RunProgress
     from hymba_bench.cli.render import print_run
-    from hymba_bench.run import STAGES, RunOptions, select_variants
-    from hymba_bench.run import run as run_all
+    from hymba_bench.runner import STAGES, RunOptions, select_variants
+    from hymba_bench.runner import run as run_all
     from hymba_bench.workers import default_workers
 
     files = variant_file or []
@@ -262,7 +262,7 @@ def sweep(
     from hymba_bench.bench.sweep import SweepOptions, parse_seq_lens
     from hymba_bench.bench.sweep import sweep as run_sweep
     from hymba_bench.cli.progress import RunProgress
-    from hymba_bench.run import select_variants
+    from hymba_bench.runner import select_variants
 
     files = variant_file or []
     opts = SweepOptions(variants=select_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
@@ -465,31 +465,22 @@ def compare(
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.cli.progress import RunProgress
     from hymba_bench.cli.render import print_table
-    from hymba_bench.results.plots import roadmap_plot
-    from hymba_bench.results.tables import compare_table
-    from hymba_bench.run import RunOptions, select_variants
-    from hymba_bench.run import run as run_all
+    from hymba_bench.runner import RunOptions, select_variants
+    from hymba_bench.runner import compare as run_compare
 
     files = variant_file or []
     names = select_variants(",".join(designs), files)
-    if len(names) < 2:
-        raise HymbaBenchError("compare: name at least two designs")
     opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
                       device=_device(device), variant_files=files,
                       bench={"batch": batch, "context": context, "repeats": repeats,
                              "decode": decode}, executor=executor,
                       executor_options=_engine(ray_address, slurm_partition, slurm_time,
                                                slurm_gpus, slurm_account, slurm_retries))
-    with RunProgress(console, len(names), 2) as progress:
-        run_dir = run_all(opts, progress)
-    records = run_dir.records()
-    built = compare_table(records, names)
-    write_atomic(run_dir.table("compare", "md"), built.to_markdown())
-    write_atomic(run_dir.table("compare", "csv"), built.to_csv())
+    with _keeping(RunDir(out)), RunProgress(console, len(names), 2) as progress:
+        run_dir, built = run_compare(opts, progress)
     print_table(built, console, title=f"{' vs '.join(names)} ({run_dir.table('compare', 'md')})")
-    picture = roadmap_plot(records, run_dir.plot("compare"), designs=names)
-    if picture is not None:
-        console.print(f"wrote {picture}")
+    if run_dir.plot("compare").is_file():
+        console.print(f"wrote {run_dir.plot('compare')}")
 
 
 @app.command()
@@ -497,11 +488,13 @@ def baseline(
     run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.jsonl.")],
     out: Annotated[Path, typer.Option(help="Baseline JSON to write.")],
     reference: Annotated[str, typer.Option(help="Design throughput is compared against.")] = "llama",
+    allow_unstable: Annotated[bool, typer.Option(
+        help="Accept throughput figures marked unstable (every later check is held to them).")] = False,
 ) -> None:
     """Write an efficiency baseline (exact metrics, throughput, machine) from a run."""
     from hymba_bench.bench.regress import make_baseline
 
-    data = make_baseline(run_dir, reference)
+    data = make_baseline(run_dir, reference, allow_unstable)
     write_atomic(out, json.dumps(data, indent=2) + "\n")
     console.print(f"baseline of {len(data['variants'])} designs written to {out}")
 
@@ -514,17 +507,26 @@ def regress(
     abs_tolerance: Annotated[float | None, typer.Option(
         help="Allowed drop of absolute throughput on the same machine (default: --tolerance).")] = None,
     report_path: Annotated[Path | None, typer.Option("--report", help="Write the Markdown here.")] = None,
+    retime: Annotated[int, typer.Option(
+        min=0, help="Re-time the designs whose figures were timed on a busy machine (with the "
+        "reference) up to this many times before giving up.")] = 0,
 ) -> None:
-    """Compare a run with a baseline; exit 1 on a regression, printing a Markdown report."""
-    from hymba_bench.bench.regress import compare, load_baseline, report
+    """Compare a run with a baseline; exit 1 on a regression, 3 when no throughput check could be
+    judged (a busy machine), printing a Markdown report."""
+    from hymba_bench.bench.regress import check, report
 
-    cmp = compare(load_baseline(baseline), current, tolerance, abs_tolerance)
+    with console.status("comparing with the baseline ...") as status:
+        cmp = check(baseline, current, tolerance, abs_tolerance, retime,
+                    on_retime=lambda busy, k: status.update(
+                        f"re-timing {', '.join(busy)} (timed on a busy machine; try {k} of {retime}) ..."))
     text = report(cmp, tolerance, abs_tolerance)
     print(text, end="")
     if report_path is not None:
         write_atomic(report_path, text)
     if cmp.failed:
         raise typer.Exit(1)
+    if cmp.judged_nothing:
+        raise typer.Exit(NOT_JUDGED)
 
 
 @app.command("bench-scan")
@@ -577,7 +579,7 @@ def profile_decode_cmd(
 
     from hymba_bench.bench.profile import profile_decode
     from hymba_bench.design.registry import resolve
-    from hymba_bench.run import select_variants
+    from hymba_bench.runner import select_variants
     from hymba_bench.settings import bench_settings
 
     dev = _device(device)
@@ -611,6 +613,26 @@ def profile_decode_cmd(
         console.print(table)
 
 
+@app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                          "help_option_names": []})
+def lm_eval_cmd(ctx: typer.Context) -> None:
+    """lm-eval's own command line with this harness's model (`--model hymba_bench`) and tasks
+    registered, e.g. `hymba-bench lm-eval --model hymba_bench --model_args variant=llama --tasks
+    hymba_recall_synthetic` (lm-eval has no plugin mechanism for models)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import hymba_bench.accuracy.adapter  # noqa: F401  registers `hymba_bench` with lm-eval
+    from hymba_bench.design.registry import package_data
+
+    args = list(ctx.args)
+    running = not args or args[0] not in ("ls", "validate")
+    if running and "--include_path" not in args and any(a.startswith("--") for a in args):
+        args += ["--include_path", str(package_data("tasks"))]
+    sys.argv = ["lm-eval", *args]
+    cli_evaluate()
+
+
+NOT_JUDGED = 3  # regress's exit status when it could judge no throughput check
 FLAGS = {"steps": "--train-steps"}  # library parameters whose option is not --<param>
 
 

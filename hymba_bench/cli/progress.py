@@ -77,7 +77,7 @@ class TrainingBar:
 
 class RunProgress:
     """`with RunProgress(console, designs=9, stages=3) as p: p.start(k, name, stage); ...; p.advance()`:
-    the `hymba_bench.run.Reporter` the CLI gives a run."""
+    the `hymba_bench.runner.Reporter` the CLI gives a run."""
 
     def __init__(self, console: Console, designs: int, stages: int, unit: str = "stages") -> None:
         self.console = console

@@ -10,19 +10,78 @@ from pathlib import Path
 
 import pytest
 
+from hymba_bench.bench import timing
 from hymba_bench.bench.regress import compare, load_baseline, make_baseline, report
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.run import RunOptions, run
+from hymba_bench.runner import RunOptions, run
 
 FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose load reading is pinned to an idle machine: the checks below need a verdict,
+    and another process on CI's machine must not take it away (the busy case has its own test)."""
     out = tmp_path_factory.mktemp("reg") / "run"
-    run(RunOptions(variants=["llama", "mamba", "c-local-global"], out=out, skip={"accuracy"},
-                   bench=FAST))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timing, "_cpu_ticks", lambda: (0, 0))
+        run(RunOptions(variants=["llama", "mamba", "c-local-global"], out=out, skip={"accuracy"},
+                       bench=FAST))
     return out
+
+
+def _as_busy(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose throughput figures say other processes used half the CPU."""
+    import shutil
+
+    busy = tmp_path / "busy"
+    shutil.copytree(run_dir, busy)
+    path = busy / "results.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        if line["metric"] in ("decode_tok_s", "prefill_tok_s"):
+            line["timing"]["others_cpu"] = 0.5
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return busy
+
+
+def test_a_busy_run_is_not_judged_and_does_not_pass(run_dir: Path, tmp_path: Path) -> None:
+    base = make_baseline(run_dir)
+    cmp = compare(base, _as_busy(run_dir, tmp_path))
+    assert cmp.judged_nothing and not cmp.failed
+    text = report(cmp, 0.15)
+    assert "NOT JUDGED" in text and "PASS" not in text
+
+
+def test_cli_busy_run_exits_3_and_retime_judges_it(run_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from hymba_bench.cli.app import app
+
+    good = tmp_path / "base.json"
+    good.write_text(json.dumps(make_baseline(run_dir)))
+    busy = _as_busy(run_dir, tmp_path)
+    runner = CliRunner()
+    args = ["regress", "--baseline", str(good), "--current", str(busy)]
+    assert runner.invoke(app, args).exit_code == 3
+    monkeypatch.setattr(timing, "_cpu_ticks", lambda: (0, 0))  # the re-timing sees an idle machine
+    again = runner.invoke(app, [*args, "--retime", "1"])
+    assert again.exit_code == 0, again.output
+    assert "PASS" in again.output and "not judged" not in again.output
+
+
+def test_baseline_refuses_unstable_figures_unless_asked(run_dir: Path, tmp_path: Path) -> None:
+    busy = _as_busy(run_dir, tmp_path)
+    path = busy / "results.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        if line["metric"] == "decode_tok_s":
+            line["unstable"] = "samples spread 60% (limit 25%)"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(HymbaBenchError, match="unstable"):
+        make_baseline(busy)
+    assert make_baseline(busy, allow_unstable=True)["variants"]
 
 
 def test_same_run_passes(run_dir: Path) -> None:

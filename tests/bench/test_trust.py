@@ -21,7 +21,7 @@ from hymba_bench.bench.timing import CpuLoad, Timing, significant
 from hymba_bench.design.registry import RegistryError, resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import ResultsFile, RunDir
-from hymba_bench.run import RunOptions, run
+from hymba_bench.runner import RunOptions, run
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -234,7 +234,7 @@ def test_terminal_table_keeps_long_names_whole(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ and the rest
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
-    code = ("import sys; import hymba_bench.run as r\n"
+    code = ("import sys; import hymba_bench.runner as r\n"
             "def boom(*a, **k): raise KeyboardInterrupt\n"
             "r.run = boom\n"
             "from hymba_bench.cli.app import main\n"

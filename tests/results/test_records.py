@@ -12,7 +12,7 @@ import pytest
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import FIELDS, Record, RecordSet, ResultsFile
-from hymba_bench.run import Design, Job, Silent, Stamp, execute, jobs_for
+from hymba_bench.runner import Design, Job, Silent, Stamp, execute, jobs_for
 
 
 def test_a_misspelt_field_fails_on_both_sides(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_the_latest_value_wins_and_notes_settle_metrics() -> None:
 
 def test_every_field_a_run_writes_is_in_the_schema(tmp_path: Path) -> None:
     """The cache and throughput stages' records through the real loop (append validates)."""
-    from hymba_bench.run import RunOptions, run
+    from hymba_bench.runner import RunOptions, run
 
     out = run(RunOptions(["llama", "e-meta-tokens"], out=tmp_path / "r",
                          bench={"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1},

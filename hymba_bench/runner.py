@@ -48,7 +48,7 @@ from hymba_bench.results.records import (
     RunDir,
     placement,
 )
-from hymba_bench.results.tables import extended_table, roadmap_table
+from hymba_bench.results.tables import Table, compare_table, extended_table, roadmap_table
 from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
 
 STAGES = ("cache", "throughput", "accuracy")
@@ -365,6 +365,21 @@ def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: 
                f"{'s' if threads > 1 else ''} each)")
     units = [workers.Unit(stage, job, results.path, stamp, threads) for job in jobs]
     workers.run_in_parallel(units, count, report, {j.name: stage.cost(j.design) for j in jobs})
+
+
+def compare(opts: RunOptions, report: Reporter | None = None) -> tuple[RunDir, Table]:
+    """`opts.variants` measured in one run (the accuracy stage skipped) and set side by side as
+    ratios to the first; `compare.md`, `compare.csv` and `compare.png` written in the run
+    directory."""
+    if len(opts.variants) < 2:
+        raise HymbaBenchError("name at least two designs", param="variants")
+    run_dir = run(dataclasses.replace(opts, skip=opts.skip | {"accuracy"}), report)
+    records = run_dir.records()
+    table = compare_table(records, opts.variants)
+    write_atomic(run_dir.table("compare", "md"), table.to_markdown())
+    write_atomic(run_dir.table("compare", "csv"), table.to_csv())
+    roadmap_plot(records, run_dir.plot("compare"), designs=opts.variants)
+    return run_dir, table
 
 
 def write_tables(run_dir: RunDir) -> dict[str, Any]:
