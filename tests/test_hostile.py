@@ -329,3 +329,13 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path: Path) -> None:
     assert (out / "roadmap.md").is_file()  # the tables of what was kept (the cache stage's)
     with (out / ".lock").open("a") as handle:  # released
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_no_picture_when_nothing_can_be_plotted(tmp_path: Path) -> None:
+    from hymba_bench.results.plots import roadmap_plot
+    from hymba_bench.results.records import RecordSet
+
+    accuracy_only = RecordSet([Record.measured("llama", "recall_pct", 5.0, profile="tiny",
+                                               device="cpu")])
+    assert roadmap_plot(accuracy_only, tmp_path / "roadmap.png") is None
+    assert not (tmp_path / "roadmap.png").exists()

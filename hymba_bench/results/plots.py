@@ -56,6 +56,7 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
     p_base = paper.loc["Transformer (Llama)"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     labels: list[tuple[str, float, float]] = []
+    hollow: list[tuple[float, float]] = []
     any_unstable = any_paper = False
     for k, (name, x, y) in enumerate(points):
         color = f"C{k % 10}"
@@ -76,6 +77,7 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
             px = p["throughput_tok_s"] / p_base["throughput_tok_s"]
             py = p["cache_mb"] / p_base["cache_mb"]
             ax.scatter(px, py, s=60, facecolors="none", edgecolors=color, zorder=2)
+            hollow.append((px, py))
             ax.plot([x, px], [y, py], color=color, linewidth=0.7, alpha=0.5, zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -94,7 +96,7 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
                              color="grey", label="the paper (A100), joined to our point"))
     ax.legend(handles=legend, fontsize=8, loc="best")
     fig.tight_layout()
-    _place_labels(fig, ax, labels)
+    _place_labels(fig, ax, labels, hollow)
     return save_figure(fig, path)
 
 
@@ -103,12 +105,15 @@ _OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in
             ((6, 4), (6, -11), (-6, 4), (-6, -11), (0, 12), (0, -18))]
 
 
-def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]]) -> None:
-    """Each label at the first offset where its box overlaps no placed label and no dot (a
-    greedy placement: enough for the dozen points of a roadmap)."""
+def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]],
+                  others: list[tuple[float, float]]) -> None:
+    """Each label at the first offset where its box stays inside the axes and overlaps no placed
+    label and no dot, ours or the paper's (a greedy placement: enough for the dozen points of a
+    roadmap; the last offset tried is kept when none is free)."""
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     taken = []
-    for _, x, y in labels:  # the dots themselves, as small boxes
+    for x, y in [(x, y) for _, x, y in labels] + others:  # the dots themselves, as small boxes
         cx, cy = ax.transData.transform((x, y))
         taken.append((cx - 5, cy - 5, cx + 5, cy + 5))
     for text, x, y in labels:
@@ -122,7 +127,9 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]]) -> 
                                if abs(dx) > 6 or abs(dy) > 14 else None)
             box = note.get_window_extent(renderer)
             rect = (box.x0, box.y0, box.x1, box.y1)
-            if not any(_overlap(rect, t) for t in taken):
+            within = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 \
+                and box.y1 <= frame.y1
+            if within and not any(_overlap(rect, t) for t in taken):
                 break
         taken.append(rect)
 
