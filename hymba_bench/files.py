@@ -82,14 +82,15 @@ def _refuse_special(fd: int, path: Path) -> None:
         raise FileError(f"{path}: not a regular file")
 
 
-def make_dirs(path: Path) -> Path:
-    """Create `path` (and parents): a one-line error when it cannot be, or is a link's."""
+def make_dirs(path: Path, param: str | None = None) -> Path:
+    """Create `path` (and parents): a one-line error when it cannot be, naming `param` (the
+    parameter that chose it)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FileError(f"cannot write to {path}: {reason(exc)}") from None
-    if path.is_symlink() or not path.is_dir():
-        raise FileError(f"{path}: not a directory")
+        raise FileError(f"cannot write to {path}: {reason(exc)}", param=param) from None
+    if not path.is_dir():
+        raise FileError(f"{path}: not a directory", param=param)
     return path
 
 

@@ -409,7 +409,7 @@ class RunDir:
         """The results file, checked writable, and empty unless resuming (hold `lock()`). `same`:
         the run's profile and device; records of another in the directory are refused, since
         they would share one table."""
-        files.make_dirs(self.path)
+        files.make_dirs(self.path, param="out")
         files.inside(self.path, self.results.path.name)
         existing = self.results.load()
         if existing and not resume:
@@ -431,7 +431,7 @@ class RunDir:
         one line instead of interleaving its records with the first's. It also waits for no
         writer of an earlier run (`writing`): a run killed with its workers still alive would
         otherwise have its units recorded twice."""
-        files.make_dirs(self.path)
+        files.make_dirs(self.path, param="out")
         fd = files.open_fd(files.inside(self.path, ".lock"), os.O_RDWR | os.O_CREAT)
         try:
             try:
