@@ -179,6 +179,15 @@ def jobs_for(stage: Stage, designs: list[Design], records: RecordSet,
     return jobs
 
 
+def open_run(run_dir: RunDir, resume: bool, device: str, profile: str,
+             designs: list[Design]) -> tuple[ResultsFile, Stamp]:
+    """Under `run_dir.lock()`: the results file, checked for a run of `profile` on `device`,
+    and the stamp every record of the run carries."""
+    context = base_context(device)
+    results = run_dir.open(resume, {"profile": profile, "device": context["device"]})
+    return results, Stamp(context, profile, {d.name: placement(d.rv, profile) for d in designs})
+
+
 def select_variants(spec: str, variant_files: list[Path] | None = None) -> list[str]:
     """Names and groups, comma-separated -> validated names (unknown ones raise, listing the valid).
 
@@ -295,11 +304,8 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
     executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     failures: list[Failure] = []
-    context = base_context(opts.device)
     with run_dir.lock():
-        results = run_dir.open(opts.resume, {"profile": opts.profile, "device": context["device"]})
-        stamp = Stamp(context, opts.profile,
-                      {d.name: placement(d.rv, opts.profile) for d in designs})
+        results, stamp = open_run(run_dir, opts.resume, opts.device, opts.profile, designs)
         noted = {(r.variant, r.get("stage"), r.value) for r in results.load() if r.kind == "note"}
         for skipped in sorted(opts.skip):
             text = f"{skipped} skipped (--skip {skipped})"

@@ -294,8 +294,7 @@ def retime(run_dir: Path, designs: list[str], reference: str) -> None:
 
     from hymba_bench.bench.stages import ThroughputStage
     from hymba_bench.design.registry import resolve, variants_dir
-    from hymba_bench.results.records import placement
-    from hymba_bench.runner import Design, Job, Silent, Stamp, base_context, execute
+    from hymba_bench.runner import Design, Job, Silent, execute, open_run
     from hymba_bench.settings import bench_settings
 
     rd = RunDir(run_dir)
@@ -318,8 +317,7 @@ def retime(run_dir: Path, designs: list[str], reference: str) -> None:
              for rv in resolved}
     designs_ = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     stage = ThroughputStage(bench, device)
-    stamp = Stamp(base_context(device), profile, {d.name: placement(d.rv, profile) for d in designs_})
     with rd.lock():
-        results = rd.open(True, {"profile": profile, "device": stamp.context["device"]})
+        results, stamp = open_run(rd, True, device, profile, designs_)
         jobs = [Job(d, frozenset(stage.metrics), records.of(d.name)) for d in designs_]
         execute(stage, jobs, results, stamp, Silent())

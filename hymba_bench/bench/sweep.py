@@ -20,8 +20,8 @@ from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.results.plots import save_figure
-from hymba_bench.results.records import RecordSet, RunDir, placement
-from hymba_bench.runner import Design, Reporter, Silent, Stamp, base_context, execute, jobs_for
+from hymba_bench.results.records import RecordSet, RunDir
+from hymba_bench.runner import Design, Reporter, Silent, execute, jobs_for, open_run
 from hymba_bench.settings import bench_settings
 
 
@@ -63,11 +63,8 @@ def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
     run_dir = RunDir(opts.out, "sweep")
     executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
     failures: list[Failure] = []
-    context = base_context(opts.device)
     with run_dir.lock():
-        results = run_dir.open(opts.resume, {"profile": opts.profile, "device": context["device"]})
-        stamp = Stamp(context, opts.profile,
-                      {d.name: placement(d.rv, opts.profile) for d in designs})
+        results, stamp = open_run(run_dir, opts.resume, opts.device, opts.profile, designs)
         for seq in opts.seq_lens:
             stage = ContextStage(seq, bench, opts.device)
             jobs = jobs_for(stage, designs, results.load(), report)

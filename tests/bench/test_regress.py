@@ -66,7 +66,8 @@ def test_cli_busy_run_exits_3_and_retime_judges_it(run_dir: Path, tmp_path: Path
     args = ["regress", "--baseline", str(good), "--current", str(busy)]
     assert runner.invoke(app, args).exit_code == 3
     monkeypatch.setattr(timing, "_cpu_ticks", lambda: (0, 0))  # the re-timing sees an idle machine
-    again = runner.invoke(app, [*args, "--retime", "1"])
+    # generous tolerances: the verdict asked for is "judged", not "as fast as before" on a busy machine
+    again = runner.invoke(app, [*args, "--retime", "1", "--tolerance", "0.9", "--abs-tolerance", "0.9"])
     assert again.exit_code == 0, again.output
     assert "PASS" in again.output and "not judged" not in again.output
 
