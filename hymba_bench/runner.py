@@ -65,6 +65,7 @@ class Training(Protocol):
 class Reporter(Protocol):
     """Where a run says how far it is (the CLI: rich bars on a terminal, lines elsewhere)."""
 
+    def stage(self, name: str) -> None: ...  # the run moves on to this stage
     def start(self, index: int, name: str, what: str) -> None: ...
     def advance(self, share: float = 1.0) -> None: ...  # share: the part of a design's stage
     def log(self, message: str) -> None: ...
@@ -73,6 +74,9 @@ class Reporter(Protocol):
 
 class Silent:
     """A `Reporter` that says nothing (library calls, tests)."""
+
+    def stage(self, name: str) -> None:
+        pass
 
     def start(self, index: int, name: str, what: str) -> None:
         pass
@@ -313,6 +317,7 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
                 results.append(stamp(Record.note("*", skipped, text)))
         try:
             for stage in stages:
+                report.stage(stage.name)
                 jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
                 if not jobs:
                     continue

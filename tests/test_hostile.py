@@ -339,3 +339,114 @@ def test_no_picture_when_nothing_can_be_plotted(tmp_path: Path) -> None:
                                                device="cpu")])
     assert roadmap_plot(accuracy_only, tmp_path / "roadmap.png") is None
     assert not (tmp_path / "roadmap.png").exists()
+
+
+def test_the_eta_is_learned_per_stage_and_not_from_resumed_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache row takes a second and a design's training a hundred: once the first training has
+    finished, the ETA is the second one's hundred seconds, not an average over both stages."""
+    import io
+
+    from rich.console import Console
+
+    from hymba_bench.cli import progress as progress_module
+    from hymba_bench.cli.progress import RunProgress
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    with RunProgress(Console(file=out, force_terminal=False, width=200), designs=3, stages=2,
+                     stage_names=["cache", "accuracy"]) as p:
+        p.stage("cache")
+        for k in (1, 2, 3):
+            p.start(k, f"d{k}", "cache")
+            now[0] += 1.0
+            p.advance()
+        assert p.eta() == "0s for cache (then accuracy)"
+        p.stage("accuracy")
+        p.advance()  # d1's training was already in the run directory (a resumed run)
+        assert p.eta() == "?"  # nothing timed in this stage yet: no guess from the cache rows
+        p.start(2, "d2", "accuracy")
+        now[0] += 100.0
+        p.advance()
+        p.start(3, "d3", "accuracy")
+        assert p.eta() == "1m40s"
+    assert "ETA 1m40s" in out.getvalue().splitlines()[-2]
+
+
+def test_the_terminal_bar_draws_a_training_bar_beside_the_run() -> None:
+    import io
+
+    from rich.console import Console
+
+    from hymba_bench.cli.progress import RunProgress
+
+    out = io.StringIO()
+    with RunProgress(Console(file=out, force_terminal=True, width=160), 2, 2,
+                     stage_names=["cache", "accuracy"]) as p:
+        p.stage("cache")
+        p.start(1, "llama", "cache")
+        p.advance()
+        bar = p.training("llama", 10, 2)
+        bar.seed(1)
+        bar.step(3, 2.5)
+        assert p._bar is not None
+        p._bar.refresh()
+        bar.close()
+    text = out.getvalue()
+    assert "3/10 steps" in text and "1/4 stages" in text and "(then accuracy)" in text
+
+
+def _label_boxes(records: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """The roadmap plot's label boxes and its axes' box, in display pixels."""
+    from matplotlib.text import Annotation
+
+    from hymba_bench.results import plots
+
+    seen = {}
+
+    def keep(fig: object, path: Path, dpi: int = 120) -> Path:
+        seen["fig"] = fig
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    assert plots.roadmap_plot(records, tmp_path / "roadmap.png") is not None
+    fig = seen["fig"]
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    boxes = [c.get_window_extent(renderer) for c in ax.get_children() if isinstance(c, Annotation)]
+    return boxes, ax.get_window_extent(renderer)
+
+
+def _crowded_run() -> object:
+    """Nine designs, most of them close together on both axes, as a real roadmap is."""
+    from hymba_bench.results.records import RecordSet
+
+    points = {"llama": (100, 1000), "mamba": (400, 20), "a-sequential": (180, 300),
+              "b-parallel-heads": (190, 310), "c-local-global": (200, 120),
+              "d-kv-sharing": (210, 110), "e-meta-tokens": (205, 115),
+              "jamba": (170, 290), "zamba": (185, 305)}
+    records = []
+    for name, (tps, cache) in points.items():
+        records += [Record.measured(name, "decode_tok_s", float(tps), profile="tiny", device="cpu"),
+                    Record.measured(name, "cache_bytes", float(cache), profile="tiny", device="cpu"),
+                    Record.measured(name, "recall_pct", 12.0, profile="tiny", device="cpu")]
+    return RecordSet(records)
+
+
+def test_plot_labels_do_not_overlap_and_stay_inside(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hymba_bench.results import plots
+
+    def overlaps(boxes: list) -> list[tuple[int, int]]:
+        return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1)
+                if a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1]
+
+    boxes, frame = _label_boxes(_crowded_run(), tmp_path, monkeypatch)
+    assert len(boxes) == 9
+    assert not overlaps(boxes)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+               for b in boxes)
+    # the check can fail: every label at the same offset beside its dot collides
+    monkeypatch.setattr(plots, "_OFFSETS", plots._OFFSETS[:1])
+    boxes, _ = _label_boxes(_crowded_run(), tmp_path, monkeypatch)
+    assert overlaps(boxes)

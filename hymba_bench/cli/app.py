@@ -206,8 +206,9 @@ def run(
                       workers=workers or default_workers(dev, len(chosen)), executor=executor,
                       executor_options=_engine(ray_address, slurm_partition, slurm_time,
                                                slurm_gpus, slurm_account, slurm_retries))
-    stages = len([s for s in STAGES if s not in opts.skip])
-    with _keeping(RunDir(out)), RunProgress(console, len(chosen), stages) as progress:
+    stages = [s for s in STAGES if s not in opts.skip]
+    with _keeping(RunDir(out)), RunProgress(console, len(chosen), len(stages),
+                                            stage_names=stages) as progress:
         run_dir = run_all(opts, progress)
     print_run(run_dir, console)
 
@@ -476,7 +477,8 @@ def compare(
                              "decode": decode}, executor=executor,
                       executor_options=_engine(ray_address, slurm_partition, slurm_time,
                                                slurm_gpus, slurm_account, slurm_retries))
-    with _keeping(RunDir(out)), RunProgress(console, len(names), 2) as progress:
+    with _keeping(RunDir(out)), RunProgress(console, len(names), 2,
+                                            stage_names=["cache", "throughput"]) as progress:
         run_dir, built = run_compare(opts, progress)
     print_table(built, console, title=f"{' vs '.join(names)} ({run_dir.table('compare', 'md')})")
     if run_dir.plot("compare").is_file():

@@ -2,7 +2,12 @@
 
 `hymba-bench run > log 2>&1` must show where it is too (a CI log, a batch job), so when the
 console is not a terminal every unit's start is one flushed line: the position ("design 3 of 9"),
-the elapsed time and an ETA from the mean time per finished unit.
+the elapsed time and an ETA.
+
+The ETA is reckoned per stage: a design's cache row takes milliseconds and its training can take
+hours, so a rate learned in one stage says nothing about the next. Within a stage it is the
+mean time of the units that stage has finished (units a resumed run already had do not count as
+fast ones); stages still to come are named, not guessed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 def _clock(seconds: float) -> str:
@@ -75,11 +83,38 @@ class TrainingBar:
         self.bar.close()
 
 
+class _Count(ProgressColumn):
+    """Units done of the run ("2.5/9 stages"), or steps done of a training bar."""
+
+    def __init__(self, owner: RunProgress) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task: Task) -> Text:
+        if task.id != self.owner._task:
+            return Text(f"{task.completed:.0f}/{task.total:.0f} steps")
+        return Text(f"{_count(self.owner.done)}/{self.owner.total} {self.owner.unit}")
+
+
+class _StageEta(ProgressColumn):
+    """The run bar's ETA, reckoned at each refresh so that it counts down between units."""
+
+    def __init__(self, owner: RunProgress) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task: Task) -> Text:
+        if task.id != self.owner._task:  # a training bar: its own steps' rate
+            return TimeRemainingColumn().render(task)
+        return Text(self.owner.eta(), style="progress.remaining")
+
+
 class RunProgress:
     """`with RunProgress(console, designs=9, stages=3) as p: p.start(k, name, stage); ...; p.advance()`:
     the `hymba_bench.runner.Reporter` the CLI gives a run."""
 
-    def __init__(self, console: Console, designs: int, stages: int, unit: str = "stages") -> None:
+    def __init__(self, console: Console, designs: int, stages: int, unit: str = "stages",
+                 stage_names: list[str] | None = None) -> None:
         self.console = console
         self.designs, self.total, self.unit = designs, designs * stages, unit
         self.done = 0.0
@@ -87,6 +122,13 @@ class RunProgress:
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._started = False
+        # without named stages the run is one stage of `total` like units (eval's tasks, a sweep)
+        self._stages = list(stage_names or [])
+        self._stage: str | None = None
+        self._stage_units = self.total if not self._stages else designs
+        self._stage_done = 0.0  # units of the current stage done, resumed ones included
+        self._stage_timed = 0.0  # of them, those done by work timed since its first unit began
+        self._stage_t0: float | None = None
 
     def __enter__(self) -> RunProgress:
         return self
@@ -99,11 +141,11 @@ class RunProgress:
         self._t0 = time.perf_counter()
         if self.console.is_terminal:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 TextColumn(f"{{task.fields[done]}}/{{task.total}} {self.unit}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 _Count(self),
+                                 TimeElapsedColumn(), TextColumn("ETA"), _StageEta(self),
                                  console=self.console)
             self._bar.__enter__()
-            self._task = self._bar.add_task("starting", total=self.total, done="0")
+            self._task = self._bar.add_task("starting", total=self.total)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -113,15 +155,31 @@ class RunProgress:
             self.console.print(f"done: {_count(self.done)}/{self.total} {self.unit} in "
                                f"{_clock(time.perf_counter() - self._t0)}")
 
+    def stage(self, name: str) -> None:
+        """The run moves on to stage `name`: its ETA is learned afresh."""
+        self._stage, self._stage_done, self._stage_timed, self._stage_t0 = name, 0.0, 0.0, None
+
+    def eta(self) -> str:
+        """The time left in this stage, from its own finished units, and the stages after it."""
+        later = self._stages[self._stages.index(self._stage) + 1:] if self._stage in self._stages else []
+        then = f" (then {', '.join(later)})" if later else ""
+        left = max(0.0, self._stage_units - self._stage_done)
+        if self._stage_t0 is None or not self._stage_timed:
+            return ("?" if left else "0s") + then
+        rate = (time.perf_counter() - self._stage_t0) / self._stage_timed
+        return f"{_clock(rate * left)}{' for ' + self._stage if self._stage and then else ''}{then}"
+
     def start(self, index: int, name: str, what: str) -> None:
         """Unit `what` of design `name`, the `index`-th (from 1) of the run's designs."""
         self._begin()
+        if self._stage_t0 is None:
+            self._stage_t0 = time.perf_counter()
         label = f"design {index} of {self.designs}, {name}: {what}"
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, description=label)
             return
         elapsed = time.perf_counter() - self._t0
-        eta = f", ETA {_clock(elapsed / self.done * (self.total - self.done))}" if self.done else ""
+        eta = f", ETA {self.eta()}" if self.done else ""
         self.console.print(f"[{time.strftime('%H:%M:%S')}] {label} ({self.unit} {_count(self.done)}/"
                            f"{self.total} done, {_clock(elapsed)} elapsed{eta})")
 
@@ -129,8 +187,11 @@ class RunProgress:
         """`share` of a design's stage is done (a seed's unit on an engine: 1/seeds)."""
         self._begin()
         self.done += share
+        self._stage_done += share
+        if self._stage_t0 is not None:
+            self._stage_timed += share
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, advance=share, done=_count(self.done))
+            self._bar.update(self._task, advance=share)
 
     def subtask(self, description: str, total: int) -> SubTask:
         self._begin()

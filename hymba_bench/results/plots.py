@@ -100,16 +100,16 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
     return save_figure(fig, path)
 
 
-# Offsets (points) tried in turn for a label: beside the dot first, then further out.
-_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in
-            ((6, 4), (6, -11), (-6, 4), (-6, -11), (0, 12), (0, -18))]
+# Offsets (points) tried in turn for a label: beside the dot first, then further out, all round.
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4, 5, 6, 8) for dx, dy in
+            ((6, 4), (6, -11), (-6, 4), (-6, -11), (0, 12), (0, -18), (6, 14), (-6, -20))]
 
 
 def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]],
                   others: list[tuple[float, float]]) -> None:
     """Each label at the first offset where its box stays inside the axes and overlaps no placed
     label and no dot, ours or the paper's (a greedy placement: enough for the dozen points of a
-    roadmap; the last offset tried is kept when none is free)."""
+    roadmap). Where no offset is free, the one overlapping least is kept."""
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     taken = []
@@ -117,22 +117,29 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]],
         cx, cy = ax.transData.transform((x, y))
         taken.append((cx - 5, cy - 5, cx + 5, cy + 5))
     for text, x, y in labels:
-        note = None
+        best: tuple[float, tuple[float, float, float, float], Any] | None = None
         for dx, dy in _OFFSETS:
-            if note is not None:
-                note.remove()
             note = ax.annotate(text, (x, y), fontsize=8, xytext=(dx, dy),
                                textcoords="offset points", ha="left" if dx >= 0 else "right",
                                arrowprops={"arrowstyle": "-", "linewidth": 0.4, "alpha": 0.5}
                                if abs(dx) > 6 or abs(dy) > 14 else None)
             box = note.get_window_extent(renderer)
             rect = (box.x0, box.y0, box.x1, box.y1)
-            within = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 \
-                and box.y1 <= frame.y1
-            if within and not any(_overlap(rect, t) for t in taken):
+            outside = (max(0.0, frame.x0 - box.x0) + max(0.0, box.x1 - frame.x1)
+                       + max(0.0, frame.y0 - box.y0) + max(0.0, box.y1 - frame.y1))
+            cost = sum(_overlap_area(rect, t) for t in taken) + 1e3 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[2].remove()
+                best = (cost, rect, note)
+            else:
+                note.remove()
+            if cost == 0:
                 break
-        taken.append(rect)
+        assert best is not None
+        taken.append(best[1])
 
 
-def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _overlap_area(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
