@@ -78,7 +78,8 @@ def test_cache_records_are_exact(tmp_path: Path) -> None:
                      else cfg.meta_tokens + 8192)
             by_hand += slots * spec.n_kv_heads * (cfg.d_qk + cfg.d_v) * 2
     # the SSM heads' states: conv (d_inner x (d_conv - 1)) and ssm (d_inner x d_state), per layer
-    by_hand += len(cfg.ssm_layers) * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state) * 2
+    mamba = [s for s in cfg.layers if s.mixer in ("mamba", "hybrid")]
+    by_hand += len(mamba) * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state) * 2
     assert by_metric["cache_bytes_analytic"].value == by_hand
     assert by_metric["cache_bytes"].get("seq_len") == 8192
     assert by_metric["cache_bytes"].get("dtype") == "float16"

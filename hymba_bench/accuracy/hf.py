@@ -23,17 +23,18 @@ from hymba_bench.design.config import ModelConfig, ntk_scale
 from hymba_bench.errors import HymbaBenchError
 
 # (HF pattern, ours); {i} is a layer index
+# (every Hymba layer is hybrid heads; their Mamba-1 branch is `mixer.ssm`)
 _LAYER_KEYS = [
     (r"input_layernorm\.weight", "input_layernorm.weight"),
     (r"pre_moe_layernorm\.weight", "post_mixer_layernorm.weight"),
     (r"moe\.experts\.0\.(gate_proj|up_proj|down_proj)\.weight", r"ffn.\1.weight"),
     (r"mamba\.(in_proj|out_proj)\.weight", r"mixer.\1.weight"),
-    (r"mamba\.conv1d\.(weight|bias)", r"mixer.conv1d.\1"),
-    (r"mamba\.x_proj\.0\.weight", "mixer.x_proj.weight"),
-    (r"mamba\.dt_proj\.0\.(weight|bias)", r"mixer.dt_proj.\1"),
-    (r"mamba\.A_log\.0", "mixer.A_log"),
-    (r"mamba\.D\.0", "mixer.D"),
-    (r"mamba\.(dt|B|C)_layernorm\.weight", r"mixer.\1_layernorm.weight"),
+    (r"mamba\.conv1d\.(weight|bias)", r"mixer.ssm.conv1d.\1"),
+    (r"mamba\.x_proj\.0\.weight", "mixer.ssm.x_proj.weight"),
+    (r"mamba\.dt_proj\.0\.(weight|bias)", r"mixer.ssm.dt_proj.\1"),
+    (r"mamba\.A_log\.0", "mixer.ssm.A_log"),
+    (r"mamba\.D\.0", "mixer.ssm.D"),
+    (r"mamba\.(dt|B|C)_layernorm\.weight", r"mixer.ssm.\1_layernorm.weight"),
     (r"mamba\.pre_avg_layernorm1\.weight", "mixer.attn_norm.weight"),
     (r"mamba\.pre_avg_layernorm2\.weight", "mixer.ssm_norm.weight"),
 ]

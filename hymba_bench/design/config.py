@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from hymba_bench.design import mixers as mixer_registry
 from hymba_bench.errors import HymbaBenchError
 
-MIXERS = ("attention", "mamba", "hybrid", "hyena")
 MAX_SEQ_LEN = 1 << 22  # a context past 4M tokens is a typo, and the caches it sizes would not fit
 FFNS = ("dense", "moe", "none")
 
@@ -35,7 +35,7 @@ class ConfigError(HymbaBenchError):
 @dataclass(frozen=True)
 class LayerSpec:
     index: int
-    mixer: str  # attention | mamba | hybrid | hyena
+    mixer: str  # a registered mixer (`hymba_bench.design.mixers`)
     attention: str | None  # global | sliding | None (no attention in this layer)
     window: int | None  # sliding window W, None for global / no attention
     kv: str | None  # "own" | "shared:<i>" | None (no attention)
@@ -46,14 +46,6 @@ class LayerSpec:
     @property
     def has_attention(self) -> bool:
         return self.attention is not None
-
-    @property
-    def has_ssm(self) -> bool:
-        return self.mixer in ("mamba", "hybrid")
-
-    @property
-    def has_hyena(self) -> bool:
-        return self.mixer == "hyena"
 
     @property
     def owns_kv(self) -> bool:
@@ -93,20 +85,28 @@ class ModelConfig:
     d_qk: int = 16
     d_v: int | None = None  # None: d_inner // n_heads if any layer is hybrid, else d_qk
     intermediate_size: int = 176
-    ffn: str = "dense"  # dense | moe (on every `moe_every`-th layer, dense elsewhere) | none
+    # dense | moe (on every `moe_every`-th layer, dense elsewhere) | none
+    ffn: str = field(default="dense", metadata={"choices": FFNS})
     moe_experts: int = 16
     moe_top_k: int = 2
     moe_every: int = 2  # MoE on layers i with i % moe_every == moe_every - 1 (Jamba: 1, 3, 5, ...)
-    moe_aux_loss: float = 0.01  # load-balancing loss weight in training
+    moe_aux_loss: float = field(default=0.01, metadata={"min": 0.0})  # load-balancing weight
     # structure
-    layout: list[str] = field(default_factory=lambda: ["attention"])  # repeated cyclically
+    layout: list[str] = field(default_factory=lambda: ["attention"],  # repeated cyclically
+                              metadata={"checked": "_validate"})
     sliding_window: int | None = None
-    global_layers: list[int] | None = None  # None: first/middle/last attention layer
+    global_layers: list[int] | None = field(  # None: first/middle/last attention layer
+        default=None, metadata={"checked": "_validate"})
     # cross-layer KV sharing among sliding layers: a group size, or explicit groups of layer indices
-    kv_share: int | list[list[int]] = 1
+    kv_share: int | list[list[int]] = field(default=1, metadata={"checked": "_validate"})
     shared_attention: bool = False  # every attention layer applies one set of weights (Zamba)
-    meta_tokens: int = 0
+    meta_tokens: int = field(default=0, metadata={"min": 0})
     rope: bool = True  # False: no positional encoding (Jamba)
+    # Each mixer's own settings, by mixer name: a design file's `<mixer>: {...}` blocks
+    # (`hymba_bench.design.mixers`); `options(name)` gives them validated. Mamba-1's and Hyena's
+    # settings predate the blocks and stay the flat fields below, so saved configs still load.
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict,
+                                                     metadata={"checked": "_validate"})
     # SSM (Mamba-1)
     d_state: int = 16
     d_conv: int = 4
@@ -125,6 +125,7 @@ class ModelConfig:
     # derived in __post_init__
     d_inner: int = field(init=False)
     layers: list[LayerSpec] = field(init=False, repr=False)
+    _options: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -132,6 +133,11 @@ class ModelConfig:
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         mixers = [self.layout[i % len(self.layout)] for i in range(self.n_layers)]
+        self._options = {}
+        for name in dict.fromkeys([*mixers, *self.mixer_options]):  # blocks of unused mixers too
+            self._options[name] = mixer_registry.build_options(
+                name, mixer_registry.mixer_class(name), self.mixer_options.get(name, {}),
+                ConfigError, self)
         if self.d_v is None:
             self.d_v = self.d_inner // self.n_heads if "hybrid" in mixers else self.d_qk
         if "hybrid" in mixers and self.n_heads * self.d_v != self.d_inner:
@@ -143,41 +149,13 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        def require_int(key: str, minimum: int, allow_none: bool = False) -> None:
-            value = getattr(self, key)
-            if value is None and allow_none:
-                return
-            if not _is_int(value) or value < minimum:
-                what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-                raise ConfigError(f"{key}: expected {what}{' or null' if allow_none else ''}, "
-                                  f"got {value!r}")
-
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_qk",
-                    "intermediate_size", "d_state", "d_conv", "expand", "max_seq_len",
-                    "moe_experts", "moe_top_k", "moe_every", "hyena_modes", "hyena_short_conv"):
-            require_int(key, 1)
-        for key in ("d_v", "dt_rank", "sliding_window", "attn_kv_heads"):
-            require_int(key, 1, allow_none=True)
-        require_int("meta_tokens", 0)
-        for key in ("rope", "shared_attention", "ssm_norms", "tie_embeddings"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
-        for key, low in (("moe_aux_loss", 0.0), ("rope_theta", None), ("rope_scaling", None),
-                         ("norm_eps", None)):
-            value = getattr(self, key)
-            if not _is_number(value) or not math.isfinite(value) or (
-                    value < low if low is not None else value <= 0):
-                what = f"a number >= {low:g}" if low is not None else "a positive number"
-                raise ConfigError(f"{key}: expected {what}, got {value!r}")
+        mixer_registry.check_fields(self, ConfigError)  # every field, by its annotation
         if self.max_seq_len > MAX_SEQ_LEN:
             raise ConfigError(f"max_seq_len: expected at most {MAX_SEQ_LEN:,} tokens, got "
                               f"{self.max_seq_len:,}")
         if self.meta_tokens >= self.max_seq_len:
             raise ConfigError(f"meta_tokens: {self.meta_tokens} meta tokens leave no room in the "
                               f"{self.max_seq_len}-token context (max_seq_len)")
-        if not isinstance(self.name, str) or not isinstance(self.description, str) \
-                or not isinstance(self.design_reason, str):
-            raise ConfigError("name: name, description and design_reason must be strings")
         if self.moe_top_k > self.moe_experts:
             raise ConfigError(f"moe_top_k: expected at most moe_experts ({self.moe_experts}), "
                               f"got {self.moe_top_k}")
@@ -188,8 +166,9 @@ class ModelConfig:
             ):
                 raise ConfigError("kv_share: expected a group size or a list of groups of two or "
                                   f"more layer indices, got {self.kv_share!r}")
-        else:
-            require_int("kv_share", 1)
+        elif not _is_int(self.kv_share) or self.kv_share < 1:
+            raise ConfigError(f"kv_share: expected a group size or a list of groups of two or "
+                              f"more layer indices, got {self.kv_share!r}")
         for key in ("n_kv_heads", "attn_kv_heads"):
             value = getattr(self, key)
             if value is not None and self.n_heads % value:
@@ -198,11 +177,16 @@ class ModelConfig:
             raise ConfigError(f"d_qk: RoPE needs an even head dimension, got {self.d_qk}")
         if not isinstance(self.layout, list) or not self.layout:
             raise ConfigError(f"layout: expected a non-empty list of mixers, got {self.layout!r}")
+        known = mixer_registry.names()
         for mixer in self.layout:
-            if mixer not in MIXERS:
-                raise ConfigError(f"layout: unknown mixer {mixer!r}, expected one of {list(MIXERS)}")
-        if self.ffn not in FFNS:
-            raise ConfigError(f"ffn: expected one of {list(FFNS)}, got {self.ffn!r}")
+            if not isinstance(mixer, str) or mixer not in known:
+                mixer_registry.mixer_class(str(mixer))  # raises, naming the close match
+        if not isinstance(self.mixer_options, dict):
+            raise ConfigError(f"mixer_options: expected a mapping of mixer name to options, got "
+                              f"{self.mixer_options!r}")
+        for name in self.mixer_options:
+            if name not in known:
+                raise ConfigError(f"{name}: not a registered mixer (mixers: {', '.join(known)})")
         if self.global_layers is not None:
             if not isinstance(self.global_layers, list) or not all(
                 _is_int(i) for i in self.global_layers
@@ -222,13 +206,12 @@ class ModelConfig:
         """Layers that hold their own K/V in the cache."""
         return [spec for spec in self.layers if spec.owns_kv]
 
-    @property
-    def ssm_layers(self) -> list[LayerSpec]:
-        return [spec for spec in self.layers if spec.has_ssm]
-
-    @property
-    def hyena_layers(self) -> list[LayerSpec]:
-        return [spec for spec in self.layers if spec.has_hyena]
+    def options(self, mixer: str) -> Any:
+        """Mixer `mixer`'s validated Options (its defaults where the design gives no block)."""
+        if mixer not in self._options:
+            self._options[mixer] = mixer_registry.build_options(
+                mixer, mixer_registry.mixer_class(mixer), {}, ConfigError, self)
+        return self._options[mixer]
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor arguments (no derived fields): `ModelConfig(**cfg.to_dict())` round-trips."""
@@ -247,12 +230,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
-    attn_idx = [i for i, m in enumerate(mixers) if m in ("attention", "hybrid")]
+    attends = {m: bool(mixer_registry.mixer_class(m).has_attention) for m in set(mixers)}
+    attn_idx = [i for i, m in enumerate(mixers) if attends[m]]
     window = cfg.sliding_window
     if window is None:
         if cfg.global_layers:

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from hymba_bench.design import mixers
 from hymba_bench.design.config import ConfigError, ModelConfig, ntk_scale
 from hymba_bench.design.masks import window_keys
 from hymba_bench.errors import HymbaBenchError
@@ -105,6 +106,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _config_keys() -> set[str]:
+    """ModelConfig's keys a file may give (mixer options go in blocks named after the mixer)."""
+    return set(ModelConfig.init_keys()) - {"mixer_options"}
+
+
 # What each meta key must hold: (test, what it expects), checked when the file is read.
 META_TYPES: dict[str, tuple[Any, str]] = {
     "extends": (lambda v: isinstance(v, str), "a variant name"),
@@ -141,7 +147,7 @@ def profiles() -> dict[str, Profile]:
 def _variant_from_file(path: Path) -> Variant:
     data = _load_yaml(path, "design file")
     check_name(data.get("name"), str(path))  # it becomes folder names under the run directory
-    allowed = set(META_KEYS) | set(ModelConfig.init_keys())
+    allowed = set(META_KEYS) | _config_keys() | set(mixers.names())
     for key, value in data.items():
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
@@ -149,6 +155,9 @@ def _variant_from_file(path: Path) -> Variant:
             raise RegistryError(f"{path}: {key}: unknown key{extra}")
         if key in META_TYPES and not META_TYPES[key][0](value):
             raise RegistryError(f"{path}: {key}: expected {META_TYPES[key][1]}, got {value!r}")
+        if key in mixers.MIXERS and not isinstance(value, dict):
+            raise RegistryError(f"{path}: {key}: expected a mapping of {key}'s options "
+                                f"(e.g. {key}: {{...}}), got {value!r}")
     return Variant(name=data["name"], path=path, keys=data)
 
 
@@ -227,6 +236,8 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
     origin: dict[str, Path] = {}
     for v in _chain(variant, table):
         for key, value in v.keys.items():
+            if key in mixers.MIXERS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                value = {**merged[key], **value}  # a mixer's block is extended, not replaced
             merged[key] = value
             origin[key] = v.path
     merged.update(overrides)
@@ -240,9 +251,22 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
     window = sizes.pop("window", prof.window)
     n_meta = sizes.pop("meta_tokens", prof.meta_tokens)
     kwargs: dict[str, Any] = {} if merged.get("fixed_size") is True else sizes
-    for key in ModelConfig.init_keys():
+    # per-mixer blocks: the profile's, then the design's (a design overrides a profile key by key)
+    blocks: dict[str, dict[str, Any]] = {}
+    for source in (kwargs, merged):
+        for name in mixers.names():
+            block = source.pop(name, None) if source is kwargs else source.get(name)
+            if isinstance(block, dict):
+                blocks[name] = {**blocks.get(name, {}), **block}
+            elif block is not None:
+                where = origin.get(name, prof.path if source is kwargs else variant.path)
+                raise RegistryError(f"{where}: {name}: expected a mapping of {name}'s options, "
+                                    f"got {block!r}")
+    for key in _config_keys():
         if key in merged:
             kwargs[key] = merged[key]
+    if blocks:
+        kwargs["mixer_options"] = blocks
     if kwargs.get("sliding_window") is True:
         kwargs["sliding_window"] = window
     if kwargs.get("meta_tokens") is True:

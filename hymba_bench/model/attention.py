@@ -79,6 +79,8 @@ def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window:
 class Attention(nn.Module):
     """A plain attention layer (Llama naming: q_proj, k_proj, v_proj, o_proj)."""
 
+    has_attention = True
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -91,10 +93,14 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
 
     @staticmethod
-    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+    def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:
         """No recurrent state: K/V slots follow the layer plan (own, shared, ring) and are the
         cache's own (`InferenceCache`), since a consumer layer reads its producer's."""
         return {}
+
+    @staticmethod
+    def state_elements(cfg: ModelConfig, spec: LayerSpec) -> int:
+        return 0
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         q = self.rotary(time_major_heads(self.q_proj(x), self.cfg.n_heads), ctx).transpose(1, 2)

@@ -6,12 +6,12 @@ Per layer, by its role in `ModelConfig.layers`:
   `masks.visible` lets a query see: itself and the W before it); a real token at absolute position
   p >= M lives in slot M + (p - M) % R
 - KV consumers (`shared:i`): nothing; they read layer i's buffers
-- recurrent state, as each mixer declares it (`state_shapes` on its class): Mamba / hybrid SSM:
-  conv state (B, d_inner, d_conv - 1) and SSM state (B, d_inner, d_state); Hyena: short-conv
-  state (B, 3 d_model, k - 1) and the modal state (B, d_model, modes, 2), the real and imaginary
-  parts of one complex accumulator per pole of the long filter
+- recurrent state, as each layer's mixer declares it (`state_shapes` on its class, found through
+  the mixer registry: the cache imports no mixer): e.g. Mamba-1's conv (B, d_inner, d_conv - 1)
+  and SSM (B, d_inner, d_state) states, Hyena's short-conv and modal states
 
-`cache_bytes` is the formula, written out independently of those declarations;
+`cache_bytes` is the formula: K/V written out here, recurrent state from each mixer's
+`state_elements`, which its file writes from the mixer's equations, not from its shapes;
 `InferenceCache.nbytes()` sums what was allocated; tests hold them equal for every variant.
 `cache_mb_paper` is the paper's Table 1 convention.
 """
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from hymba_bench.design.config import LayerSpec, ModelConfig
 from hymba_bench.design.masks import window_keys
-from hymba_bench.model.blocks import MIXER_TYPES
+from hymba_bench.design.mixers import mixer_class
 
 
 def ring_slots(spec: LayerSpec, seq_len: int) -> int:
@@ -43,9 +43,7 @@ def kv_slots(cfg: ModelConfig, spec: LayerSpec, seq_len: int) -> int:
 
 def state_elements(cfg: ModelConfig) -> int:
     """Recurrent-state elements per sequence, summed over layers: independent of context length."""
-    ssm = cfg.d_inner * ((cfg.d_conv - 1) + cfg.d_state)
-    hyena = cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes)
-    return len(cfg.ssm_layers) * ssm + len(cfg.hyena_layers) * hyena
+    return sum(mixer_class(spec.mixer).state_elements(cfg, spec) for spec in cfg.layers)
 
 
 def cache_bytes(cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype = torch.float16) -> int:
@@ -118,7 +116,7 @@ class InferenceCache:
                 entry.k = torch.zeros(*shape, cfg.d_qk, dtype=dtype, device=device)
                 entry.v = torch.zeros(*shape, cfg.d_v, dtype=dtype, device=device)
                 entry.key_pos = torch.empty(slots, dtype=torch.long, device=device)
-            for name, shape in MIXER_TYPES[spec.mixer].state_shapes(cfg, batch).items():
+            for name, shape in mixer_class(spec.mixer).state_shapes(cfg, spec, batch).items():
                 entry.state[name] = torch.zeros(*shape, dtype=dtype, device=device)
             self.layers.append(entry)
         self._reset_key_positions()

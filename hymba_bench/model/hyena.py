@@ -21,6 +21,11 @@ from hymba_bench.model.context import Context
 
 
 class Hyena(nn.Module):
+    """Its settings are ModelConfig's flat `hyena_modes` and `hyena_short_conv` (older than the
+    per-mixer blocks, kept so that saved configs still load)."""
+
+    has_attention = False
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -34,17 +39,23 @@ class Hyena(nn.Module):
         self.residues = nn.Parameter(torch.empty(d, n, 2))  # Re, Im
         self.D = nn.Parameter(torch.ones(d))
         self.out_proj = nn.Linear(d, d, bias=False)
-        self.reset_hyena_parameters()
+        self.reset_mixer_parameters()
 
     @staticmethod
-    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+    def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:
         """The decode state: the short convs' last k - 1 inputs and one complex accumulator
         (re, im) per pole of the long filter."""
         return {"conv": (batch, 3 * cfg.d_model, cfg.hyena_short_conv - 1),
                 "modal": (batch, cfg.d_model, cfg.hyena_modes, 2)}
 
+    @staticmethod
+    def state_elements(cfg: ModelConfig, spec: LayerSpec) -> int:
+        """Per sequence: k - 1 inputs of each of the three short convs, and per channel one complex
+        number (two reals) for each of the filter's poles."""
+        return 3 * cfg.d_model * (cfg.hyena_short_conv - 1) + 2 * cfg.d_model * cfg.hyena_modes
+
     @torch.no_grad()
-    def reset_hyena_parameters(self, min_rate: float = 1e-3, max_rate: float = 0.5) -> None:
+    def reset_mixer_parameters(self, min_rate: float = 1e-3, max_rate: float = 0.5) -> None:
         """Decay rates log-uniform (memories from ~2 to ~1000 tokens), angles uniform in [0, pi)."""
         n = self.log_rate.shape[1]
         self.log_rate.uniform_(math.log(min_rate), math.log(max_rate))

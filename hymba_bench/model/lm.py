@@ -9,10 +9,8 @@ from hymba_bench.design.config import ModelConfig
 from hymba_bench.model.blocks import DecoderLayer
 from hymba_bench.model.cache import InferenceCache
 from hymba_bench.model.context import Context
-from hymba_bench.model.hyena import Hyena
 from hymba_bench.model.layers import RMSNorm
 from hymba_bench.model.moe import MoE
-from hymba_bench.model.ssm import SSMCore
 
 
 class HybridLM(nn.Module):
@@ -43,11 +41,10 @@ class HybridLM(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
-        for module in self.modules():
-            if isinstance(module, SSMCore):
-                module.reset_ssm_parameters()
-            elif isinstance(module, Hyena):
-                module.reset_hyena_parameters()
+        for module in self.modules():  # then each mixer's own (dt, A, filter poles), in order
+            own = getattr(module, "reset_mixer_parameters", None)
+            if own is not None:
+                own()
         if self.meta_tokens is not None:
             nn.init.normal_(self.meta_tokens, std=std)
 

@@ -1,4 +1,4 @@
-"""The Mamba-1 mixer core, shared by pure Mamba layers and the SSM heads of hybrid layers.
+"""The Mamba-1 mixer, and its core: the SSM branch of hybrid heads (`hybrid: {ssm: mamba}`).
 
 Parameter names follow mamba-ssm's `Mamba` (conv1d, x_proj, dt_proj, A_log, D, in_proj, out_proj)
 so weights move between the two; Hymba adds RMSNorms on dt, B and C.
@@ -23,10 +23,15 @@ from hymba_bench.model.layers import RMSNorm
 
 
 class SSMCore(nn.Module):
-    """Everything of a Mamba-1 mixer between the input projection and the output projection."""
+    """Everything of a Mamba-1 mixer between the input projection and the output projection.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    Its settings are ModelConfig's flat Mamba-1 fields (d_state, d_conv, expand, dt_rank,
+    ssm_norms), older than the per-mixer blocks and kept so that saved configs still load.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec | None = None) -> None:
         super().__init__()
+        self.in_width = 2 * cfg.d_inner  # as a hybrid branch: x and the gate z
         d, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
         assert r is not None
         self.d_state, self.dt_rank = n, r
@@ -42,12 +47,18 @@ class SSMCore(nn.Module):
             self.C_layernorm = RMSNorm(n, cfg.norm_eps)
 
     @staticmethod
-    def state_shapes(cfg: ModelConfig, batch: int) -> dict[str, tuple[int, ...]]:
+    def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:
         """The decode state: the conv's last d_conv - 1 inputs and the SSM state."""
         return {"conv": (batch, cfg.d_inner, cfg.d_conv - 1), "ssm": (batch, cfg.d_inner, cfg.d_state)}
 
+    @staticmethod
+    def state_elements(cfg: ModelConfig, spec: LayerSpec) -> int:
+        """Per sequence: each of the d_inner channels keeps d_conv - 1 conv inputs and d_state
+        SSM values (mamba-ssm keeps d_conv conv inputs; we keep what the next step reads)."""
+        return cfg.d_inner * (cfg.d_conv - 1) + cfg.d_inner * cfg.d_state
+
     @torch.no_grad()
-    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+    def reset_mixer_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
         """mamba-ssm's initialisation: dt log-uniform in [dt_min, dt_max] through an inverse softplus."""
         d = self.dt_proj.out_features
         std = self.dt_rank ** -0.5
@@ -64,6 +75,11 @@ class SSMCore(nn.Module):
         if self.ssm_norms:
             dt, b, c = self.dt_layernorm(dt), self.B_layernorm(b), self.C_layernorm(c)
         return F.linear(dt, self.dt_proj.weight), b, c
+
+    def branch(self, proj: Tensor, cache: LayerCache | None, decode: bool) -> Tensor:
+        """As the SSM branch of hybrid heads: its slice of in_proj (B, L, 2 d_inner) -> (B, L, d_inner)."""
+        xs, z = proj.chunk(2, dim=-1)
+        return self.ssm(xs, z, cache, decode)
 
     def ssm(self, xs: Tensor, z: Tensor, cache: LayerCache | None, decode: bool) -> Tensor:
         """xs, z: (B, L, d_inner) -> gated SSM output (B, L, d_inner)."""
@@ -95,8 +111,11 @@ class SSMCore(nn.Module):
 class Mamba(SSMCore):
     """A pure Mamba-1 mixer: in_proj -> (x, z) -> SSM -> out_proj."""
 
+    has_attention = False
+    Branch = SSMCore  # what hybrid heads build for `ssm: mamba`
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg, spec)
         self.spec = spec
         self.d_inner = cfg.d_inner
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=False)

@@ -109,7 +109,7 @@ def test_weights_land_where_they_belong(tmp_path: Path) -> None:
     torch.testing.assert_close(ours["norm.weight"], state["model.final_layernorm.weight"])
     torch.testing.assert_close(ours["layers.2.mixer.in_proj.weight"],
                                state["model.layers.2.mamba.in_proj.weight"])
-    torch.testing.assert_close(ours["layers.3.mixer.A_log"], state["model.layers.3.mamba.A_log.0"])
+    torch.testing.assert_close(ours["layers.3.mixer.ssm.A_log"], state["model.layers.3.mamba.A_log.0"])
     torch.testing.assert_close(ours["layers.4.mixer.attn_norm.weight"],
                                state["model.layers.4.mamba.pre_avg_layernorm1.weight"])
     torch.testing.assert_close(ours["layers.5.ffn.down_proj.weight"],
@@ -133,7 +133,7 @@ def test_lm_eval_adapter_takes_the_hf_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("break_it, message", [
-    (lambda s: s.pop("model.layers.3.mamba.D.0"), "lacks 1 weights, e.g. layers.3.mixer.D"),
+    (lambda s: s.pop("model.layers.3.mamba.D.0"), "lacks 1 weights, e.g. layers.3.mixer.ssm.D"),
     (lambda s: s.__setitem__("model.layers.0.mamba.D.0", torch.ones(5)), "shape (5,), expected"),
     (lambda s: s.__setitem__("model.extra.weight", torch.ones(5)), "model.extra.weight has no counterpart"),
 ])

@@ -9,6 +9,8 @@ one test compiles for real with Inductor through the harness's own `make_step`.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -124,7 +126,8 @@ def test_decode_bytes_count_weights_cache_and_state_writes() -> None:
     for spec in cfg.kv_layers:  # written out: K and V of each KV-holding layer
         slots = cfg.meta_tokens + context if spec.attention == "global" else window_slots
         kv += batch * spec.n_kv_heads * slots * (cfg.d_qk + cfg.d_v)
-    state = batch * len(cfg.ssm_layers) * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state)
+    mamba = [s for s in cfg.layers if s.mixer in ("mamba", "hybrid")]  # Mamba-1 states
+    state = batch * len(mamba) * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state)
     expected = 4 * (n + kv + 2 * state)  # fp32; states are read and written back
     assert decode_bytes_per_step(cfg, n, batch, context, torch.float32) == expected
     assert roofline_pct(50.0, 2, 1000, 1e5) == pytest.approx(25.0)  # bound: 2 * 1e5 / 1000 = 200
@@ -136,13 +139,16 @@ def test_bandwidth_is_a_positive_rate() -> None:
 
 
 def test_every_layout_mixer_has_a_class_that_declares_its_state() -> None:
-    from hymba_bench.design.config import MIXERS, ModelConfig
-    from hymba_bench.model.blocks import MIXER_TYPES
+    from hymba_bench.design.config import ModelConfig
+    from hymba_bench.design.mixers import mixer_class, names
 
-    assert set(MIXER_TYPES) == set(MIXERS)
-    cfg = ModelConfig()
-    for cls in MIXER_TYPES.values():  # shapes only: no weights needed to size a cache
-        assert all(shape[0] == 3 for shape in cls.state_shapes(cfg, 3).values())
+    for name in names():  # shapes only: no weights needed to size a cache
+        cfg = ModelConfig(layout=[name], d_v=None)
+        cls = mixer_class(name)
+        shapes = cls.state_shapes(cfg, cfg.layers[0], 3)
+        assert all(shape[0] == 3 for shape in shapes.values())
+        held = sum(math.prod(shape[1:]) for shape in shapes.values())
+        assert held == cls.state_elements(cfg, cfg.layers[0]), name
 
 
 def test_a_probe_leaves_the_cache_where_it_found_it() -> None:

@@ -68,7 +68,7 @@ def test_samba_cache_is_bounded() -> None:
 
 def test_stripedhyena_cache_is_kv_plus_constant_state() -> None:
     cfg = resolve("stripedhyena").config
-    hyena = cfg.hyena_layers
+    hyena = [s for s in cfg.layers if s.mixer == "hyena"]
     assert len(hyena) == len(cfg.kv_layers) == cfg.n_layers // 2
     per_token = sum(s.n_kv_heads * (cfg.d_qk + cfg.d_v) for s in cfg.kv_layers) * 2
     state = len(hyena) * cfg.d_model * (3 * (cfg.hyena_short_conv - 1) + 2 * cfg.hyena_modes) * 2
