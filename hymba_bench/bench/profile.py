@@ -93,6 +93,95 @@ def bench_scan(batch: int = 1, channels: int = 512, state: int = 16, length: int
     }
 
 
+def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 64,
+              length: int = 8192, chunk_size: int = 64, groups: int = 1, repeats: int = 3,
+              seed: int = 0) -> dict[str, Any]:
+    """Mamba-2's chunked SSD forward against its per-step loop, and against the fastest CPU
+    Mamba-1 scan at the same inner width (heads x head_dim channels) and state, in one run.
+
+    The targets (issue 27): chunked >= 10x the loop; per token no slower than Mamba-1's scan.
+    """
+    from hymba_bench.ops import cpu_kernel
+
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    ssd_in = {"x": r(batch, length, heads, head_dim), "dt": r(batch, length, heads, scale=0.5),
+              "A": -torch.exp(r(heads, scale=0.5)), "B": r(batch, length, groups, state),
+              "C": r(batch, length, groups, state), "D": r(heads)}
+    channels = heads * head_dim
+    scan_in = {"u": r(batch, channels, length), "delta": r(batch, channels, length, scale=0.5),
+               "A": -torch.exp(r(channels, state, scale=0.5)), "B": r(batch, state, length),
+               "C": r(batch, state, length), "D": r(channels)}
+    mamba1 = "cpu-kernel" if cpu_kernel.available() else "torch-chunked"
+    scan = ops.selective_scan_cpu if mamba1 == "cpu-kernel" else ops.selective_scan_chunked
+    arms = {
+        "ssd chunked": lambda: ops.ssd_chunked(**ssd_in, dt_softplus=True, chunk_size=chunk_size),
+        "ssd per-step loop": lambda: ops.ssd_ref(**ssd_in, dt_softplus=True),
+        f"mamba-1 scan ({mamba1})": lambda: scan(**scan_in, delta_softplus=True),
+    }
+    with torch.no_grad():
+        want, _ = arms["ssd per-step loop"]()
+        got, _ = arms["ssd chunked"]()
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        timings = {label: measure(fn, warmup=0 if "loop" in label else 1, repeats=repeats)
+                   for label, fn in arms.items()}
+    loop, chunked = timings["ssd per-step loop"], timings["ssd chunked"]
+    m1 = timings[f"mamba-1 scan ({mamba1})"]
+    rows = [{"path": label, **t.as_dict(),
+             "us_per_token": 1e6 * t.median_s / (batch * length)} for label, t in timings.items()]
+    return {
+        "shape": {"batch": batch, "heads": heads, "head_dim": head_dim, "state": state,
+                  "groups": groups, "length": length, "chunk_size": chunk_size},
+        "dtype": "float32",
+        "rows": rows,
+        "chunked_vs_loop": loop.median_s / chunked.median_s,
+        "chunked_vs_mamba1": m1.median_s / chunked.median_s,
+        "max_rel_err": err,
+        "unstable": [label for label, t in timings.items() if t.unstable_reason],
+        "machine": machine(),
+    }
+
+
+def bench_delta_rule(batch: int = 1, heads: int = 16, head_dim: int = 64, length: int = 8192,
+                     chunk_size: int = 64, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """The gated delta rule's chunked forward against its recurrent loop, in one run (the target,
+    issue 27: chunked >= 5x the loop at L 8192)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    x = {"q": F.normalize(r(batch, length, heads, head_dim), dim=-1) * head_dim ** -0.5,
+         "k": F.normalize(r(batch, length, heads, head_dim), dim=-1),
+         "v": r(batch, length, heads, head_dim), "g": -F.softplus(r(batch, length, heads)),
+         "beta": torch.sigmoid(r(batch, length, heads))}
+    arms = {"chunked": lambda: ops.gated_delta_rule_chunked(**x, chunk_size=chunk_size),
+            "recurrent loop": lambda: ops.gated_delta_rule_ref(**x)}
+    with torch.no_grad():
+        want, _ = arms["recurrent loop"]()
+        got, _ = arms["chunked"]()
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        timings = {label: measure(fn, warmup=0 if "loop" in label else 1, repeats=repeats)
+                   for label, fn in arms.items()}
+    rows = [{"path": label, **t.as_dict(), "us_per_token": 1e6 * t.median_s / (batch * length)}
+            for label, t in timings.items()]
+    return {
+        "shape": {"batch": batch, "heads": heads, "head_dim": head_dim, "length": length,
+                  "chunk_size": chunk_size},
+        "dtype": "float32",
+        "rows": rows,
+        "chunked_vs_loop": timings["recurrent loop"].median_s / timings["chunked"].median_s,
+        "max_rel_err": err,
+        "unstable": [label for label, t in timings.items() if t.unstable_reason],
+        "machine": machine(),
+    }
+
+
 def _is_launch(name: str) -> bool:
     return name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
                     "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")

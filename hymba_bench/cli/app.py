@@ -564,6 +564,74 @@ def bench_scan_cmd(
     console.print(table)
 
 
+@app.command("bench-ssd")
+def bench_ssd_cmd(
+    length: Annotated[int, typer.Option(min=1, help="Sequence length.")] = 8192,
+    heads: Annotated[int, typer.Option(min=1, help="Mamba-2 heads.")] = 16,
+    head_dim: Annotated[int, typer.Option(min=1, help="Head width P.")] = 64,
+    state: Annotated[int, typer.Option(min=1, help="State size N.")] = 64,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Chunk length Q.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats (median reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Benchmark Mamba-2's chunked SSD against its per-step loop and Mamba-1's CPU scan."""
+    from hymba_bench.bench.profile import bench_ssd
+
+    with console.status("timing SSD (the per-step loop is slow) ..."):
+        result = bench_ssd(batch, heads, head_dim, state, length, chunk_size, repeats=repeats)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    shape, m = result["shape"], result["machine"]
+    console.print(f"SSD fp32, batch {shape['batch']}, {shape['heads']} heads of {shape['head_dim']}, "
+                  f"state {shape['state']}, length {shape['length']}, chunk {shape['chunk_size']} "
+                  f"on {m['cpu']} ({m['threads']} threads)")
+    table = Table("path", "median s", "min s", "max s", "us / token")
+    for row in result["rows"]:
+        table.add_row(row["path"], f"{row['median_s']:.3f}", f"{row['min_s']:.3f}",
+                      f"{row['max_s']:.3f}", f"{row['us_per_token']:.2f}")
+    console.print(table)
+    console.print(f"chunked vs its loop: {result['chunked_vs_loop']:.1f}x (target >= 10x); "
+                  f"vs Mamba-1's scan at the same width: {result['chunked_vs_mamba1']:.2f}x "
+                  f"(target >= 1); max rel. diff {result['max_rel_err']:.1e}")
+    if result["unstable"]:
+        console.print(f"unstable (spread or load): {', '.join(result['unstable'])}")
+
+
+@app.command("bench-delta-rule")
+def bench_delta_rule_cmd(
+    length: Annotated[int, typer.Option(min=1, help="Sequence length.")] = 8192,
+    heads: Annotated[int, typer.Option(min=1, help="Heads.")] = 16,
+    head_dim: Annotated[int, typer.Option(min=1, help="Head width (K = V).")] = 64,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Chunk length.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats (median reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Benchmark the gated delta rule's chunked form against its recurrent loop."""
+    from hymba_bench.bench.profile import bench_delta_rule
+
+    with console.status("timing the gated delta rule (the recurrent loop is slow) ..."):
+        result = bench_delta_rule(batch, heads, head_dim, length, chunk_size, repeats=repeats)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    shape, m = result["shape"], result["machine"]
+    console.print(f"gated delta rule fp32, batch {shape['batch']}, {shape['heads']} heads of "
+                  f"{shape['head_dim']}, length {shape['length']}, chunk {shape['chunk_size']} on "
+                  f"{m['cpu']} ({m['threads']} threads)")
+    table = Table("path", "median s", "min s", "max s", "us / token")
+    for row in result["rows"]:
+        table.add_row(row["path"], f"{row['median_s']:.3f}", f"{row['min_s']:.3f}",
+                      f"{row['max_s']:.3f}", f"{row['us_per_token']:.2f}")
+    console.print(table)
+    console.print(f"chunked vs the loop: {result['chunked_vs_loop']:.1f}x (target >= 5x); "
+                  f"max rel. diff {result['max_rel_err']:.1e}")
+    if result["unstable"]:
+        console.print(f"unstable (spread or load): {', '.join(result['unstable'])}")
+
+
 @app.command("profile-decode")
 def profile_decode_cmd(
     variants: Annotated[str, typer.Option(help="Comma-separated names.")] = "llama,mamba",

@@ -17,7 +17,9 @@ the rest of the harness needs to know about it (the contract every entry keeps):
 - optionally `reset_mixer_parameters()`: its own initialisation (dt, A, filter poles), run after
   the generic one;
 - optionally `Branch`: the class that can stand as the SSM branch of hybrid heads
-  (`hybrid: {ssm: <name>}`).
+  (`hybrid: {ssm: <name>}`): built as `Branch(cfg, spec)`, it says its slice of the heads' input
+  projection (`in_width`) and its output width (`out_width(cfg)`, which must be the attention
+  heads' d_inner), and maps that slice to its output with `branch(proj, cache_entry, decode)`.
 
 Nothing here imports torch: `list` and design-file checks stay instant. A new mixer is its file,
 its op (with a `*_ref` twin) and one line below.
@@ -39,6 +41,9 @@ MIXERS: dict[str, str] = {
     "mamba": "hymba_bench.model.ssm:Mamba",
     "hybrid": "hymba_bench.model.hybrid:HybridHeads",
     "hyena": "hymba_bench.model.hyena:Hyena",
+    "mamba2": "hymba_bench.model.mamba2:Mamba2",
+    "mlp": "hymba_bench.model.mlp:MLP",
+    "gated_deltanet": "hymba_bench.model.gated_deltanet:GatedDeltaNet",
 }
 
 

@@ -7,6 +7,8 @@ layers (`kv: shared:<i>`) reuse it in the same forward pass, with or without a c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -76,16 +78,27 @@ def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window:
     return torch.cat(outs, dim=2)
 
 
-class Attention(nn.Module):
-    """A plain attention layer (Llama naming: q_proj, k_proj, v_proj, o_proj)."""
+@dataclass(frozen=True)
+class AttentionOptions:
+    # a sigmoid gate per head and channel on the output, from a second half of q_proj
+    # (Qwen3-Next's full-attention layers: q_proj gives [q_h, gate_h] per head)
+    output_gate: bool = False
 
+
+class Attention(nn.Module):
+    """A plain attention layer (Llama naming: q_proj, k_proj, v_proj, o_proj), optionally with an
+    output gate (`attention: {output_gate: true}`)."""
+
+    Options = AttentionOptions
     has_attention = True
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec) -> None:
         super().__init__()
         self.spec = spec
         self.cfg = cfg
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_qk, bias=False)
+        self.gated = cfg.options("attention").output_gate
+        gate = cfg.d_v if self.gated else 0  # type: ignore[operator]
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * (cfg.d_qk + gate), bias=False)
         if spec.owns_kv:  # KV consumers have no K/V projection at all
             self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=False)
             self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=False)  # type: ignore[operator]
@@ -103,13 +116,21 @@ class Attention(nn.Module):
         return 0
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        q = self.rotary(time_major_heads(self.q_proj(x), self.cfg.n_heads), ctx).transpose(1, 2)
+        q = time_major_heads(self.q_proj(x), self.cfg.n_heads)  # (B, L, H, d_qk [+ d_v])
+        gate = None
+        if self.gated:
+            q, gate = q.split([self.cfg.d_qk, self.cfg.d_v], dim=-1)  # type: ignore[list-item]
+            gate = gate.reshape(*x.shape[:2], -1)  # (B, L, H d_v)
+        q = self.rotary(q, ctx).transpose(1, 2)
         k = v = None
         if self.spec.owns_kv:
             k = self.rotary(time_major_heads(self.k_proj(x), self.spec.n_kv_heads), ctx)
             k = k.transpose(1, 2)
             v = split_heads(self.v_proj(x), self.spec.n_kv_heads)
-        return self.o_proj(attend(q, k, v, self.spec, self.cfg.meta_tokens, ctx))
+        out = attend(q, k, v, self.spec, self.cfg.meta_tokens, ctx)  # (B, L, H d_v)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
+        return self.o_proj(out)
 
 
 def qkv_widths(cfg: ModelConfig, spec: LayerSpec) -> tuple[int, int, int]:

@@ -40,6 +40,10 @@ class HybridOptions:
                     if getattr(mixers.mixer_class(n), "Branch", None) is not None]
             raise ConfigError(f"ssm: {self.ssm} cannot be the SSM branch of hybrid heads "
                               f"(those that can: {', '.join(able)})")
+        width = mixers.mixer_class(self.ssm).Branch.out_width(cfg)
+        if width != cfg.d_inner:
+            raise ConfigError(f"ssm: the {self.ssm} branch is {width} wide, the attention heads "
+                              f"d_inner = expand * d_model = {cfg.d_inner}: make them equal")
 
 
 class HybridHeads(nn.Module):

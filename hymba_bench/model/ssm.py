@@ -47,6 +47,10 @@ class SSMCore(nn.Module):
             self.C_layernorm = RMSNorm(n, cfg.norm_eps)
 
     @staticmethod
+    def out_width(cfg: ModelConfig) -> int:
+        return cfg.d_inner
+
+    @staticmethod
     def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:
         """The decode state: the conv's last d_conv - 1 inputs and the SSM state."""
         return {"conv": (batch, cfg.d_inner, cfg.d_conv - 1), "ssm": (batch, cfg.d_inner, cfg.d_state)}

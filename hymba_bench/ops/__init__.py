@@ -28,6 +28,11 @@ from hymba_bench.ops.conv import (
 from hymba_bench.ops.conv import (
     causal_conv1d_update as causal_conv1d_update_torch,
 )
+from hymba_bench.ops.delta_rule import (
+    gated_delta_rule_chunked,
+    gated_delta_rule_ref,
+    gated_delta_rule_step,
+)
 from hymba_bench.ops.long_conv import (
     long_conv_fft,
     long_conv_ref,
@@ -37,7 +42,7 @@ from hymba_bench.ops.long_conv import (
     modal_step,
 )
 from hymba_bench.ops.moe import moe_combine, moe_combine_ref
-from hymba_bench.ops.norm import rms_norm_cpu, rms_norm_ref, rms_norm_torch
+from hymba_bench.ops.norm import gated_rms_norm, rms_norm_cpu, rms_norm_ref, rms_norm_torch
 from hymba_bench.ops.rotary import rotary, rotary_ref
 from hymba_bench.ops.scan import (
     selective_scan_chunked,
@@ -45,6 +50,7 @@ from hymba_bench.ops.scan import (
     selective_scan_ref,
     selective_state_update_ref,
 )
+from hymba_bench.ops.ssd import ssd_chunked, ssd_ref, ssd_step
 
 try:  # optional CUDA kernels: absent is fine, used only on CUDA tensors
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_cuda
@@ -56,6 +62,15 @@ try:
     )
 except ImportError:
     _state_update_cuda = None
+try:  # Mamba-2's chunked scan (its decode step is selective_state_update with heads)
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _ssd_cuda
+except ImportError:
+    _ssd_cuda = None
+try:  # flash-linear-attention's gated-delta-rule kernels (Triton)
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as _gdr_cuda
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as _gdr_step_cuda
+except ImportError:
+    _gdr_cuda = _gdr_step_cuda = None
 try:
     from causal_conv1d import causal_conv1d_fn as _conv_cuda
     from causal_conv1d import causal_conv1d_update as _conv_update_cuda
@@ -117,6 +132,74 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
+def _ssd_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _ssd_cuda, "mamba_ssm-triton", ("torch-chunked", ssd_chunked))
+
+
+def _ssd_step_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _state_update_cuda, "mamba_ssm-triton", ("torch", ssd_step))
+
+
+def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+        dt_bias: Tensor | None = None, dt_softplus: bool = False,
+        initial_state: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor]:
+    """Mamba-2's scan over a sequence (`ops.ssd`): x (B, L, H, P), dt (B, L, H), A (H,),
+    B, C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N)."""
+    name, fn = _ssd_path(x.is_cuda)
+    if name == "torch-chunked":
+        return fn(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, chunk_size)
+    y, final = fn(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
+                  dt_softplus=dt_softplus, return_final_states=True)
+    return y, final
+
+
+def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                     D: Tensor | None = None, dt_bias: Tensor | None = None,
+                     dt_softplus: bool = False) -> Tensor:
+    """One Mamba-2 decode step, the state (B, H, P, N) updated in place -> y (B, H, P)."""
+    name, fn = _ssd_step_path(x.is_cuda)
+    if name == "torch":
+        return fn(state, x, dt, A, B, C, D, dt_bias, dt_softplus)
+    heads, p, n = state.shape[1:]
+    # mamba-ssm's kernel takes per-channel dt and A: a head's scalars, broadcast (stride 0)
+    return fn(state, x, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(heads, p, n),
+              B, C, D[:, None].expand(heads, p) if D is not None else None, None,
+              dt_bias[:, None].expand(heads, p) if dt_bias is not None else None, dt_softplus)
+
+
+def _gdr_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _gdr_cuda, "fla-triton", ("torch-chunked", gated_delta_rule_chunked))
+
+
+def _gdr_step_path(cuda: bool) -> KernelPath:
+    return _cuda_or(cuda, _gdr_step_cuda, "fla-triton", ("torch", gated_delta_rule_step))
+
+
+def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                     initial_state: Tensor | None = None, chunk_size: int = 64
+                     ) -> tuple[Tensor, Tensor]:
+    """The gated delta rule over a sequence (`ops.delta_rule`); q already scaled: q, k
+    (B, L, H, K), v (B, L, H, V), g, beta (B, L, H) -> o (B, L, H, V), final state (B, H, K, V)."""
+    name, fn = _gdr_path(q.is_cuda)
+    if name == "torch-chunked":
+        return fn(q, k, v, g, beta, initial_state, chunk_size)
+    o, final = fn(q, k, v, g, beta, scale=1.0, initial_state=initial_state,
+                  output_final_state=True)
+    return o, final
+
+
+def gated_delta_rule_update(state: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor,
+                            beta: Tensor) -> Tensor:
+    """One decode step of the gated delta rule, the state (B, H, K, V) updated in place."""
+    name, fn = _gdr_step_path(q.is_cuda)
+    if name == "torch":
+        return fn(state, q, k, v, g, beta)
+    o, final = fn(q[:, None], k[:, None], v[:, None], g[:, None], beta[:, None], scale=1.0,
+                  initial_state=state, output_final_state=True)
+    state.copy_(final)
+    return o[:, 0]
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                   activation: str | None = None) -> Tensor:
     fn = _conv_path(x.is_cuda)[1]
@@ -151,6 +234,10 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
         "attention": f"{decode_path(cuda)[0]} decode, torch-sdpa prefill",
         "rms_norm": _norm_path(cuda)[0],
         "long_conv": "torch-fft",
+        "ssd": _ssd_path(cuda)[0],
+        "gated_delta_rule": _gdr_path(cuda)[0],
+        "gated_delta_rule_update": _gdr_step_path(cuda)[0],
+        "ssd_state_update": _ssd_step_path(cuda)[0],
         "moe": "torch-gather",
     }
 
@@ -166,6 +253,12 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_update_torch",
     "conv_state_from_prefix",
+    "gated_delta_rule",
+    "gated_delta_rule_chunked",
+    "gated_delta_rule_ref",
+    "gated_delta_rule_step",
+    "gated_delta_rule_update",
+    "gated_rms_norm",
     "long_conv",
     "long_conv_fft",
     "long_conv_ref",
@@ -187,4 +280,9 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "ssd",
+    "ssd_chunked",
+    "ssd_ref",
+    "ssd_state_update",
+    "ssd_step",
 ]

@@ -15,6 +15,7 @@ rms_norm`, 2-core CPU, 1 thread, arms interleaved).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hymba_bench.ops import cpu_kernel
@@ -54,3 +55,20 @@ def rms_norm_cpu(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """The compiled CPU kernel (`csrc/rms_norm.cpp`), in float32: one pass each way."""
     return cpu_kernel.RMSNormCPU.apply(x.float().contiguous(), weight.float().contiguous(),
                                        eps).to(x.dtype)
+
+
+def gated_rms_norm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
+                   norm_before_gate: bool = False) -> Tensor:
+    """The gated output norm over each group of `group_size` channels; x, z: (..., d), weight
+    (d,); float32 inside.
+
+    Mamba-2 gates first, RMSNorm(x * silu(z)) * weight (mamba-ssm's `RMSNormGated`, groups of
+    B/C); the gated delta rule normalises first, RMSNorm(x) * weight * silu(z) (fla's
+    `FusedRMSNormGated`, Qwen3-Next's `RMSNormGated`; a group is a head).
+    """
+    shape = x.shape
+    gate = F.silu(z.float())
+    g = x.float() if norm_before_gate else x.float() * gate
+    g = g.view(*shape[:-1], shape[-1] // group_size, group_size)
+    g = (g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps)).view(shape) * weight.float()
+    return (g * gate if norm_before_gate else g).to(x.dtype)
