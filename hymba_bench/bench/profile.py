@@ -94,7 +94,7 @@ def bench_scan(batch: int = 1, channels: int = 512, state: int = 16, length: int
 
 
 def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 64,
-              length: int = 8192, chunk_size: int = 64, groups: int = 1, repeats: int = 3,
+              length: int = 8192, chunk_size: int = 32, groups: int = 1, repeats: int = 3,
               seed: int = 0) -> dict[str, Any]:
     """Mamba-2's chunked SSD forward against its per-step loop, and against the fastest CPU
     Mamba-1 scan at the same inner width (heads x head_dim channels) and state, in one run.
@@ -126,7 +126,7 @@ def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 
         want, _ = arms["ssd per-step loop"]()
         got, _ = arms["ssd chunked"]()
         err = ((got - want).abs().max() / want.abs().max()).item()
-        timings = {label: measure(fn, warmup=0 if "loop" in label else 1, repeats=repeats)
+        timings = {label: measure(fn, warmup=1, repeats=repeats)
                    for label, fn in arms.items()}
     loop, chunked = timings["ssd per-step loop"], timings["ssd chunked"]
     m1 = timings[f"mamba-1 scan ({mamba1})"]
@@ -160,13 +160,17 @@ def bench_delta_rule(batch: int = 1, heads: int = 16, head_dim: int = 64, length
          "k": F.normalize(r(batch, length, heads, head_dim), dim=-1),
          "v": r(batch, length, heads, head_dim), "g": -F.softplus(r(batch, length, heads)),
          "beta": torch.sigmoid(r(batch, length, heads))}
+    from hymba_bench.ops import cpu_kernel
+
     arms = {"chunked": lambda: ops.gated_delta_rule_chunked(**x, chunk_size=chunk_size),
             "recurrent loop": lambda: ops.gated_delta_rule_ref(**x)}
+    if cpu_kernel.available():  # the path the dispatch takes on this CPU
+        arms["cpu-kernel"] = lambda: ops.gated_delta_rule_cpu(**x)
     with torch.no_grad():
         want, _ = arms["recurrent loop"]()
         got, _ = arms["chunked"]()
         err = ((got - want).abs().max() / want.abs().max()).item()
-        timings = {label: measure(fn, warmup=0 if "loop" in label else 1, repeats=repeats)
+        timings = {label: measure(fn, warmup=1, repeats=repeats)
                    for label, fn in arms.items()}
     rows = [{"path": label, **t.as_dict(), "us_per_token": 1e6 * t.median_s / (batch * length)}
             for label, t in timings.items()]
@@ -176,6 +180,8 @@ def bench_delta_rule(batch: int = 1, heads: int = 16, head_dim: int = 64, length
         "dtype": "float32",
         "rows": rows,
         "chunked_vs_loop": timings["recurrent loop"].median_s / timings["chunked"].median_s,
+        "cpu_kernel_vs_loop": (timings["recurrent loop"].median_s / timings["cpu-kernel"].median_s
+                               if "cpu-kernel" in timings else None),
         "max_rel_err": err,
         "unstable": [label for label, t in timings.items() if t.unstable_reason],
         "machine": machine(),

@@ -30,6 +30,7 @@ from hymba_bench.ops.conv import (
 )
 from hymba_bench.ops.delta_rule import (
     gated_delta_rule_chunked,
+    gated_delta_rule_cpu,
     gated_delta_rule_ref,
     gated_delta_rule_step,
 )
@@ -168,7 +169,8 @@ def ssd_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
 
 
 def _gdr_path(cuda: bool) -> KernelPath:
-    return _cuda_or(cuda, _gdr_cuda, "fla-triton", ("torch-chunked", gated_delta_rule_chunked))
+    cpu = _compiled_or(cuda, gated_delta_rule_cpu, ("torch-chunked", gated_delta_rule_chunked))
+    return _cuda_or(cuda, _gdr_cuda, "fla-triton", cpu)
 
 
 def _gdr_step_path(cuda: bool) -> KernelPath:
@@ -181,7 +183,7 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
     """The gated delta rule over a sequence (`ops.delta_rule`); q already scaled: q, k
     (B, L, H, K), v (B, L, H, V), g, beta (B, L, H) -> o (B, L, H, V), final state (B, H, K, V)."""
     name, fn = _gdr_path(q.is_cuda)
-    if name == "torch-chunked":
+    if name in ("torch-chunked", "cpu-kernel"):
         return fn(q, k, v, g, beta, initial_state, chunk_size)
     o, final = fn(q, k, v, g, beta, scale=1.0, initial_state=initial_state,
                   output_final_state=True)
@@ -255,6 +257,7 @@ __all__ = [
     "conv_state_from_prefix",
     "gated_delta_rule",
     "gated_delta_rule_chunked",
+    "gated_delta_rule_cpu",
     "gated_delta_rule_ref",
     "gated_delta_rule_step",
     "gated_delta_rule_update",

@@ -1,4 +1,5 @@
-"""The compiled CPU kernels (`csrc/`: the selective scan, the depthwise causal conv, RMSNorm):
+"""The compiled CPU kernels (`csrc/`: the selective scan, the depthwise causal conv, RMSNorm, the
+gated delta rule's forward):
 build, load, call.
 
 Why compiled: on the CPU the scan's cost is per-op overhead and passes over memory, not
@@ -42,7 +43,8 @@ import torch
 from torch import Tensor
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "selective_scan.cpp", CSRC / "causal_conv.cpp", CSRC / "rms_norm.cpp"]  # one library
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "causal_conv.cpp", CSRC / "rms_norm.cpp",
+           CSRC / "delta_rule.cpp"]  # one library
 HEADERS = [CSRC / "simd.h"]
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno"]
 LANES = 8  # channels per block (the kernel's vector width); D must be a multiple
@@ -117,6 +119,8 @@ def load_from(csrc: Path) -> tuple[ctypes.CDLL | None, str]:
     lib.hb_rmsnorm_fwd.argtypes = [ptr] * 4 + [i64, i64, ctypes.c_float, i64, i64]
     lib.hb_rmsnorm_bwd.argtypes = [ptr] * 6 + [i64] * 4
     lib.hb_rmsnorm_fwd.restype = lib.hb_rmsnorm_bwd.restype = None
+    lib.hb_delta_rule_fwd.argtypes = [ptr] * 8 + [i64] * 7
+    lib.hb_delta_rule_fwd.restype = None
     lib.hb_norm_rows.restype = i64
     lib.hb_scan_fwd.restype = lib.hb_scan_bwd.restype = None
     lib.hb_conv_fwd.restype = lib.hb_conv_bwd.restype = None
@@ -356,3 +360,19 @@ class RMSNormCPU(torch.autograd.Function):
         rows, w, rstd = ctx.saved_tensors
         dx, dw = rms_norm_bwd(rows, w, rstd, dy.reshape(rows.shape).contiguous())
         return dx.view(dy.shape), dw, None
+
+
+def delta_rule_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                   state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """q, k (B, L, H, K), v (B, L, H, V), g, beta (B, L, H), state (B, H, K, V) or None, float32
+    -> (o (B, L, H, V), final state (B, H, K, V)). V: a multiple of LANES."""
+    lib = _lib()
+    batch, length, heads, dk = k.shape
+    dv = v.shape[-1]
+    q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
+    state = None if state is None else state.contiguous()
+    o, last = v.new_empty(batch, length, heads, dv), v.new_empty(batch, heads, dk, dv)
+    args = [_ptr(t) for t in (q, k, v, g, beta, state, o, last)]
+    _over_blocks(lambda lo, hi: lib.hb_delta_rule_fwd(*args, batch, length, heads, dk, dv, lo, hi),
+                 batch * heads, length * batch * heads * dk * dv)
+    return o, last

@@ -60,6 +60,16 @@ def test_show_human_readable() -> None:
     assert out.returncode == 0 and "shared:1" in out.stdout and "sliding" in out.stdout
 
 
+def test_show_names_the_hybrid_branch_and_the_resolved_options() -> None:
+    """The profile's block (tiny: Mamba-2 heads of 16) under the design's (ssm: mamba2)."""
+    info = json.loads(cli("show", "falcon-h1", "--json").stdout)
+    assert info["mixer_options"]["hybrid"] == {"ssm": "mamba2"}
+    assert info["mixer_options"]["mamba2"]["head_dim"] == 16
+    out = cli("show", "falcon-h1")
+    assert out.returncode == 0 and "hybrid (mamba2)" in out.stdout
+    assert "mamba2: d_state 16" in out.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (("show", "lama"), "unknown variant 'lama'; did you mean llama"),
     (("show", "llama", "--profile", "huge"), "unknown profile 'huge'"),

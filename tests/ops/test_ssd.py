@@ -28,9 +28,10 @@ def ssd_inputs(batch: int, length: int, groups: int, per_group: int, p: int, n: 
 @given(batch=st.integers(1, 2), chunk=st.sampled_from([1, 2, 4, 8, 16]),
        whole=st.integers(0, 4), extra=st.integers(-1, 1), groups=st.integers(1, 2),
        per_group=st.integers(1, 3), p=st.integers(1, 4), n=st.integers(1, 5),
-       with_state=st.booleans(), with_d=st.booleans(), seed=st.integers(0, 2**16))
+       with_state=st.booleans(), with_d=st.booleans(), span=st.sampled_from([None, 1, 2]),
+       seed=st.integers(0, 2**16))
 def test_chunked_equals_the_recurrence(batch, chunk, whole, extra, groups, per_group, p, n,
-                                       with_state, with_d, seed) -> None:
+                                       with_state, with_d, span, seed) -> None:
     length = max(1, whole * chunk + extra)  # on, just before and just past chunk boundaries
     x = ssd_inputs(batch, length, groups, per_group, p, n, seed)
     state = torch.randn(batch, groups * per_group, p, n, dtype=torch.float64) if with_state else None
@@ -38,13 +39,14 @@ def test_chunked_equals_the_recurrence(batch, chunk, whole, extra, groups, per_g
     x.pop("D", None)
     want_y, want_s = ops.ssd_ref(**x, D=D, dt_softplus=True, initial_state=state)
     got_y, got_s = ops.ssd_chunked(**x, D=D, dt_softplus=True, initial_state=state,
-                                   chunk_size=chunk)
+                                   chunk_size=chunk, span_chunks=span)
     torch.testing.assert_close(got_y, want_y, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_s.double(), want_s.double(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_state", [False, True])
-def test_chunked_gradients_equal_the_recurrences(with_state: bool) -> None:
+@pytest.mark.parametrize("span", [None, 2])
+def test_chunked_gradients_equal_the_recurrences(with_state: bool, span: int | None) -> None:
     x = ssd_inputs(2, 13, 2, 2, 3, 4, seed=5)
     state = torch.randn(2, 4, 3, 4, dtype=torch.float64) if with_state else None
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
@@ -59,7 +61,7 @@ def test_chunked_gradients_equal_the_recurrences(with_state: bool) -> None:
 
     ref_leaves = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
     loss(ops.ssd_ref, ref_leaves, s_ref).backward()
-    loss(ops.ssd_chunked, leaves, s_fast, chunk_size=4).backward()
+    loss(ops.ssd_chunked, leaves, s_fast, chunk_size=4, span_chunks=span).backward()
     for k in leaves:
         torch.testing.assert_close(leaves[k].grad, ref_leaves[k].grad, rtol=1e-4, atol=1e-5,
                                    msg=lambda m, k=k: f"d/d{k}: {m}")
