@@ -36,6 +36,16 @@ def build_model(name: str, profile: str = "tiny", *, device: str | torch.device 
     return instantiate(config, device or "cpu", dtype, seed)
 
 
+def load_pretrained(path: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> HybridLM:
+    """A Hugging Face checkpoint directory (config.json, *.safetensors) as our model, loaded
+    strictly by the adapter of its `model_type` (`hymba_bench.model.hf.ADAPTERS`): the same
+    `forward(ids[, cache])` and `allocate_cache(batch, max_seq_len)` as `build_model`'s."""
+    from hymba_bench.model.hf import load_pretrained as load
+
+    return load(path, device, dtype)
+
+
 def build_config(name: str, profile: str = "tiny", **overrides: Any) -> ModelConfig:
     from hymba_bench.design.registry import resolve
 
@@ -116,4 +126,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ConfigError", "HymbaBenchLM", "LayerSpec", "ModelConfig", "RunDir", "build_config",
-           "build_model", "compare", "regress", "run", "sweep"]
+           "build_model", "compare", "load_pretrained", "regress", "run", "sweep"]

@@ -40,10 +40,10 @@ class HymbaBenchLM(TemplateLM):
             self.model = model  # type: ignore[assignment]
         elif checkpoint:
             from hymba_bench.accuracy.checkpoint import load_checkpoint
-            from hymba_bench.accuracy.hf import is_hf_checkpoint, load_hf_checkpoint
+            from hymba_bench.model.hf import is_hf_checkpoint, load_pretrained
 
             if is_hf_checkpoint(Path(checkpoint)):  # released weights: their config.json rules
-                self.model = load_hf_checkpoint(Path(checkpoint), device)
+                self.model = load_pretrained(Path(checkpoint), device)
             else:
                 self.model, _ = load_checkpoint(Path(checkpoint), variant, device)
         else:

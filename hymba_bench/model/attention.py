@@ -83,6 +83,8 @@ class AttentionOptions:
     # a sigmoid gate per head and channel on the output, from a second half of q_proj
     # (Qwen3-Next's full-attention layers: q_proj gives [q_h, gate_h] per head)
     output_gate: bool = False
+    # biases on the query, key and value projections (Qwen2's layers)
+    qkv_bias: bool = False
 
 
 class Attention(nn.Module):
@@ -96,12 +98,13 @@ class Attention(nn.Module):
         super().__init__()
         self.spec = spec
         self.cfg = cfg
-        self.gated = cfg.options("attention").output_gate
+        opts = cfg.options("attention")
+        self.gated, bias = opts.output_gate, opts.qkv_bias
         gate = cfg.d_v if self.gated else 0  # type: ignore[operator]
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * (cfg.d_qk + gate), bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * (cfg.d_qk + gate), bias=bias)
         if spec.owns_kv:  # KV consumers have no K/V projection at all
-            self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=False)
-            self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=False)  # type: ignore[operator]
+            self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=bias)
+            self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=bias)  # type: ignore[operator]
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
         self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
 

@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from hymba_bench.accuracy.adapter import HymbaBenchLM
-from hymba_bench.accuracy.hf import config_from_hf, is_hf_checkpoint, load_hf_checkpoint
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import cache_mb_paper
+from hymba_bench.model.hf import is_hf_checkpoint
+from hymba_bench.model.hf import load_pretrained as load_hf_checkpoint
+from hymba_bench.model.hf.hymba import config_from_hf
 from hymba_bench.model.layers import Rotary
 from tests import hymba_reference as official
 

@@ -1,4 +1,4 @@
-"""Released Hymba weights (Hugging Face layout, e.g. nvidia/Hymba-1.5B-Base) -> a `HybridLM`.
+"""Released Hymba weights (Hugging Face layout, e.g. nvidia/Hymba-1.5B-Base).
 
 The released `HymbaForCausalLM` names its parameters `model.layers.<i>.mamba.*` (the hybrid-head
 block: one `in_proj` giving Q, K, V, the SSM input and its gate, in that order, as ours does; no K,
@@ -11,16 +11,13 @@ the 1.5B. Loading is strict: a key that maps nowhere, or a parameter left unfill
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig, ntk_scale
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.model.hf.adapter import HFAdapter, refuse_unmodelled
 
 # (HF pattern, ours); {i} is a layer index
 # (every Hymba layer is hybrid heads; their Mamba-1 branch is `mixer.ssm`)
@@ -42,18 +39,6 @@ _TOP_KEYS = {"model.embed_tokens.weight": "embed_tokens.weight",
              "model.memory_tokens": "meta_tokens",
              "model.final_layernorm.weight": "norm.weight"}
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed, not learned
-
-
-def map_key(key: str) -> str | None:
-    """A Hugging Face Hymba parameter name -> ours (None: not a parameter we hold)."""
-    if key in _TOP_KEYS:
-        return _TOP_KEYS[key]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
-    if m is not None:
-        for pattern, ours in _LAYER_KEYS:
-            if re.fullmatch(pattern, m.group(2)):
-                return f"layers.{m.group(1)}." + re.sub(pattern, ours, m.group(2))
-    return None
 
 
 def rope_scale_from_hf(hf: dict[str, Any]) -> float:
@@ -87,9 +72,7 @@ _FIXED = [
 
 def config_from_hf(hf: dict[str, Any], name: str = "hymba-hf") -> ModelConfig:
     """Our configuration for a Hymba `config.json`, read the way NVIDIA's code reads it."""
-    for key, allowed, what in _FIXED:
-        if hf.get(key) not in allowed:
-            raise HymbaBenchError(f"config.json: {key}={hf[key]!r} ({what}) is not supported")
+    refuse_unmodelled(hf, _FIXED)
     try:
         n_layers, d, heads = hf["num_hidden_layers"], hf["hidden_size"], hf["num_attention_heads"]
         expand = int(hf.get("mamba_expand", 2))
@@ -122,47 +105,14 @@ def config_from_hf(hf: dict[str, Any], name: str = "hymba-hf") -> ModelConfig:
         raise HymbaBenchError(f"config.json: missing Hymba key {exc.args[0]!r}") from None
 
 
-def is_hf_checkpoint(path: Path) -> bool:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == "hymba"
-    except json.JSONDecodeError:
-        return False
 
 
-def load_hf_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
-    """Build the model a Hugging Face Hymba checkpoint describes and load its weights."""
-    from hymba_bench.accuracy.checkpoint import aliases, read_safetensors
-    from hymba_bench.model.lm import instantiate
+class HymbaAdapter(HFAdapter):
+    model_types = ("hymba",)
+    family = "Hymba"
+    layer_keys: ClassVar[list[tuple[str, str]]] = _LAYER_KEYS
+    top_keys: ClassVar[dict[str, str]] = {**_TOP_KEYS, "lm_head.weight": "lm_head.weight"}
+    ignored: ClassVar[re.Pattern[str]] = _IGNORED
 
-    path = Path(path)
-    try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HymbaBenchError(f"{path / 'config.json'}: not a JSON config ({exc})") from None
-    cfg = config_from_hf(raw, name=path.name)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise HymbaBenchError(f"{path} has no *.safetensors weights", param="checkpoint")
-    model = instantiate(cfg, device, seed=None)  # every weight is loaded next
-    ours = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        for key, value in read_safetensors(file, device).items():
-            if (key == "lm_head.weight" and cfg.tie_embeddings) or _IGNORED.fullmatch(key):
-                continue
-            target = map_key(key) if key != "lm_head.weight" else "lm_head.weight"
-            if target is None or target not in ours:
-                raise HymbaBenchError(f"{file.name}: {key} has no counterpart in "
-                                      f"{cfg.name} (is this a Hymba checkpoint?)", param="checkpoint")
-            if tuple(value.shape) != tuple(ours[target].shape):
-                raise HymbaBenchError(f"{key}: shape {tuple(value.shape)}, expected "
-                                      f"{tuple(ours[target].shape)} for {target}", param="checkpoint")
-            state[target] = value
-    missing = sorted(set(ours) - set(state) - aliases(model))
-    if missing:
-        raise HymbaBenchError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}", param="checkpoint")
-    model.load_state_dict(state, strict=False)
-    return model
+    def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
+        return config_from_hf(hf, name)

@@ -1,0 +1,63 @@
+"""The contract of a Hugging Face adapter: one per `model_type`, as torchtitan keeps a
+`state_dict_adapter.py` beside each model. An adapter reads `config.json` into our design and
+names each HF parameter by ours; `hymba_bench.model.hf` does the loading, strictly, for all."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from hymba_bench.design.config import ModelConfig
+from hymba_bench.errors import HymbaBenchError
+
+
+class HFAdapter:
+    """Subclasses set `model_types` and `layer_keys` / `top_keys`, and implement `config`."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""  # what the README's table of families calls it
+    # (HF pattern after "model.layers.<i>.", ours after "layers.<i>."); groups as in re.sub
+    layer_keys: ClassVar[list[tuple[str, str]]] = []
+    top_keys: ClassVar[dict[str, str]] = {}
+    ignored: ClassVar[re.Pattern[str]] = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed
+    layer_prefix: ClassVar[str] = "model.layers"
+
+    def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
+        raise NotImplementedError
+
+    def map_key(self, key: str) -> str | None:
+        """An HF parameter name -> ours (None: it maps nowhere)."""
+        if key in self.top_keys:
+            return self.top_keys[key]
+        m = re.fullmatch(re.escape(self.layer_prefix) + r"\.(\d+)\.(.+)", key)
+        if m is not None:
+            for pattern, ours in self.layer_keys:
+                if re.fullmatch(pattern, m.group(2)):
+                    return f"layers.{m.group(1)}." + re.sub(pattern, ours, m.group(2))
+        return None
+
+
+def refuse_unmodelled(hf: dict[str, Any], fixed: list[tuple[str, tuple[Any, ...], str]]) -> None:
+    """`fixed`: (key, the values we implement, what another value would change). A setting we
+    do not model is refused, rather than computing another function."""
+    for key, allowed, what in fixed:
+        if hf.get(key) not in allowed:
+            raise HymbaBenchError(f"config.json: {key}={hf[key]!r} ({what}) is not supported")
+
+
+def rope_theta(hf: dict[str, Any]) -> float:
+    """transformers 5 keeps rotary settings in `rope_parameters`, 4 at the top level; only the
+    plain (unscaled) rotary is modelled for these families."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or params
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in (None, "default"):
+        raise HymbaBenchError(f"config.json: rope_type {kind!r} (scaled rotary positions) is not "
+                              "supported for this family")
+    return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+
+
+def need(hf: dict[str, Any], key: str, family: str) -> Any:
+    if key not in hf or hf[key] is None:
+        raise HymbaBenchError(f"config.json: missing {family} key {key!r}")
+    return hf[key]

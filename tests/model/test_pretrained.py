@@ -1,0 +1,113 @@
+"""Hugging Face checkpoints of the Llama layout family compute transformers' function: a tiny
+random model built by transformers from its own configuration class (offline), saved with
+`save_pretrained`, loaded by us. Logits and every cached decode step equal transformers' within
+1e-4 relative (fp32, prompts longer than any window), and greedy tokens are equal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hymba_bench.errors import HymbaBenchError
+from hymba_bench.model.generate import greedy_generate
+from hymba_bench.model.hf import config_from_checkpoint, is_hf_checkpoint, load_pretrained
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+             initializer_range=0.2, rms_norm_eps=1e-5)
+
+FAMILIES = {
+    "llama": lambda: transformers.LlamaConfig(**SMALL, rope_theta=500.0),
+    "llama-tied-wide-heads": lambda: transformers.LlamaConfig(**SMALL, head_dim=20,
+                                                              tie_word_embeddings=True),
+    "mistral-window-5": lambda: transformers.MistralConfig(**SMALL, sliding_window=5),
+    "qwen2": lambda: transformers.Qwen2Config(**SMALL),
+}
+
+
+def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
+    config = FAMILIES[name]()
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    if name == "qwen2":  # transformers initialises biases to zero: make them matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.2)
+    path = root / name
+    model.save_pretrained(path, safe_serialization=True)
+    return path, model
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    scale = theirs.abs().max()
+    assert ((ours - theirs).abs().max() / scale).item() < 1e-4
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_logits_decode_steps_and_greedy_tokens_equal_transformers(name: str, tmp_path: Path) -> None:
+    path, hf = save_hf(name, tmp_path)
+    assert is_hf_checkpoint(path)
+    ours = load_pretrained(path).eval()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits
+        close(ours(ids), want)
+        # prefill 7 tokens (past the window of 5), then one cached step per token
+        cache = ours.allocate_cache(2, 13)
+        steps = [ours(ids[:, :7], cache)] + [ours(ids[:, t:t + 1], cache) for t in range(7, 13)]
+        close(torch.cat(steps, 1), want)
+        got = greedy_generate(ours, ids[:, :6], max_new_tokens=8)
+        hf.generation_config.eos_token_id = None  # no early stop, as ours without eos_id
+        theirs = hf.generate(ids[:, :6], max_new_tokens=8, do_sample=False, pad_token_id=0)[:, 6:]
+    assert torch.equal(got, theirs)
+
+
+def test_the_design_comes_from_config_json_alone(tmp_path: Path) -> None:
+    path, _ = save_hf("mistral-window-5", tmp_path)
+    (path / "model.safetensors").unlink()
+    cfg = config_from_checkpoint(path)
+    assert cfg.name == "mistral-window-5" and cfg.sliding_window == 4  # 5 keys: q - k <= 4
+    assert all(spec.attention == "sliding" for spec in cfg.layers)
+    with pytest.raises(HymbaBenchError, match=r"no \*\.safetensors weights"):
+        load_pretrained(path)
+
+
+def test_loading_is_strict(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path, _ = save_hf("llama", tmp_path)
+    weights = load_file(path / "model.safetensors")
+    save_file({**weights, "model.layers.0.self_attn.rogue.weight": torch.zeros(2)},
+              path / "model.safetensors")
+    with pytest.raises(HymbaBenchError, match=re.escape("model.layers.0.self_attn.rogue.weight "
+                                                        "has no counterpart")):
+        load_pretrained(path)
+    save_file({k: v for k, v in weights.items() if k != "model.layers.2.mlp.up_proj.weight"},
+              path / "model.safetensors")
+    with pytest.raises(HymbaBenchError, match=re.escape("lacks 1 weights, e.g. layers.2.ffn.up_proj.weight")):
+        load_pretrained(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hidden_act", "gelu", "hidden_act='gelu' .another FFN activation. is not supported"),
+    ("mlp_bias", True, "mlp_bias=True"),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "rope_type 'llama3'"),
+    ("model_type", "gpt2", "model_type 'gpt2' is not supported"),
+])
+def test_unmodelled_settings_are_refused(key: str, value: object, message: str,
+                                         tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("llama", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
