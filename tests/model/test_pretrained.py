@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints of the Llama layout family compute transformers' function: a tiny
+"""Hugging Face checkpoints compute transformers' function (Llama, Mistral, Qwen2, Mamba, Mamba-2): a tiny
 random model built by transformers from its own configuration class (offline), saved with
 `save_pretrained`, loaded by us. Logits and every cached decode step equal transformers' within
 1e-4 relative (fp32, prompts longer than any window), and greedy tokens are equal."""
@@ -21,12 +21,18 @@ SMALL = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_lay
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
              initializer_range=0.2, rms_norm_eps=1e-5)
 
+SSM = dict(vocab_size=97, hidden_size=48, num_hidden_layers=3, state_size=8, expand=2,
+           initializer_range=0.2, layer_norm_epsilon=1e-5)
+
 FAMILIES = {
     "llama": lambda: transformers.LlamaConfig(**SMALL, rope_theta=500.0),
     "llama-tied-wide-heads": lambda: transformers.LlamaConfig(**SMALL, head_dim=20,
                                                               tie_word_embeddings=True),
     "mistral-window-5": lambda: transformers.MistralConfig(**SMALL, sliding_window=5),
     "qwen2": lambda: transformers.Qwen2Config(**SMALL),
+    "mamba": lambda: transformers.MambaConfig(**SSM, time_step_rank=5),
+    "mamba2": lambda: transformers.Mamba2Config(**SSM, num_heads=8, head_dim=12, n_groups=2,
+                                                chunk_size=4, tie_word_embeddings=True),
 }
 
 
@@ -106,6 +112,23 @@ def test_unmodelled_settings_are_refused(key: str, value: object, message: str,
     import json
 
     path, _ = save_hf("llama", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("time_step_limit", [0.0, 8.0], r"time_step_limit=.* \(dt clamped\)"),
+    ("num_heads", 4, "num_heads \\* head_dim = 48 is not expand \\* hidden_size = 96"),
+    ("use_conv_bias", False, "a convolution without bias"),
+])
+def test_unmodelled_mamba2_settings_are_refused(key: str, value: object, message: str,
+                                                tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("mamba2", tmp_path)
     raw = json.loads((path / "config.json").read_text())
     raw[key] = value
     (path / "config.json").write_text(json.dumps(raw))

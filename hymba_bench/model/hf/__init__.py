@@ -29,6 +29,8 @@ ADAPTERS: dict[str, str] = {
     "llama": "hymba_bench.model.hf.llama:LlamaAdapter",
     "mistral": "hymba_bench.model.hf.llama:MistralAdapter",
     "qwen2": "hymba_bench.model.hf.llama:Qwen2Adapter",
+    "mamba": "hymba_bench.model.hf.mamba:MambaAdapter",
+    "mamba2": "hymba_bench.model.hf.mamba:Mamba2Adapter",
 }
 
 
