@@ -35,7 +35,16 @@ from hymba_bench.bench.stages import CacheStage, ThroughputStage
 from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.design.masks import window_keys
-from hymba_bench.design.registry import ResolvedVariant, get_profile, get_variant, names, resolve, variants
+from hymba_bench.design.registry import (
+    ResolvedVariant,
+    checkpoint_path,
+    checkpoint_variant,
+    get_profile,
+    get_variant,
+    names,
+    resolve,
+    variants,
+)
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.files import write_atomic
@@ -196,7 +205,8 @@ def select_variants(spec: str, variant_files: list[Path] | None = None) -> list[
     """Names and groups, comma-separated -> validated names (unknown ones raise, listing the valid).
 
     `all`: the registered roadmap plus any user design files; `others`: the registered designs
-    outside the roadmap (Jamba, Zamba, StripedHyena, Samba).
+    outside the roadmap (Jamba, Zamba, StripedHyena, Samba). A Hugging Face checkpoint's path
+    (its directory or config.json) is a design too: it is added to `variant_files`.
     """
     chosen: list[str] = []
     for item in (s.strip() for s in spec.split(",")):
@@ -205,6 +215,12 @@ def select_variants(spec: str, variant_files: list[Path] | None = None) -> list[
         elif item == "others":
             chosen += [n for n, v in variants(variant_files).items()
                        if v.keys.get("table_section") == "other" and v.keys.get("in_all") is False]
+        elif item and checkpoint_path(item) is not None and variant_files is not None:
+            # a checkpoint given as a design: its config.json joins the design files
+            path = Path(item)
+            if path not in variant_files:
+                variant_files.append(path)
+            chosen.append(checkpoint_variant(path).name)
         elif item:
             get_variant(item, variant_files)
             chosen.append(item)
@@ -303,6 +319,14 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
     report = report or Silent()
     get_profile(opts.profile)
     resolved = [resolve(name, opts.profile, opts.variant_files) for name in opts.variants]
+    if "accuracy" not in opts.skip:
+        for rv in resolved:
+            if checkpoint_path(rv.variant.path) is not None:
+                # proxy training would measure the architecture from scratch, not the weights
+                raise HymbaBenchError(
+                    f"{rv.variant.name}: a checkpoint's accuracy is its weights' (`hymba-bench "
+                    f"eval --checkpoint {rv.variant.path.parent}`); run it with --skip accuracy",
+                    param="variants")
     stages = plan_stages(opts, resolved, report)
     run_dir = RunDir(opts.out)
     executor = make_executor(opts.executor, run_dir.path, opts.executor_options)

@@ -14,6 +14,7 @@ imports torch, so listing and inspecting designs is instant.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -144,7 +145,35 @@ def profiles() -> dict[str, Profile]:
     return out
 
 
+def checkpoint_path(name: str | Path) -> Path | None:
+    """`name` as a Hugging Face checkpoint given as a design: a directory holding config.json,
+    or a .json file; None when it is not a path to one."""
+    path = Path(name)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.suffix == ".json" and path.is_file():
+        return path
+    return None
+
+
+def checkpoint_variant(path: Path) -> Variant:
+    """A checkpoint's config.json as a fixed-size design, named after its directory."""
+    from hymba_bench.model.hf import config_from_checkpoint
+
+    folder = path if path.is_dir() else path.parent
+    label = re.sub(r"[^A-Za-z0-9._+-]", "-", folder.resolve().name).lstrip("._+-")[:100] or "hf"
+    cfg = config_from_checkpoint(path, label)
+    keys: dict[str, Any] = {k: v for k, v in cfg.to_dict().items()
+                            if k in _config_keys() and k not in ("name", "description")}
+    keys.update(cfg.mixer_options)  # the per-mixer blocks, as a design file gives them
+    keys.update(name=label, description=cfg.description, table_label=label,
+                table_section="other", fixed_size=True, in_all=False)
+    return Variant(name=label, path=path if path.is_file() else path / "config.json", keys=keys)
+
+
 def _variant_from_file(path: Path) -> Variant:
+    if checkpoint_path(path) is not None:
+        return checkpoint_variant(Path(path))
     data = _load_yaml(path, "design file")
     check_name(data.get("name"), str(path))  # it becomes folder names under the run directory
     allowed = set(META_KEYS) | _config_keys() | set(mixers.names())
@@ -227,7 +256,13 @@ def _chain(variant: Variant, table: dict[str, Variant]) -> list[Variant]:
 
 def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = None,
             **overrides: Any) -> ResolvedVariant:
+    """A registered name, a user design file's name, or a Hugging Face checkpoint's path (its
+    directory or config.json) -> the design at `profile` (a checkpoint has a fixed size)."""
     table = variants(extra_files)
+    if name not in table and (ckpt := checkpoint_path(name)) is not None:
+        variant = checkpoint_variant(ckpt)
+        table[variant.name] = variant
+        name = variant.name
     if name not in table:
         raise _unknown("variant", name, sorted(table))
     variant = table[name]

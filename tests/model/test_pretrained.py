@@ -134,3 +134,23 @@ def test_unmodelled_mamba2_settings_are_refused(key: str, value: object, message
     (path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(HymbaBenchError, match=message):
         config_from_checkpoint(path)
+
+
+def test_a_checkpoint_is_a_design_wherever_a_name_goes(tmp_path: Path) -> None:
+    """Its directory or its config.json: a fixed-size design named after the directory, added
+    to the design files so the run's later stages resolve it by that name."""
+    from hymba_bench.design.registry import resolve
+    from hymba_bench.runner import RunOptions, run, select_variants
+
+    path, _ = save_hf("mamba2", tmp_path)
+    for given in (path, path / "config.json"):
+        rv = resolve(str(given), "tiny")
+        assert rv.config.name == "mamba2" and rv.info["table_label"] == "mamba2"
+        assert rv.config.layout == ["mamba2"] and rv.config.options("mamba2").n_groups == 2
+    files: list[Path] = []
+    assert select_variants(f"llama,{path}", files) == ["llama", "mamba2"]
+    assert files == [path]
+    assert resolve("mamba2", "tiny", files).config.d_model == SMALL["hidden_size"]
+    with pytest.raises(HymbaBenchError, match="a checkpoint's accuracy is its weights'"):
+        run(RunOptions(variants=["mamba2"], variant_files=files, out=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before any work
