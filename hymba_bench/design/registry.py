@@ -157,11 +157,14 @@ def checkpoint_path(name: str | Path) -> Path | None:
 
 
 def checkpoint_variant(path: Path) -> Variant:
-    """A checkpoint's config.json as a fixed-size design, named after its directory."""
+    """A checkpoint's config.json as a fixed-size design, named after its directory (with
+    `-hf` appended where that is a registered name)."""
     from hymba_bench.model.hf import config_from_checkpoint
 
     folder = path if path.is_dir() else path.parent
-    label = re.sub(r"[^A-Za-z0-9._+-]", "-", folder.resolve().name).lstrip("._+-")[:100] or "hf"
+    label = re.sub(r"[^A-Za-z0-9._+-]", "-", folder.resolve().name).lstrip("._+-")[:97] or "hf"
+    if label in _builtin_variants():  # a folder called `llama` is not the registered row
+        label += "-hf"
     cfg = config_from_checkpoint(path, label)
     keys: dict[str, Any] = {k: v for k, v in cfg.to_dict().items()
                             if k in _config_keys() and k not in ("name", "description")}
@@ -348,4 +351,6 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
         "cache_seq_len": cache_seq,
         "fixed_size": merged.get("fixed_size") is True,
     }
+    if checkpoint_path(variant.path) is not None:  # a checkpoint's config.json
+        info["checkpoint"] = str(variant.path.parent)
     return ResolvedVariant(variant=variant, profile=prof, config=config, info=info)

@@ -66,6 +66,9 @@ FIELDS: dict[str, str] = {
     "design_reason": "Table 1's design-reason column",
     "order": f"row position (absent: {ORDER_DEFAULT})",
     "variant_file": "the design file the variant came from",
+    "checkpoint": "a released model's directory, where the design is a checkpoint",
+    "config_sha256": "SHA-256 of that checkpoint's config.json",
+    "weights_sha256": "SHA-256 over that checkpoint's *.safetensors files, in name order",
     # notes
     "stage": "the stage a note is about",
     "metric_missing": "the metric a note stands for (it cannot be measured here)",
@@ -496,6 +499,12 @@ class RunDir:
 
 def placement(rv: Any, profile: str) -> dict[str, Any]:
     """A design's (a `ResolvedVariant`'s) place in the tables, carried by each of its records."""
-    return {"profile": profile, "table_label": rv.info["table_label"],
-            "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
-            "order": rv.variant.keys.get("order", ORDER_DEFAULT), "variant_file": str(rv.variant.path)}
+    where = {"profile": profile, "table_label": rv.info["table_label"],
+             "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
+             "order": rv.variant.keys.get("order", ORDER_DEFAULT),
+             "variant_file": str(rv.variant.path)}
+    if rv.info.get("checkpoint"):  # a released model: which files, exactly
+        from hymba_bench.model.hf import fingerprint
+
+        where.update(fingerprint(Path(rv.info["checkpoint"])))
+    return where

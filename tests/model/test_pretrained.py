@@ -154,3 +154,21 @@ def test_a_checkpoint_is_a_design_wherever_a_name_goes(tmp_path: Path) -> None:
     with pytest.raises(HymbaBenchError, match="a checkpoint's accuracy is its weights'"):
         run(RunOptions(variants=["mamba2"], variant_files=files, out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_records_name_the_checkpoint_files_they_measured(tmp_path: Path) -> None:
+    import hashlib
+
+    from hymba_bench.runner import RunOptions, run, select_variants
+
+    path, _ = save_hf("llama", tmp_path)
+    files: list[Path] = []
+    names = select_variants(str(path), files)
+    run_dir = run(RunOptions(variants=names, variant_files=files, out=tmp_path / "run",
+                             skip={"accuracy", "throughput"}))
+    record = next(r for r in run_dir.records() if r.kind == "metric")
+    assert record.fields["checkpoint"] == str(path)
+    assert record.fields["config_sha256"] == hashlib.sha256(
+        (path / "config.json").read_bytes()).hexdigest()
+    assert len(record.fields["weights_sha256"]) == 64
+    assert names == ["llama-hf"] and record.fields["table_label"] == "llama-hf"  # not the row

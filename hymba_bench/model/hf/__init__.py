@@ -74,6 +74,25 @@ def config_from_checkpoint(path: Path, name: str | None = None) -> ModelConfig:
     return adapter_for(raw["model_type"]).config(raw, label)
 
 
+def fingerprint(path: Path) -> dict[str, str | None]:
+    """What a record says of the checkpoint it measured: its directory, the SHA-256 of its
+    config.json, and one over its *.safetensors files in name order (None without weights)."""
+    import hashlib
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = sorted(folder.glob("*.safetensors"))
+    digest = hashlib.sha256()
+    for file in weights:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    config = (folder / "config.json").read_bytes()
+    return {"checkpoint": str(folder), "config_sha256": hashlib.sha256(config).hexdigest(),
+            "weights_sha256": digest.hexdigest() if weights else None}
+
+
 def load_pretrained(path: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None) -> HybridLM:
     """Our model of a Hugging Face checkpoint directory, its weights loaded strictly."""
@@ -115,5 +134,5 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None,
     return model
 
 
-__all__ = ["ADAPTERS", "adapter_for", "config_from_checkpoint", "is_hf_checkpoint",
-           "load_pretrained", "read_hf_config"]
+__all__ = ["ADAPTERS", "adapter_for", "config_from_checkpoint", "fingerprint",
+           "is_hf_checkpoint", "load_pretrained", "read_hf_config"]
