@@ -66,7 +66,7 @@ FIELDS: dict[str, str] = {
     "design_reason": "Table 1's design-reason column",
     "order": f"row position (absent: {ORDER_DEFAULT})",
     "variant_file": "the design file the variant came from",
-    "checkpoint": "a released model's directory, where the design is a checkpoint",
+    "hf_checkpoint": "a released model's directory, where the design is a checkpoint",
     "config_sha256": "SHA-256 of that checkpoint's config.json",
     "weights_sha256": "SHA-256 over that checkpoint's *.safetensors files, in name order",
     # notes

@@ -167,7 +167,7 @@ def test_records_name_the_checkpoint_files_they_measured(tmp_path: Path) -> None
     run_dir = run(RunOptions(variants=names, variant_files=files, out=tmp_path / "run",
                              skip={"accuracy", "throughput"}))
     record = next(r for r in run_dir.records() if r.kind == "metric")
-    assert record.fields["checkpoint"] == str(path)
+    assert record.fields["hf_checkpoint"] == str(path)
     assert record.fields["config_sha256"] == hashlib.sha256(
         (path / "config.json").read_bytes()).hexdigest()
     assert len(record.fields["weights_sha256"]) == 64

@@ -89,7 +89,7 @@ def fingerprint(path: Path) -> dict[str, str | None]:
             while block := f.read(1 << 20):
                 digest.update(block)
     config = (folder / "config.json").read_bytes()
-    return {"checkpoint": str(folder), "config_sha256": hashlib.sha256(config).hexdigest(),
+    return {"hf_checkpoint": str(folder), "config_sha256": hashlib.sha256(config).hexdigest(),
             "weights_sha256": digest.hexdigest() if weights else None}
 
 
