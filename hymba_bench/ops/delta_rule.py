@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hymba_bench.ops import cpu_kernel
+from hymba_bench.ops.workspace import Workspace, no_buffer
 
 # Intermediates per span, in floats (4 MB).
 _SPAN_ELEMENTS = 1 << 20
@@ -73,61 +74,105 @@ def gated_delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: T
     total = length + pad
     per_token = batch * heads * max(c, dk + dv, dk * dv // c, 1)
     span = c * (span_chunks or max(1, _SPAN_ELEMENTS // (per_token * c)))
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state))
+    ws = None if grad else Workspace(vf)
     state = (initial_state.float() if initial_state is not None
              else vf.new_zeros(batch, heads, dk, dv))
-    upto = torch.ones(c, c, dtype=torch.bool, device=k.device).tril()
+    # above the diagonal exp(G_i - G_j) is exp(-inf) = 0: a step does not reach a later one
+    upper = torch.full((c, c), float("-inf"), device=k.device).triu(1)
+    out = ws.take("out", (batch, total, heads, dv)) if ws else None
     outs = []
     for s0 in range(0, total, span):
         part = slice(s0, min(total, s0 + span))
         o, state = _span(qf[:, part], kf[:, part], vf[:, part], gf[:, part], bf[:, part], state,
-                         upto)
+                         upper, ws, None if out is None else out[:, part])
         outs.append(o)
-    o = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+    o = out if out is not None else torch.cat(outs, 1) if len(outs) > 1 else outs[0]
     return o[:, :length].to(v.dtype), state
 
 
 def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Tensor,
-          upto: Tensor) -> tuple[Tensor, Tensor]:
+          upper: Tensor, ws: Workspace | None, out: Tensor | None) -> tuple[Tensor, Tensor]:
     """Whole chunks: q, k (B, nC, H, K), v (B, nC, H, V), g, beta (B, nC, H), the state entering
-    (B, H, K, V) -> (o (B, nC, H, V), the state after)."""
+    (B, H, K, V) -> (o (B, nC, H, V), the state after). With a workspace (no autograd) every
+    intermediate is written in place into it and o into `out`."""
     batch, length, heads, dk = kf.shape
     dv = vf.shape[-1]
-    c = upto.shape[0]
+    c = upper.shape[0]
     n = length // c
+    buf = ws.take if ws else no_buffer
 
-    def chunks(t: Tensor) -> Tensor:  # (B, L, H, ...) -> (n, B, H, C, ...): a chunk's slice contiguous
-        return t.reshape(batch, n, c, heads, *t.shape[3:]) \
-            .permute(1, 0, 3, 2, *range(4, t.dim() + 1)).contiguous()
+    def inplace(t: Tensor) -> Tensor | None:
+        return t if ws else None
 
-    qc, kc, vc, gc, bc = chunks(qf), chunks(kf), chunks(vf), chunks(gf), chunks(bf)
-    G = gc.cumsum(-1)  # (n, B, H, C)
+    def chunks(name: str, t: Tensor) -> Tensor:  # (B, L, H, ...) -> (n, B, H, C, ...), contiguous
+        view = t.reshape(batch, n, c, heads, *t.shape[3:]).permute(
+            1, 0, 3, 2, *range(4, t.dim() + 1))
+        return buf(name, tuple(view.shape)).copy_(view) if ws else view.contiguous()
+
+    qc, kc, vc = chunks("q", qf), chunks("k", kf), chunks("v", vf)
+    gc, bc = chunks("g", gf), chunks("beta", bf)  # (n, B, H, C)
+    G = gc.cumsum(-1)
     eG = torch.exp(G)
-    gap = G[..., :, None] - G[..., None, :]  # G_i - G_j
-    decay_in = torch.exp(gap.masked_fill(~upto, float("-inf")))  # exp(G_i - G_j), j <= i
-    A = (bc[..., :, None] * (kc @ kc.transpose(-1, -2))) * decay_in.tril(-1)
-    system = A + torch.eye(c, device=kf.device)  # unit lower triangular
+    square = (n, batch, heads, c, c)
+    decay = torch.sub(G[..., :, None], G[..., None, :], out=buf("decay", square))
+    decay = torch.add(decay, upper, out=inplace(decay))
+    decay = torch.exp(decay, out=inplace(decay))  # exp(G_i - G_j), j <= i
+    # (I + A) U = b (V - exp(G) K S_0), A_ij = b_i exp(G_i - G_j) k_i.k_j below the diagonal.
+    # solve_triangular reads only the strict lower triangle (unitriangular), so A needs no mask.
+    A = torch.matmul(kc, kc.transpose(-1, -2), out=buf("A", square))
+    A = torch.mul(A, bc[..., :, None], out=inplace(A))
+    A = torch.mul(A, decay, out=inplace(A))
     # U = W_v - W_k S_0: both right-hand sides solved at once, for every chunk
-    rhs = torch.cat([bc[..., None] * vc, (bc * eG)[..., None] * kc], dim=-1)
-    w = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    qk = (qc @ kc.transpose(-1, -2)) * decay_in  # (n, B, H, C, C)
-    k_end = (kc * torch.exp(G[..., -1:] - G)[..., None]).transpose(-1, -2)  # (n, B, H, K, C)
+    if ws:
+        rhs = buf("rhs", (n, batch, heads, c, dv + dk))
+        torch.mul(vc, bc[..., None], out=rhs[..., :dv])
+        torch.mul(kc, (bc * eG)[..., None], out=rhs[..., dv:])
+    else:
+        rhs = torch.cat([bc[..., None] * vc, (bc * eG)[..., None] * kc], dim=-1)
+    w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True,
+                                      out=buf("w", tuple(rhs.shape)))
+    qk = torch.matmul(qc, kc.transpose(-1, -2), out=buf("qk", square))
+    qk = torch.mul(qk, decay, out=inplace(qk))
+    k_end = torch.mul(kc, torch.exp(G[..., -1:] - G)[..., None], out=buf("k_end", tuple(kc.shape)))
     # With U = W_v - W_k S_0 substituted, everything but S_0 is known before the chunks' loop:
     #   O = O_in + Q_eff S_0,   O_in = QK W_v,   Q_eff = exp(G) Q - QK W_k
     #   S_C = T S_0 + K_end W_v,   T = exp(G_C) I - K_end W_k
     # so the loop is one (K x K) @ (K x V) product per chunk and the read-out one batched product.
-    qkw, kw = qk @ w, k_end @ w  # [O_in | QK W_k], [K_end W_v | K_end W_k]
-    o_in, q_eff = qkw[..., :dv], eG[..., None] * qc - qkw[..., dv:]
+    qkw = torch.matmul(qk, w, out=buf("qkw", tuple(w.shape)))  # [O_in | QK W_k]
+    kw = torch.matmul(k_end.transpose(-1, -2), w,  # [K_end W_v | K_end W_k]
+                      out=buf("kw", (n, batch, heads, dk, dv + dk)))
+    o_in = qkw[..., :dv]
+    q_eff = torch.mul(qc, eG[..., None], out=buf("q_eff", tuple(qc.shape)))
+    q_eff = torch.sub(q_eff, qkw[..., dv:], out=inplace(q_eff))
     write = kw[..., :dv].reshape(n, batch * heads, dk, dv)
-    eye = torch.eye(dk, device=kf.device)
-    trans = (torch.exp(G[..., -1])[..., None, None] * eye - kw[..., dv:]).reshape(
-        n, batch * heads, dk, dk)
+    trans = torch.neg(kw[..., dv:], out=buf("trans", (n, batch, heads, dk, dk)))
+    if ws:
+        trans.diagonal(dim1=-2, dim2=-1).add_(torch.exp(G[..., -1])[..., None])
+    else:
+        trans = trans + torch.exp(G[..., -1])[..., None, None] * torch.eye(dk, device=kf.device)
+    trans = trans.reshape(n, batch * heads, dk, dk)
     state = state.reshape(batch * heads, dk, dv)
-    entering = []
-    for write_i, trans_i in zip(write.unbind(0), trans.unbind(0), strict=True):  # only the state is carried
-        entering.append(state)
-        state = torch.baddbmm(write_i, trans_i, state)
-    states = torch.stack(entering).view(n, batch, heads, dk, dv)
-    o = o_in + q_eff @ states  # (n, B, H, C, V)
+    if ws:  # the states entering the chunks, each written into its slot
+        states = buf("states", (n, batch * heads, dk, dv))
+        slots = states.unbind(0)
+        slots[0].copy_(state)
+        for i in range(1, n):
+            torch.baddbmm(write[i - 1], trans[i - 1], slots[i - 1], out=slots[i])
+        state = torch.baddbmm(write[-1], trans[-1], slots[-1])
+    else:
+        entering = []
+        for write_i, trans_i in zip(write.unbind(0), trans.unbind(0), strict=True):
+            entering.append(state)
+            state = torch.baddbmm(write_i, trans_i, state)
+        states = torch.stack(entering)
+    o = torch.matmul(q_eff, states.view(n, batch, heads, dk, dv),
+                     out=buf("o", (n, batch, heads, c, dv)))
+    o = torch.add(o, o_in, out=inplace(o))  # (n, B, H, C, V)
+    if out is not None:
+        out.view(batch, n, c, heads, dv).copy_(o.permute(1, 0, 3, 2, 4))
+        return out, state.view(batch, heads, dk, dv)
     return (o.permute(1, 0, 3, 2, 4).reshape(batch, n * c, heads, dv),
             state.view(batch, heads, dk, dv))
 

@@ -22,11 +22,11 @@ B and C (B, L, G, N), D (H,); states (B, H, P, N). Everything is computed in flo
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hymba_bench.ops.workspace import Workspace, no_buffer
 
 # Intermediates per span, in floats (4 MB): see ssd_chunked.
 _SPAN_ELEMENTS = 1 << 20
@@ -95,7 +95,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     span = q * (span_chunks or _span_chunks(batch, heads, p, n, q))
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, initial_state))
-    ws = None if grad else _Workspace(xf)
+    ws = None if grad else Workspace(xf)
     # above the diagonal the decay matrix is exp(-inf) = 0: a later step does not reach back
     upper = torch.full((q, q), float("-inf"), device=x.device).triu(1)
     state = (initial_state.float() if initial_state is not None
@@ -115,7 +115,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
 
 
 def _ssd_span(xs: Tensor, dts: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, state: Tensor,
-              upper: Tensor, r: int, ws: _Workspace | None, out: Tensor | None
+              upper: Tensor, r: int, ws: Workspace | None, out: Tensor | None
               ) -> tuple[Tensor, Tensor]:
     """One span of c whole chunks: xs (b, cQ, H, P), dts (b, cQ, H), Bs and Cs (b, cQ, g, N),
     the state entering it (b, H, P, N) -> (y (b, cQ, H, P) without the D skip, the state after)."""
@@ -123,7 +123,7 @@ def _ssd_span(xs: Tensor, dts: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, state:
     groups, n = Bs.shape[2], Bs.shape[3]
     q = upper.shape[0]
     c = xs.shape[1] // q
-    o = ws.take if ws else _no_buffer
+    o = ws.take if ws else no_buffer
     xs = xs.reshape(batch, c, q, heads, p)
     dts = dts.reshape(batch, c, q, heads)
     Bc = Bs.reshape(batch, c, q, groups, n).transpose(2, 3)  # (b, c, g, Q, N)
@@ -183,26 +183,6 @@ def _ssd_span(xs: Tensor, dts: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, state:
     y = torch.addcmul(y.transpose(2, 3), y_in, torch.exp(acs)[..., None],
                       out=None if out is None else out.view(batch, c, q, heads, p))
     return y.reshape(batch, c * q, heads, p), state
-
-
-def _no_buffer(name: str, shape: tuple[int, ...]) -> None:
-    return None
-
-
-class _Workspace:
-    """Buffers reused by every span of one call, each sized by its first (largest) request."""
-
-    def __init__(self, like: Tensor) -> None:
-        self.like = like
-        self.buffers: dict[str, Tensor] = {}
-
-    def take(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        numel = math.prod(shape)
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < numel:
-            buf = self.like.new_empty(numel)
-            self.buffers[name] = buf
-        return buf[:numel].view(shape)
 
 
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
