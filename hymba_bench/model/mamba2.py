@@ -14,10 +14,11 @@ cache's dtype.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hymba_bench import ops
@@ -37,9 +38,13 @@ class Mamba2Options:
     n_groups: int = 1  # G: groups of heads sharing B and C
     chunk_size: int = 64  # Q of the chunked scan (the CPU's best; mamba-ssm's kernels use 256)
     norm_eps: float = 1e-5
+    # H set directly (then d_ssm = H P, whatever expand says), as Nemotron-H's mamba_num_heads
+    n_heads: int | None = None
+    # dt clamped from below after its softplus (mamba-ssm's dt_limit[0]; Nemotron-H's time_step_min)
+    dt_min: float = field(default=0.0, metadata={"min": 0.0})
 
     def d_ssm(self, cfg: ModelConfig) -> int:
-        return self.expand * cfg.d_model
+        return self.n_heads * self.head_dim if self.n_heads else self.expand * cfg.d_model
 
     def heads(self, cfg: ModelConfig) -> int:
         return self.d_ssm(cfg) // self.head_dim
@@ -88,7 +93,7 @@ class Mamba2Core(nn.Module):
         """Per sequence: d_conv - 1 past inputs of each of the conv's d_ssm + 2 G N channels, and
         H P N = d_ssm N SSM values (the spec's (d_ssm + 2GN) x K and H x P x N, with K - 1)."""
         o: Mamba2Options = cfg.options("mamba2")
-        d_ssm = o.expand * cfg.d_model
+        d_ssm = o.n_heads * o.head_dim if o.n_heads else o.expand * cfg.d_model
         return (d_ssm + 2 * o.n_groups * o.d_state) * (o.d_conv - 1) + d_ssm * o.d_state
 
     @torch.no_grad()
@@ -106,6 +111,10 @@ class Mamba2Core(nn.Module):
         o = self.opts
         z, xbc, dt = proj.split([self.d_ssm, self.d_ssm + 2 * self.bc, self.heads], dim=-1)
         A = -torch.exp(self.A_log.float())  # (H,)
+        dt_bias: Tensor | None = self.dt_bias
+        if o.dt_min > 0.0:  # the clamp after the softplus, so both are done here
+            dt, dt_bias = F.softplus(dt.float() + self.dt_bias.float()).clamp(min=o.dt_min), None
+        softplus = dt_bias is not None
         weight = self.conv1d.weight.squeeze(1)  # (C, K)
         batch, length = proj.shape[:2]
         if decode:
@@ -116,7 +125,7 @@ class Mamba2Core(nn.Module):
             y = ops.ssd_state_update(cache.state["ssm"], x.view(batch, self.heads, o.head_dim),
                                      dt[:, 0], A, b.view(batch, o.n_groups, o.d_state),
                                      c.view(batch, o.n_groups, o.d_state), self.D,
-                                     self.dt_bias, dt_softplus=True)
+                                     dt_bias, dt_softplus=softplus)
             y = y.reshape(batch, 1, self.d_ssm)
         else:
             raw = xbc.transpose(1, 2)  # (B, C, L)
@@ -125,7 +134,7 @@ class Mamba2Core(nn.Module):
             y, last = ops.ssd(x.reshape(batch, length, self.heads, o.head_dim), dt, A,
                               b.reshape(batch, length, o.n_groups, o.d_state),
                               c.reshape(batch, length, o.n_groups, o.d_state), self.D,
-                              self.dt_bias, dt_softplus=True, chunk_size=o.chunk_size)
+                              dt_bias, dt_softplus=softplus, chunk_size=o.chunk_size)
             y = y.reshape(batch, length, self.d_ssm)
             if cache is not None:
                 cache.state["conv"].copy_(ops.conv_state_from_prefix(raw, weight.shape[1]))

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints compute transformers' function (Llama, Mistral, Qwen2, Mamba, Mamba-2): a tiny
+"""Hugging Face checkpoints compute transformers' function (Llama, Mistral, Qwen2, Mamba, Mamba-2,
+Nemotron-H): a tiny
 random model built by transformers from its own configuration class (offline), saved with
 `save_pretrained`, loaded by us. Logits and every cached decode step equal transformers' within
 1e-4 relative (fp32, prompts longer than any window), and greedy tokens are equal."""
@@ -33,7 +34,16 @@ FAMILIES = {
     "mamba": lambda: transformers.MambaConfig(**SSM, time_step_rank=5),
     "mamba2": lambda: transformers.Mamba2Config(**SSM, num_heads=8, head_dim=12, n_groups=2,
                                                 chunk_size=4, tie_word_embeddings=True),
+    # Mamba-2's width (6 heads of 12) is not expand * hidden_size, as in Nemotron-H 4B
+    "nemotron_h": lambda: transformers.NemotronHConfig(
+        vocab_size=97, hidden_size=48, intermediate_size=80, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=12, ssm_state_size=8, mamba_num_heads=6, mamba_head_dim=12,
+        n_groups=2, chunk_size=4, max_position_embeddings=64, initializer_range=0.2,
+        layers_block_type=["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"]),
 }
+# dt's floor reached by most steps, so that the clamp is part of the function compared
+FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
+    **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
 
 
 def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
@@ -71,7 +81,12 @@ def test_logits_decode_steps_and_greedy_tokens_equal_transformers(name: str, tmp
         close(torch.cat(steps, 1), want)
         got = greedy_generate(ours, ids[:, :6], max_new_tokens=8)
         hf.generation_config.eos_token_id = None  # no early stop, as ours without eos_id
-        theirs = hf.generate(ids[:, :6], max_new_tokens=8, do_sample=False, pad_token_id=0)[:, 6:]
+        # transformers' Nemotron-H decode step skips the dt floor its prefill applies, so where the
+        # floor matters its own cached generation leaves its forward's function: compare with
+        # generation by whole forwards there
+        cached = name != "nemotron_h-dt-floor"
+        theirs = hf.generate(ids[:, :6], max_new_tokens=8, do_sample=False, pad_token_id=0,
+                             use_cache=cached)[:, 6:]
     assert torch.equal(got, theirs)
 
 
@@ -172,3 +187,44 @@ def test_records_name_the_checkpoint_files_they_measured(tmp_path: Path) -> None
         (path / "config.json").read_bytes()).hexdigest()
     assert len(record.fields["weights_sha256"]) == 64
     assert names == ["llama-hf"] and record.fields["table_label"] == "llama-hf"  # not the row
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("layers_block_type", ["linear_attention", "moe"], "a 'moe' layer"),
+    ("layers_block_type", ["linear_attention", "conv"], "layer type 'conv' is not one of"),
+    ("mlp_hidden_act", "gelu", "another MLP activation"),
+    ("num_nextn_predict_layers", 1, "multi-token prediction"),
+])
+def test_unmodelled_nemotron_h_settings_are_refused(key: str, value: object, message: str,
+                                                    tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("nemotron_h", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
+def test_an_older_nemotron_h_config_reads_its_pattern(tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("nemotron_h", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    del raw["layers_block_type"]
+    raw["hybrid_override_pattern"] = "M-*-M"
+    (path / "config.json").write_text(json.dumps(raw))
+    cfg = config_from_checkpoint(path)
+    assert cfg.layout == ["mamba2", "mlp", "attention", "mlp", "mamba2"]
+    assert cfg.options("mamba2").n_heads == 6 and cfg.options("mamba2").d_ssm(cfg) == 72
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_cache_formula_equals_the_allocation(name: str, tmp_path: Path) -> None:
+    from hymba_bench.model.cache import cache_bytes
+
+    path, _ = save_hf(name, tmp_path)
+    model = load_pretrained(path)
+    cache = model.allocate_cache(3, 20)
+    assert cache.nbytes() == cache_bytes(model.cfg, 3, 20, cache.dtype)

@@ -31,6 +31,7 @@ ADAPTERS: dict[str, str] = {
     "qwen2": "hymba_bench.model.hf.llama:Qwen2Adapter",
     "mamba": "hymba_bench.model.hf.mamba:MambaAdapter",
     "mamba2": "hymba_bench.model.hf.mamba:Mamba2Adapter",
+    "nemotron_h": "hymba_bench.model.hf.nemotron_h:NemotronHAdapter",
 }
 
 
