@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from hymba_bench import ops
-from hymba_bench.design.config import LayerSpec, ModelConfig
+from hymba_bench.design.config import ConfigError, LayerSpec, ModelConfig
 from hymba_bench.design.masks import visible
 from hymba_bench.model.context import Context
 from hymba_bench.model.layers import Rotary
@@ -85,6 +85,14 @@ class AttentionOptions:
     output_gate: bool = False
     # biases on the query, key and value projections (Qwen2's layers)
     qkv_bias: bool = False
+    # the channels of each head that rotary positions turn, the first ones (partial rotary:
+    # Bamba's half, Qwen3-Next's quarter); null: all d_qk
+    rope_dim: int | None = None
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if self.rope_dim is not None and (self.rope_dim % 2 or self.rope_dim > cfg.d_qk):
+            raise ConfigError(f"rope_dim: expected an even number of channels up to d_qk = "
+                              f"{cfg.d_qk}, got {self.rope_dim}")
 
 
 class Attention(nn.Module):
@@ -106,7 +114,8 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=bias)
             self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=bias)  # type: ignore[operator]
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
-        self.rotary = Rotary(cfg.d_qk, cfg.rope_theta, cfg.rope_scaling, enabled=cfg.rope)
+        self.rotary = Rotary(opts.rope_dim or cfg.d_qk, cfg.rope_theta, cfg.rope_scaling,
+                             enabled=cfg.rope)
 
     @staticmethod
     def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:

@@ -41,11 +41,15 @@ class Rotary(nn.Module):
         return angles.cos(), angles.sin()
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        """x: (B, L, heads, d) -> x rotated by its absolute positions `ctx.positions`."""
+        """x: (B, L, heads, d) -> x rotated by its absolute positions `ctx.positions`; where d is
+        wider than the table's dim (partial rotary), its first dim channels, the rest as they are."""
         if not self.enabled:
             return x
         if self.key not in ctx.memo:
             ctx.memo[self.key] = self.tables(ctx.positions)
+        dim = self.inv_freq.shape[0] * 2
+        if x.shape[-1] > dim:
+            return torch.cat((ops.rotary(x[..., :dim], *ctx.memo[self.key]), x[..., dim:]), -1)
         return ops.rotary(x, *ctx.memo[self.key])
 
 

@@ -41,6 +41,10 @@ FAMILIES = {
         n_groups=2, chunk_size=4, max_position_embeddings=64, initializer_range=0.2,
         layers_block_type=["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"]),
 }
+FAMILIES["bamba"] = lambda: transformers.BambaConfig(
+    **{k: v for k, v in SMALL.items() if k != "num_hidden_layers"}, num_hidden_layers=4,
+    attn_layer_indices=[1, 3], mamba_n_heads=8, mamba_n_groups=2, mamba_d_state=8,
+    mamba_chunk_size=4)
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
     **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
@@ -228,3 +232,38 @@ def test_the_cache_formula_equals_the_allocation(name: str, tmp_path: Path) -> N
     model = load_pretrained(path)
     cache = model.allocate_cache(3, 20)
     assert cache.nbytes() == cache_bytes(model.cfg, 3, 20, cache.dtype)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("attn_layer_indices", [1, 9], r"attn_layer_indices=\[1, 9\] name layers outside 0..3"),
+    ("mamba_proj_bias", True, "biases on Mamba-2's projections"),
+    ("time_step_limit", [0.0, 4.0], "dt clamped"),
+])
+def test_unmodelled_bamba_settings_are_refused(key: str, value: object, message: str,
+                                               tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("bamba", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
+def test_partial_rotary_turns_the_first_channels_only() -> None:
+    from hymba_bench.design.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match="rope_dim: expected an even number of channels up to "
+                                          "d_qk = 16, got 18"):
+        ModelConfig(name="x", layout=["attention"], mixer_options={"attention": {"rope_dim": 18}})
+    cfg = ModelConfig(name="x", layout=["attention"], mixer_options={"attention": {"rope_dim": 8}})
+    from hymba_bench.model.lm import instantiate
+
+    model = instantiate(cfg, "cpu", seed=0)
+    q = torch.randn(1, 5, 2, 16)
+    from hymba_bench.model.context import Context
+
+    ctx = Context(positions=torch.arange(5))
+    out = model.layers[0].mixer.rotary(q, ctx)
+    assert torch.equal(out[..., 8:], q[..., 8:]) and not torch.allclose(out[..., :8], q[..., :8])

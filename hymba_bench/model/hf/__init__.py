@@ -32,6 +32,7 @@ ADAPTERS: dict[str, str] = {
     "mamba": "hymba_bench.model.hf.mamba:MambaAdapter",
     "mamba2": "hymba_bench.model.hf.mamba:Mamba2Adapter",
     "nemotron_h": "hymba_bench.model.hf.nemotron_h:NemotronHAdapter",
+    "bamba": "hymba_bench.model.hf.bamba:BambaAdapter",
 }
 
 
