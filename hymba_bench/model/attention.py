@@ -16,7 +16,7 @@ from hymba_bench import ops
 from hymba_bench.design.config import ConfigError, LayerSpec, ModelConfig
 from hymba_bench.design.masks import visible
 from hymba_bench.model.context import Context
-from hymba_bench.model.layers import Rotary
+from hymba_bench.model.layers import RMSNorm, Rotary
 
 
 def time_major_heads(x: Tensor, heads: int) -> Tensor:
@@ -88,6 +88,8 @@ class AttentionOptions:
     # the channels of each head that rotary positions turn, the first ones (partial rotary:
     # Bamba's half, Qwen3-Next's quarter); null: all d_qk
     rope_dim: int | None = None
+    # an RMSNorm over each head's channels of q and of k, before rotary (Qwen3-Next's, OLMo's)
+    qk_norm: bool = False
 
     def validate(self, cfg: ModelConfig) -> None:
         if self.rope_dim is not None and (self.rope_dim % 2 or self.rope_dim > cfg.d_qk):
@@ -116,6 +118,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
         self.rotary = Rotary(opts.rope_dim or cfg.d_qk, cfg.rope_theta, cfg.rope_scaling,
                              enabled=cfg.rope)
+        if opts.qk_norm:
+            self.q_norm = RMSNorm(cfg.d_qk, cfg.norm_eps)
+            if spec.owns_kv:
+                self.k_norm = RMSNorm(cfg.d_qk, cfg.norm_eps)
+        self.qk_norm = opts.qk_norm
 
     @staticmethod
     def state_shapes(cfg: ModelConfig, spec: LayerSpec, batch: int) -> dict[str, tuple[int, ...]]:
@@ -133,11 +140,15 @@ class Attention(nn.Module):
         if self.gated:
             q, gate = q.split([self.cfg.d_qk, self.cfg.d_v], dim=-1)  # type: ignore[list-item]
             gate = gate.reshape(*x.shape[:2], -1)  # (B, L, H d_v)
+        if self.qk_norm:
+            q = self.q_norm(q)
         q = self.rotary(q, ctx).transpose(1, 2)
         k = v = None
         if self.spec.owns_kv:
-            k = self.rotary(time_major_heads(self.k_proj(x), self.spec.n_kv_heads), ctx)
-            k = k.transpose(1, 2)
+            k = time_major_heads(self.k_proj(x), self.spec.n_kv_heads)
+            if self.qk_norm:
+                k = self.k_norm(k)
+            k = self.rotary(k, ctx).transpose(1, 2)
             v = split_heads(self.v_proj(x), self.spec.n_kv_heads)
         out = attend(q, k, v, self.spec, self.cfg.meta_tokens, ctx)  # (B, L, H d_v)
         if gate is not None:

@@ -45,6 +45,13 @@ FAMILIES["bamba"] = lambda: transformers.BambaConfig(
     **{k: v for k, v in SMALL.items() if k != "num_hidden_layers"}, num_hidden_layers=4,
     attn_layer_indices=[1, 3], mamba_n_heads=8, mamba_n_groups=2, mamba_d_state=8,
     mamba_chunk_size=4)
+# Gated DeltaNet (2 q/k heads, 4 value heads) and gated attention, dense FFNs, rotary on a quarter
+FAMILIES["qwen3_next"] = lambda: transformers.Qwen3NextConfig(
+    **{k: v for k, v in SMALL.items() if k not in ("num_hidden_layers", "initializer_range")},
+    num_hidden_layers=4, head_dim=16, initializer_range=0.1,
+    layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=24,
+    linear_value_head_dim=24, num_experts=0)
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
     **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
@@ -60,6 +67,11 @@ def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.2)
+    if name == "qwen3_next":  # its norms start at 1 + 0 and 1: make their weights matter
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if key.endswith("norm.weight"):
+                    param.normal_(0, 0.3)
     path = root / name
     model.save_pretrained(path, safe_serialization=True)
     return path, model
@@ -267,3 +279,20 @@ def test_partial_rotary_turns_the_first_channels_only() -> None:
     ctx = Context(positions=torch.arange(5))
     out = model.layers[0].mixer.rotary(q, ctx)
     assert torch.equal(out[..., 8:], q[..., 8:]) and not torch.allclose(out[..., :8], q[..., :8])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_experts", 4, r"layers \[0, 1, 2, 3\] have routed experts"),
+    ("linear_key_head_dim", 12, "linear_key_head_dim=12 differs from linear_value_head_dim=24"),
+    ("layer_types", ["linear_attention"] * 3, "expected 4 of"),
+])
+def test_unmodelled_qwen3_next_settings_are_refused(key: str, value: object, message: str,
+                                                    tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("qwen3_next", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)

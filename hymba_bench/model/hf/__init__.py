@@ -33,6 +33,7 @@ ADAPTERS: dict[str, str] = {
     "mamba2": "hymba_bench.model.hf.mamba:Mamba2Adapter",
     "nemotron_h": "hymba_bench.model.hf.nemotron_h:NemotronHAdapter",
     "bamba": "hymba_bench.model.hf.bamba:BambaAdapter",
+    "qwen3_next": "hymba_bench.model.hf.qwen3_next:Qwen3NextAdapter",
 }
 
 
@@ -111,21 +112,25 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None,
     device = device or "cpu"
     model = instantiate(cfg, device, seed=None)  # every weight is loaded next
     ours = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
+    found: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # key -> the file it came from, for the errors
     for file in files:
         for key, value in read_safetensors(file, device).items():
-            if (key == "lm_head.weight" and cfg.tie_embeddings) or adapter.ignored.fullmatch(key):
-                continue
-            target = adapter.map_key(key)
-            if target is None or target not in ours:
-                raise HymbaBenchError(f"{file.name}: {key} has no counterpart in {cfg.name} "
-                                      f"(is this a {adapter.family} checkpoint?)",
-                                      param="checkpoint")
-            if tuple(value.shape) != tuple(ours[target].shape):
-                raise HymbaBenchError(f"{key}: shape {tuple(value.shape)}, expected "
-                                      f"{tuple(ours[target].shape)} for {target}",
-                                      param="checkpoint")
-            state[target] = value
+            found[key], source[key] = value, file.name
+    found = adapter.convert(found, cfg)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in found.items():
+        if (key == "lm_head.weight" and cfg.tie_embeddings) or adapter.ignored.fullmatch(key):
+            continue
+        target = adapter.map_key(key)
+        where = source.get(key, files[0].name)
+        if target is None or target not in ours:
+            raise HymbaBenchError(f"{where}: {key} has no counterpart in {cfg.name} "
+                                  f"(is this a {adapter.family} checkpoint?)", param="checkpoint")
+        if tuple(value.shape) != tuple(ours[target].shape):
+            raise HymbaBenchError(f"{key}: shape {tuple(value.shape)}, expected "
+                                  f"{tuple(ours[target].shape)} for {target}", param="checkpoint")
+        state[target] = value
     missing = sorted(set(ours) - set(state) - aliases(model))
     if missing:
         raise HymbaBenchError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}",

@@ -5,10 +5,13 @@ names each HF parameter by ours; `hymba_bench.model.hf` does the loading, strict
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class HFAdapter:
@@ -24,6 +27,11 @@ class HFAdapter:
 
     def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
         raise NotImplementedError
+
+    def convert(self, state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+        """Where the layouts differ beyond names: the HF tensors rewritten (fused projections
+        split or joined, weights re-parametrised) before `map_key` names them."""
+        return state
 
     def map_key(self, key: str) -> str | None:
         """An HF parameter name -> ours (None: it maps nowhere)."""
