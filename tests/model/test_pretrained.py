@@ -52,6 +52,12 @@ FAMILIES["qwen3_next"] = lambda: transformers.Qwen3NextConfig(
     layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=24,
     linear_value_head_dim=24, num_experts=0)
+# Mamba-1 with dt/B/C norms, attention at 2 of 4, 4 routed experts (top 2) on every other layer
+FAMILIES["jamba"] = lambda: transformers.JambaConfig(
+    **{k: v for k, v in SMALL.items() if k not in ("num_hidden_layers", "rms_norm_eps")},
+    num_hidden_layers=4, rms_norm_eps=1e-5, num_experts=4, num_experts_per_tok=2,
+    expert_layer_period=2, expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2,
+    mamba_d_state=8)
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
     **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
@@ -295,4 +301,17 @@ def test_unmodelled_qwen3_next_settings_are_refused(key: str, value: object, mes
     raw[key] = value
     (path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
+def test_jamba_layers_follow_its_periods_and_offsets(tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("jamba", tmp_path)
+    cfg = config_from_checkpoint(path)
+    assert cfg.layout == ["mamba", "mamba", "attention", "mamba"] and cfg.moe_experts == 4
+    raw = json.loads((path / "config.json").read_text())
+    raw["expert_layer_offset"] = 0
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match="expert_layer_offset=0 with expert_layer_period=2"):
         config_from_checkpoint(path)

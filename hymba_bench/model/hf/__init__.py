@@ -34,6 +34,7 @@ ADAPTERS: dict[str, str] = {
     "nemotron_h": "hymba_bench.model.hf.nemotron_h:NemotronHAdapter",
     "bamba": "hymba_bench.model.hf.bamba:BambaAdapter",
     "qwen3_next": "hymba_bench.model.hf.qwen3_next:Qwen3NextAdapter",
+    "jamba": "hymba_bench.model.hf.jamba:JambaAdapter",
 }
 
 
