@@ -37,6 +37,11 @@ VariantFiles = Annotated[
     list[Path] | None,
     typer.Option("--variant-file", help="A user design file (YAML); repeatable."),
 ]
+CheckpointsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--checkpoint", help="A Hugging Face checkpoint directory (or its config.json), "
+                 "measured as a design named after it; repeatable."),
+]
 # Options several commands share, declared once.
 ProfileOpt = Annotated[str, typer.Option(help="Size profile.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")]
@@ -131,14 +136,20 @@ def describe(name: str, profile: str, seq_len: int | None,
 
 @app.command()
 def show(
-    name: Annotated[str, typer.Argument(help="A registered variant name.")],
+    name: Annotated[str | None, typer.Argument(
+        help="A registered variant name (or a checkpoint directory).")] = None,
     profile: ProfileOpt = "tiny",
     seq_len: Annotated[int | None, typer.Option(help="Context for the cache size.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     variant_file: VariantFiles = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="A Hugging Face checkpoint directory (or its config.json) instead of a name.")] = None,
 ) -> None:
     """Show a variant's layer plan, parameter count and cache size."""
-    info = describe(name, profile, seq_len, variant_file)
+    if (name is None) == (checkpoint is None):
+        raise HymbaBenchError("show: give a design name or --checkpoint DIR, one of the two",
+                              param="name")
+    info = describe(name or str(checkpoint), profile, seq_len, variant_file)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -163,8 +174,10 @@ def show(
 
 @app.command()
 def run(
-    variants: Annotated[str, typer.Option(
-        help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names.")] = "all",
+    variants: Annotated[str | None, typer.Option(
+        help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names "
+        "(default: all, or only the --checkpoint designs when there are some).")] = None,
+    checkpoint: CheckpointsOpt = None,
     profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
         "runs/latest"),
@@ -205,7 +218,7 @@ def run(
     from hymba_bench.workers import default_workers
 
     files = variant_file or []
-    chosen = select_variants(variants, files)
+    chosen = select_variants(_with_checkpoints(variants, checkpoint, "all"), files)
     dev = _device(device)
     opts = RunOptions(variants=chosen, profile=profile, out=out,
                       skip=set(_split(skip)), resume=resume, device=dev,
@@ -222,6 +235,19 @@ def run(
                                             stage_names=stages) as progress:
         run_dir = run_all(opts, progress)
     print_run(run_dir, console)
+
+
+def _with_checkpoints(selection: str | None, checkpoints: list[Path] | None, default: str) -> str:
+    """A design selection with the --checkpoint directories appended; without a selection, the
+    checkpoints alone, or `default` when there are none."""
+    given = [str(p) for p in checkpoints or []]
+    for path in given:
+        if "," in path:
+            raise HymbaBenchError(f"--checkpoint {path}: a path with a comma cannot be told from "
+                                  "a list of designs; rename or link it", param="checkpoint")
+    if selection is None:
+        selection = "" if given else default
+    return ",".join(x for x in [selection, *given] if x)
 
 
 @contextmanager
@@ -248,8 +274,11 @@ def _kept(run_dir: RunDir) -> str:
 
 @app.command()
 def sweep(
-    variants: Annotated[str, typer.Option(help="'all' or a comma-separated list of names.")] = (
-        "llama,mamba,b-parallel,c-local-global,e-meta-tokens"),
+    variants: Annotated[str | None, typer.Option(
+        help="'all' or a comma-separated list of names (default: llama, mamba, b-parallel, "
+        "c-local-global, e-meta-tokens; only the --checkpoint designs when there are some).")
+    ] = None,
+    checkpoint: CheckpointsOpt = None,
     seq_lens: Annotated[str, typer.Option(help="Context lengths, comma-separated.")] = (
         "256,512,1024,2048,4096,8192"),
     profile: ProfileOpt = "tiny",
@@ -277,7 +306,9 @@ def sweep(
     from hymba_bench.runner import select_variants
 
     files = variant_file or []
-    opts = SweepOptions(variants=select_variants(variants, files), seq_lens=parse_seq_lens(seq_lens),
+    chosen = _with_checkpoints(variants, checkpoint,
+                               "llama,mamba,b-parallel,c-local-global,e-meta-tokens")
+    opts = SweepOptions(variants=select_variants(chosen, files), seq_lens=parse_seq_lens(seq_lens),
                         profile=profile, out=out, resume=resume, device=_device(device),
                         variant_files=files,
                         bench={"batch": batch, "gen_tokens": gen_tokens, "repeats": repeats,
@@ -455,10 +486,13 @@ def eval_cmd(
 
 @app.command()
 def compare(
-    designs: Annotated[list[str], typer.Argument(help="Two or more variant names; ratios are to the first.")],
+    designs: Annotated[list[str] | None, typer.Argument(
+        help="Two or more variant names (with the --checkpoint designs); ratios are to the first.")
+    ] = None,
     profile: ProfileOpt = "tiny",
     out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, compare.md).")] = Path(
         "runs/compare"),
+    checkpoint: CheckpointsOpt = None,
     resume: Annotated[bool, typer.Option(help="Measure only what is missing.")] = False,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
@@ -481,7 +515,7 @@ def compare(
     from hymba_bench.runner import compare as run_compare
 
     files = variant_file or []
-    names = select_variants(",".join(designs), files)
+    names = select_variants(_with_checkpoints(",".join(designs or []), checkpoint, ""), files)
     opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
                       device=_device(device), variant_files=files,
                       bench={"batch": batch, "context": context, "repeats": repeats,

@@ -97,3 +97,41 @@ def test_profile_decode_reports_where_a_step_goes(tmp_path) -> None:
     assert row["launches_per_step"] >= 10  # a Mamba step is dozens of operators
     assert row["roofline_pct"] > 0 and row["roofline_ms_per_step"] > 0
     assert sum(k["share"] for k in row["top"]) <= 1 + 1e-9 and row["top"][0]["ms_per_step"] > 0
+
+
+@pytest.fixture
+def hf_config(tmp_path):
+    """A Mamba-2 checkpoint's config.json alone, as transformers writes it: all that show, the
+    cache stage and the throughput stage need."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / "tiny-mamba2"
+    transformers.Mamba2Config(vocab_size=97, hidden_size=48, num_hidden_layers=2, state_size=8,
+                              num_heads=8, head_dim=12, n_groups=2).save_pretrained(path)
+    return path
+
+
+def test_checkpoint_flag_on_show_run_and_compare(hf_config, tmp_path) -> None:
+    info = json.loads(cli("show", "--checkpoint", str(hf_config), "--json").stdout)
+    assert info["name"] == "tiny-mamba2" and [layer["mixer"] for layer in info["layers"]] == [
+        "mamba2", "mamba2"]
+    out = tmp_path / "run"
+    done = cli("run", "--checkpoint", str(hf_config), "--skip", "accuracy", "--skip", "throughput",
+               "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    measured = [r for r in records if r.get("variant") not in (None, "*")]  # "*": the run's own
+    assert {r["variant"] for r in measured} == {"tiny-mamba2"}  # not the roadmap as well
+    assert measured and all(r["hf_checkpoint"] == str(hf_config) for r in measured)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("show",), "show: give a design name or --checkpoint DIR, one of the two"),
+    (("show", "llama", "--checkpoint", "x"), "one of the two"),
+    (("compare", "--checkpoint", "{ck}"), "name at least two designs"),
+    (("run", "--checkpoint", "a,b"), "a path with a comma cannot be told from a list of designs"),
+])
+def test_checkpoint_flag_errors_are_one_line(hf_config, args: tuple[str, ...], message: str) -> None:
+    out = cli(*(a.format(ck=hf_config) for a in args))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
