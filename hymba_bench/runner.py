@@ -325,7 +325,7 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
                 # proxy training would measure the architecture from scratch, not the weights
                 raise HymbaBenchError(
                     f"{rv.variant.name}: a checkpoint's accuracy is its weights' (`hymba-bench "
-                    f"eval --checkpoint {rv.variant.path.parent}`); run it with --skip accuracy",
+                    f"eval --checkpoint {rv.info['checkpoint']}`); run it with --skip accuracy",
                     param="variants")
     stages = plan_stages(opts, resolved, report)
     run_dir = RunDir(opts.out)

@@ -147,11 +147,11 @@ def profiles() -> dict[str, Profile]:
 
 def checkpoint_path(name: str | Path) -> Path | None:
     """`name` as a Hugging Face checkpoint given as a design: a directory holding config.json,
-    or a .json file; None when it is not a path to one."""
+    a .json file or a .gguf file; None when it is not a path to one."""
     path = Path(name)
     if path.is_dir() and (path / "config.json").is_file():
         return path
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix.lower() in (".json", ".gguf") and path.is_file():
         return path
     return None
 
@@ -162,7 +162,8 @@ def checkpoint_variant(path: Path) -> Variant:
     from hymba_bench.model.hf import config_from_checkpoint
 
     folder = path if path.is_dir() else path.parent
-    label = re.sub(r"[^A-Za-z0-9._+-]", "-", folder.resolve().name).lstrip("._+-")[:97] or "hf"
+    named = path.stem if path.suffix.lower() == ".gguf" else folder.resolve().name
+    label = re.sub(r"[^A-Za-z0-9._+-]", "-", named).lstrip("._+-")[:97] or "hf"
     if label in _builtin_variants():  # a folder called `llama` is not the registered row
         label += "-hf"
     cfg = config_from_checkpoint(path, label)
@@ -351,6 +352,7 @@ def resolve(name: str, profile: str = "tiny", extra_files: list[Path] | None = N
         "cache_seq_len": cache_seq,
         "fixed_size": merged.get("fixed_size") is True,
     }
-    if checkpoint_path(variant.path) is not None:  # a checkpoint's config.json
-        info["checkpoint"] = str(variant.path.parent)
+    if checkpoint_path(variant.path) is not None:  # a checkpoint's config.json or GGUF file
+        gguf = variant.path.suffix.lower() == ".gguf"
+        info["checkpoint"] = str(variant.path if gguf else variant.path.parent)
     return ResolvedVariant(variant=variant, profile=prof, config=config, info=info)

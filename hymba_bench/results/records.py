@@ -68,7 +68,9 @@ FIELDS: dict[str, str] = {
     "variant_file": "the design file the variant came from",
     "hf_checkpoint": "a released model's directory, where the design is a checkpoint",
     "config_sha256": "SHA-256 of that checkpoint's config.json",
-    "weights_sha256": "SHA-256 over that checkpoint's *.safetensors files, in name order",
+    "weights_sha256": "SHA-256 over that checkpoint's *.safetensors files, in name order (or "
+                      "of its GGUF file)",
+    "gguf_quantization": "a GGUF checkpoint's tensor types, e.g. F32,Q8_0 (dequantized to load)",
     # notes
     "stage": "the stage a note is about",
     "metric_missing": "the metric a note stands for (it cannot be measured here)",

@@ -315,3 +315,103 @@ def test_jamba_layers_follow_its_periods_and_offsets(tmp_path: Path) -> None:
     (path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(HymbaBenchError, match="expert_layer_offset=0 with expert_layer_period=2"):
         config_from_checkpoint(path)
+
+
+# ---------------------------------------------------------------- GGUF
+_GGUF_NAMES = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+               "self_attn.v_proj.weight": "attn_v.weight",
+               "self_attn.o_proj.weight": "attn_output.weight",
+               "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+               "mlp.down_proj.weight": "ffn_down.weight",
+               "input_layernorm.weight": "attn_norm.weight",
+               "post_attention_layernorm.weight": "ffn_norm.weight"}
+
+
+def write_llama_gguf(model: torch.nn.Module, path: Path, quantize: bool) -> None:
+    """The model as llama.cpp's converter writes a Llama: its metadata keys, its tensor names, q
+    and k rows permuted to its rotary pairing; matrices as Q8_0 blocks when `quantize`."""
+    gguf = pytest.importorskip("gguf")
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(path.stem)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    writer.add_rope_freq_base(500.0)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+
+    def permute(w, heads: int):
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2) \
+            .reshape(w.shape)
+
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        name = top.get(key) or f"blk.{parts[2]}.{_GGUF_NAMES['.'.join(parts[3:])]}"
+        array = value.float().numpy()
+        if name.endswith("attn_q.weight"):
+            array = permute(array, cfg.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            array = permute(array, cfg.num_key_value_heads)
+        if quantize and array.ndim == 2:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            blocks = gguf.quants.quantize(array, q8)
+            writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=q8)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def llama_for_gguf() -> torch.nn.Module:
+    config = transformers.LlamaConfig(**{**SMALL, "hidden_size": 64, "intermediate_size": 96},
+                                      rope_theta=500.0)  # rows of whole 32-value Q8_0 blocks
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_a_gguf_file_loads_through_transformers_reader(tmp_path: Path) -> None:
+    hf = llama_for_gguf()
+    exact, q8 = tmp_path / "tiny-f32.gguf", tmp_path / "tiny-q8.gguf"
+    write_llama_gguf(hf, exact, quantize=False)
+    write_llama_gguf(hf, q8, quantize=True)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf(ids).logits
+        close(load_pretrained(exact)(ids), want)  # float32 tensors: the same function
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path, gguf_file=q8.name, dtype=torch.float32).eval()
+        ours = load_pretrained(q8).eval()
+        got = ours(ids)
+        close(got, theirs(ids).logits)  # Q8_0: the dequantized weights, as transformers has them
+        assert ((got - want).abs().max() / want.abs().max()).item() > 1e-3  # and they moved
+        cache = ours.allocate_cache(2, 11)
+        steps = [ours(ids[:, :5], cache)] + [ours(ids[:, t:t + 1], cache) for t in range(5, 11)]
+        close(torch.cat(steps, 1), got)
+    assert ours.cfg.name == "tiny-q8" and is_hf_checkpoint(q8)
+
+
+def test_a_gguf_design_records_its_quantization(tmp_path: Path) -> None:
+    import hashlib
+
+    from hymba_bench.runner import RunOptions, run, select_variants
+
+    path = tmp_path / "tiny-q8.gguf"
+    write_llama_gguf(llama_for_gguf(), path, quantize=True)
+    files: list[Path] = []
+    names = select_variants(str(path), files)
+    run_dir = run(RunOptions(variants=names, variant_files=files, out=tmp_path / "run",
+                             skip={"accuracy", "throughput"}))
+    record = next(r for r in run_dir.records() if r.kind == "metric")
+    assert names == ["tiny-q8"] and record.fields["gguf_quantization"] == "F32,Q8_0"
+    assert record.fields["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record.fields["hf_checkpoint"] == str(path)

@@ -47,8 +47,13 @@ def adapter_for(model_type: str) -> HFAdapter:
 
 
 def read_hf_config(path: Path) -> dict[str, Any]:
-    """`config.json` of a checkpoint directory (or the file itself), as a dict."""
+    """`config.json` of a checkpoint directory (or the file itself), or a GGUF file's
+    configuration, as a dict."""
+    from hymba_bench.model.hf.gguf import gguf_config, is_gguf
+
     path = Path(path)
+    if is_gguf(path):
+        return gguf_config(path)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise HymbaBenchError(f"{path}: no config.json", param="checkpoint")
@@ -63,18 +68,24 @@ def read_hf_config(path: Path) -> dict[str, Any]:
 
 
 def is_hf_checkpoint(path: Path) -> bool:
-    """A directory whose config.json names a registered model_type."""
+    """A directory whose config.json names a registered model_type, or such a GGUF file."""
+    from hymba_bench.model.hf.gguf import is_gguf
+
     try:
-        return Path(path).is_dir() and read_hf_config(path)["model_type"] in ADAPTERS
+        return (Path(path).is_dir() or is_gguf(Path(path))) and \
+            read_hf_config(path)["model_type"] in ADAPTERS
     except HymbaBenchError:
         return False
 
 
 def config_from_checkpoint(path: Path, name: str | None = None) -> ModelConfig:
     """The design a checkpoint's config.json describes (all throughput and cache need)."""
+    from hymba_bench.model.hf.gguf import is_gguf
+
     path = Path(path)
     raw = read_hf_config(path)
-    label = name or (path.name if path.is_dir() else path.parent.name)
+    label = name or (path.name if path.is_dir() else path.stem if is_gguf(path)
+                     else path.parent.name)
     return adapter_for(raw["model_type"]).config(raw, label)
 
 
@@ -83,7 +94,11 @@ def fingerprint(path: Path) -> dict[str, str | None]:
     config.json, and one over its *.safetensors files in name order (None without weights)."""
     import hashlib
 
+    from hymba_bench.model.hf.gguf import gguf_fingerprint, is_gguf
+
     path = Path(path)
+    if is_gguf(path):
+        return gguf_fingerprint(path)
     folder = path if path.is_dir() else path.parent
     weights = sorted(folder.glob("*.safetensors"))
     digest = hashlib.sha256()
@@ -99,15 +114,17 @@ def fingerprint(path: Path) -> dict[str, str | None]:
 
 def load_pretrained(path: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None) -> HybridLM:
-    """Our model of a Hugging Face checkpoint directory, its weights loaded strictly."""
+    """Our model of a Hugging Face checkpoint directory (or a GGUF file), its weights loaded
+    strictly."""
     from hymba_bench.accuracy.checkpoint import aliases, read_safetensors
+    from hymba_bench.model.hf.gguf import gguf_state, is_gguf
     from hymba_bench.model.lm import instantiate
 
     path = Path(path)
     raw = read_hf_config(path)
     adapter = adapter_for(raw["model_type"])
-    cfg = adapter.config(raw, path.name)
-    files = sorted(path.glob("*.safetensors"))
+    cfg = adapter.config(raw, path.stem if is_gguf(path) else path.name)
+    files = [path] if is_gguf(path) else sorted(path.glob("*.safetensors"))
     if not files:
         raise HymbaBenchError(f"{path} has no *.safetensors weights", param="checkpoint")
     device = device or "cpu"
@@ -115,7 +132,10 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None,
     ours = model.state_dict()
     found: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}  # key -> the file it came from, for the errors
-    for file in files:
+    if is_gguf(path):
+        found = {k: v.to(device) for k, v in gguf_state(path).items()}
+        source = dict.fromkeys(found, path.name)
+    for file in files if not is_gguf(path) else []:
         for key, value in read_safetensors(file, device).items():
             found[key], source[key] = value, file.name
     found = adapter.convert(found, cfg)
