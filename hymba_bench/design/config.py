@@ -91,6 +91,9 @@ class ModelConfig:
     moe_top_k: int = 2
     moe_every: int = 2  # MoE on layers i with i % moe_every == moe_every - 1 (Jamba: 1, 3, 5, ...)
     moe_aux_loss: float = field(default=0.01, metadata={"min": 0.0})  # load-balancing weight
+    moe_normalize: bool = False  # top-k weights renormalised to sum 1 (Mixtral, Granite); Jamba: not
+    moe_shared: int = field(default=0, metadata={"min": 0})  # a shared expert's hidden size; 0: none
+    moe_shared_gate: bool = False  # the shared expert scaled by sigmoid(w . x) (Qwen3-Next)
     # structure
     layout: list[str] = field(default_factory=lambda: ["attention"],  # repeated cyclically
                               metadata={"checked": "_validate"})
@@ -159,6 +162,8 @@ class ModelConfig:
         if self.moe_top_k > self.moe_experts:
             raise ConfigError(f"moe_top_k: expected at most moe_experts ({self.moe_experts}), "
                               f"got {self.moe_top_k}")
+        if self.moe_shared_gate and not self.moe_shared:
+            raise ConfigError("moe_shared_gate: gates a shared expert, but moe_shared is 0 (none)")
         if isinstance(self.kv_share, list):
             if not self.kv_share or not all(
                 isinstance(g, list) and len(g) >= 2 and all(_is_int(i) for i in g)

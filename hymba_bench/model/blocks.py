@@ -23,7 +23,8 @@ class DecoderLayer(nn.Module):
         if spec.ffn != "none":
             self.post_mixer_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.ffn = SwiGLU(cfg.d_model, cfg.intermediate_size) if spec.ffn == "dense" else \
-                MoE(cfg.d_model, cfg.intermediate_size, cfg.moe_experts, cfg.moe_top_k)
+                MoE(cfg.d_model, cfg.intermediate_size, cfg.moe_experts, cfg.moe_top_k,
+                    cfg.moe_normalize, cfg.moe_shared, cfg.moe_shared_gate)
 
     def tie_to(self, source: DecoderLayer) -> None:
         """Apply `source`'s weights (Zamba's shared block); this layer keeps its own spec and cache."""

@@ -142,6 +142,20 @@ def test_moe_routes_top_k_without_renormalising() -> None:
         torch.testing.assert_close(moe(one[None])[0], expected)
 
 
+def test_moe_renormalises_and_adds_a_gated_shared_expert() -> None:
+    torch.manual_seed(0)
+    moe = MoE(8, 12, 4, 2, normalize=True, shared=6, shared_gate=True)
+    x = torch.randn(1, 8)
+    weights, chosen, probs = moe.route(x)
+    picked = probs.gather(1, chosen)
+    torch.testing.assert_close(weights, picked / picked.sum(-1, keepdim=True))
+    assert moe.shared_expert is not None and moe.shared_expert_gate is not None
+    with torch.no_grad():
+        routed = sum(weights[0, i] * moe.experts[int(chosen[0, i])](x) for i in range(2))
+        gate = torch.sigmoid(moe.shared_expert_gate(x))
+        torch.testing.assert_close(moe(x[None])[0], routed + gate * moe.shared_expert(x))
+
+
 def test_moe_aux_loss_is_trained() -> None:
     model = build_model("jamba").train()
     logits = model(torch.randint(0, 256, (2, 16)))

@@ -1,5 +1,4 @@
-"""Hugging Face checkpoints compute transformers' function (Llama, Mistral, Qwen2, Mamba, Mamba-2,
-Nemotron-H): a tiny
+"""Hugging Face checkpoints compute transformers' function (every family in `FAMILIES`): a tiny
 random model built by transformers from its own configuration class (offline), saved with
 `save_pretrained`, loaded by us. Logits and every cached decode step equal transformers' within
 1e-4 relative (fp32, prompts longer than any window), and greedy tokens are equal."""
@@ -52,12 +51,28 @@ FAMILIES["qwen3_next"] = lambda: transformers.Qwen3NextConfig(
     layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=24,
     linear_value_head_dim=24, num_experts=0)
+# Qwen3-Next as released: routed experts (4, top 2, renormalised) and a gated shared expert on
+# every layer
+FAMILIES["qwen3_next-moe"] = lambda: transformers.Qwen3NextConfig(
+    **{**FAMILIES["qwen3_next"]().to_dict(), "num_experts": 4, "num_experts_per_tok": 2,
+       "moe_intermediate_size": 20, "shared_expert_intermediate_size": 28})
 # Mamba-1 with dt/B/C norms, attention at 2 of 4, 4 routed experts (top 2) on every other layer
 FAMILIES["jamba"] = lambda: transformers.JambaConfig(
     **{k: v for k, v in SMALL.items() if k not in ("num_hidden_layers", "rms_norm_eps")},
     num_hidden_layers=4, rms_norm_eps=1e-5, num_experts=4, num_experts_per_tok=2,
     expert_layer_period=2, expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2,
     mamba_d_state=8)
+# Granite-4.0-H: µP multipliers, a shared FFN and 4 routed experts (top 2) on every layer, rotary
+_GRANITE = dict(**{k: v for k, v in SMALL.items() if k != "num_hidden_layers"}, num_hidden_layers=3,
+                layer_types=["mamba", "attention", "mamba"], mamba_n_heads=8, mamba_n_groups=2,
+                mamba_d_state=8, mamba_chunk_size=4, shared_intermediate_size=24,
+                embedding_multiplier=3.0, residual_multiplier=0.6, attention_multiplier=0.3,
+                logits_scaling=2.5)
+FAMILIES["granitemoehybrid"] = lambda: transformers.GraniteMoeHybridConfig(
+    **_GRANITE, num_local_experts=4, num_experts_per_tok=2, position_embedding_type="rope")
+# the dense Granite-4.0-H (the shared FFN alone), tied, without positions
+FAMILIES["granitemoehybrid-dense-tied"] = lambda: transformers.GraniteMoeHybridConfig(
+    **_GRANITE, num_local_experts=0, tie_word_embeddings=True)
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
     **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
@@ -73,7 +88,7 @@ def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.2)
-    if name == "qwen3_next":  # its norms start at 1 + 0 and 1: make their weights matter
+    if name.startswith("qwen3_next"):  # its norms start at 1 + 0 and 1: make their weights matter
         with torch.no_grad():
             for key, param in model.named_parameters():
                 if key.endswith("norm.weight"):
@@ -288,7 +303,9 @@ def test_partial_rotary_turns_the_first_channels_only() -> None:
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("num_experts", 4, r"layers \[0, 1, 2, 3\] have routed experts"),
+    ("mlp_only_layers", [1], r"mlp_only_layers=\[1\] leave experts on layers \[0, 2, 3\]"),
+    ("decoder_sparse_step", 2, "moe_intermediate_size=20 differs from the dense layers' "
+                               "intermediate_size=80"),
     ("linear_key_head_dim", 12, "linear_key_head_dim=12 differs from linear_value_head_dim=24"),
     ("layer_types", ["linear_attention"] * 3, "expected 4 of"),
 ])
@@ -296,7 +313,7 @@ def test_unmodelled_qwen3_next_settings_are_refused(key: str, value: object, mes
                                                     tmp_path: Path) -> None:
     import json
 
-    path, _ = save_hf("qwen3_next", tmp_path)
+    path, _ = save_hf("qwen3_next-moe", tmp_path)
     raw = json.loads((path / "config.json").read_text())
     raw[key] = value
     (path / "config.json").write_text(json.dumps(raw))
@@ -415,3 +432,33 @@ def test_a_gguf_design_records_its_quantization(tmp_path: Path) -> None:
     assert names == ["tiny-q8"] and record.fields["gguf_quantization"] == "F32,Q8_0"
     assert record.fields["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert record.fields["hf_checkpoint"] == str(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("position_embedding_type", "alibi", "another position encoding"),
+    ("layer_types", ["mamba", "moe", "mamba"], "layer type 'moe' is not supported"),
+    ("layer_types", ["mamba"], "layer_types has 1 entries for 3 layers"),
+    ("residual_multiplier", -1.0, "residual_multiplier=-1.0: expected a positive number"),
+    ("time_step_limit", [0.0, 4.0], "dt clamped"),
+])
+def test_unmodelled_granite_settings_are_refused(key: str, value: object, message: str,
+                                                 tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("granitemoehybrid", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
+def test_granite_multipliers_are_folded_into_the_weights(tmp_path: Path) -> None:
+    """The loaded design has no multiplier of its own: its weights carry them."""
+    path, hf = save_hf("granitemoehybrid", tmp_path)
+    ours = load_pretrained(path)
+    theirs = dict(hf.named_parameters())
+    torch.testing.assert_close(ours.embed_tokens.weight, 3.0 * theirs["model.embed_tokens.weight"])
+    torch.testing.assert_close(ours.layers[1].mixer.o_proj.weight,
+                               0.6 * theirs["model.layers.1.self_attn.o_proj.weight"])
+    torch.testing.assert_close(ours.norm.weight, theirs["model.norm.weight"] / 2.5)

@@ -35,6 +35,7 @@ ADAPTERS: dict[str, str] = {
     "bamba": "hymba_bench.model.hf.bamba:BambaAdapter",
     "qwen3_next": "hymba_bench.model.hf.qwen3_next:Qwen3NextAdapter",
     "jamba": "hymba_bench.model.hf.jamba:JambaAdapter",
+    "granitemoehybrid": "hymba_bench.model.hf.granite:GraniteMoeHybridAdapter",
 }
 
 
@@ -138,7 +139,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None,
     for file in files if not is_gguf(path) else []:
         for key, value in read_safetensors(file, device).items():
             found[key], source[key] = value, file.name
-    found = adapter.convert(found, cfg)
+    found = adapter.convert(found, cfg, raw)
     state: dict[str, torch.Tensor] = {}
     for key, value in found.items():
         if (key == "lm_head.weight" and cfg.tie_embeddings) or adapter.ignored.fullmatch(key):

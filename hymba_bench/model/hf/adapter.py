@@ -28,9 +28,11 @@ class HFAdapter:
     def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
         raise NotImplementedError
 
-    def convert(self, state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    def convert(self, state: dict[str, Tensor], cfg: ModelConfig,
+                hf: dict[str, Any]) -> dict[str, Tensor]:
         """Where the layouts differ beyond names: the HF tensors rewritten (fused projections
-        split or joined, weights re-parametrised) before `map_key` names them."""
+        split or joined, weights re-parametrised, constant multipliers folded in) before
+        `map_key` names them. `hf` is the checkpoint's config.json."""
         return state
 
     def map_key(self, key: str) -> str | None:

@@ -25,6 +25,23 @@ def partial_rotary(hf: dict[str, Any], default: float) -> float:
     return float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", default)))
 
 
+def mamba2_options(hf: dict[str, Any], family: str, d_model: int, eps: float) -> dict[str, Any]:
+    """The `mamba2:` block of Bamba's `mamba_*` keys (Granite-4.0-H's too)."""
+    limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf"))]
+    if limit[0] > 0.0 or limit[1] != float("inf"):
+        raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
+                              "supported")
+    expand, heads = int(hf.get("mamba_expand", 2)), int(need(hf, "mamba_n_heads", family))
+    head = hf.get("mamba_d_head", "auto")
+    head = expand * d_model // heads if head in ("auto", None) else int(head)
+    if head * heads != expand * d_model:
+        raise HymbaBenchError(f"config.json: mamba_n_heads * mamba_d_head = {head * heads} is not "
+                              f"mamba_expand * hidden_size = {expand * d_model}")
+    return {"d_state": int(need(hf, "mamba_d_state", family)),
+            "d_conv": int(hf.get("mamba_d_conv", 4)), "expand": expand, "head_dim": head,
+            "n_groups": int(hf.get("mamba_n_groups", 1)), "norm_eps": eps}
+
+
 class BambaAdapter(HFAdapter):
     model_types = ("bamba",)
     family = "Bamba"
@@ -52,26 +69,12 @@ class BambaAdapter(HFAdapter):
         d, heads = int(need(hf, "hidden_size", fam)), int(need(hf, "num_attention_heads", fam))
         n_layers = int(need(hf, "num_hidden_layers", fam))
         head_dim = int(hf.get("head_dim") or d // heads)
-        limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf"))]
-        if limit[0] > 0.0 or limit[1] != float("inf"):
-            raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
-                                  "supported")
         attn = set(hf.get("attn_layer_indices") or [])
         if not attn <= set(range(n_layers)):
             raise HymbaBenchError(f"config.json: attn_layer_indices={sorted(attn)} name layers "
                                   f"outside 0..{n_layers - 1}")
-        expand, mheads = int(hf.get("mamba_expand", 2)), int(need(hf, "mamba_n_heads", fam))
-        mamba_head = hf.get("mamba_d_head", "auto")
-        mamba_head = expand * d // mheads if mamba_head in ("auto", None) else int(mamba_head)
-        if mamba_head * mheads != expand * d:
-            raise HymbaBenchError(f"config.json: mamba_n_heads * mamba_d_head = "
-                                  f"{mamba_head * mheads} is not mamba_expand * hidden_size = "
-                                  f"{expand * d}")
         eps = float(hf.get("rms_norm_eps", 1e-5))
-        mamba2 = {"d_state": int(need(hf, "mamba_d_state", fam)),
-                  "d_conv": int(hf.get("mamba_d_conv", 4)), "expand": expand,
-                  "head_dim": mamba_head, "n_groups": int(hf.get("mamba_n_groups", 1)),
-                  "norm_eps": eps}
+        mamba2 = mamba2_options(hf, fam, d, eps)
         rope_dim = int(head_dim * partial_rotary(hf, 0.5))
         return ModelConfig(
             name=name, description=f"{fam} weights in Hugging Face layout",

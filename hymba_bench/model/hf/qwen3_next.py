@@ -10,7 +10,10 @@ Two layouts differ beyond names, so `convert` rewrites them before loading:
 - its RMSNorms (the layers', the final one, q's and k's) scale by 1 + w (weights stored
   zero-centred); ours by w, so w + 1 is loaded. The gated norm inside Gated DeltaNet scales by w
   in both.
-Routed experts (a layer with `num_experts` > 0 outside `mlp_only_layers`) are refused.
+With `num_experts` > 0, every `decoder_sparse_step`-th layer's FFN is a mixture of experts: a
+softmax router (top-k weights renormalised with `norm_topk_prob`) and a shared expert scaled by a
+sigmoid gate. `mlp_only_layers` that break that period are refused, as are dense layers whose
+width differs from the experts' (our design has one FFN width).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class Qwen3NextAdapter(HFAdapter):
         (r"linear_attn\.(in_proj\.weight|conv1d\.weight|dt_bias|A_log|norm\.weight|"
          r"out_proj\.weight)", r"mixer.\1"),
         (r"self_attn\.(q_proj|k_proj|v_proj|o_proj|q_norm|k_norm)\.weight", r"mixer.\1.weight"),
-        (r"mlp\.(gate_proj|up_proj|down_proj)\.weight", r"ffn.\1.weight"),
+        (r"mlp\.((experts\.\d+\.|shared_expert\.)?(gate_proj|up_proj|down_proj)|"
+         r"shared_expert_gate)\.weight", r"ffn.\1.weight"),
+        (r"mlp\.gate\.weight", "ffn.router.weight"),
     ]
     top_keys: ClassVar[dict[str, str]] = {"model.embed_tokens.weight": "embed_tokens.weight",
                                           "model.norm.weight": "norm.weight",
@@ -62,14 +67,7 @@ class Qwen3NextAdapter(HFAdapter):
         if len(kinds) != n_layers or any(k not in _LAYERS for k in kinds):
             raise HymbaBenchError(f"config.json: layer_types={kinds!r}: expected {n_layers} of "
                                   f"{sorted(_LAYERS)}")
-        dense = set(hf.get("mlp_only_layers") or [])
-        experts, step = int(hf.get("num_experts") or 0), int(hf.get("decoder_sparse_step") or 1)
-        sparse = [i for i in range(n_layers)
-                  if i not in dense and experts > 0 and (i + 1) % step == 0]
-        if sparse:
-            raise HymbaBenchError(f"config.json: layers {sparse} have routed experts "
-                                  f"(num_experts={experts}), which are not supported for "
-                                  f"{fam}; only dense FFNs (mlp_only_layers) are")
+        ffn = _ffn(hf, n_layers, fam)
         nk, nv = int(need(hf, "linear_num_key_heads", fam)), int(need(hf, "linear_num_value_heads", fam))
         dk, dv = int(need(hf, "linear_key_head_dim", fam)), int(need(hf, "linear_value_head_dim", fam))
         if dk != dv:
@@ -86,17 +84,18 @@ class Qwen3NextAdapter(HFAdapter):
         attention = {"output_gate": True, "qk_norm": True,
                      "rope_dim": int(head_dim * partial_rotary(hf, 0.25))}
         return ModelConfig(
-            name=name, description=f"{fam} weights in Hugging Face layout (dense FFNs)",
+            name=name, description=f"{fam} weights in Hugging Face layout",
             vocab_size=int(need(hf, "vocab_size", fam)), d_model=d, n_layers=n_layers,
             n_heads=heads, n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            d_qk=head_dim, d_v=head_dim, intermediate_size=int(need(hf, "intermediate_size", fam)),
-            layout=[_LAYERS[k] for k in kinds], rope=True, rope_theta=rope_theta(hf),
+            d_qk=head_dim, d_v=head_dim, **ffn, layout=[_LAYERS[k] for k in kinds], rope=True,
+            rope_theta=rope_theta(hf),
             norm_eps=eps, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_seq_len=int(hf.get("max_position_embeddings") or 4096),
             mixer_options={"gated_deltanet": gdn, "attention": attention},
         )
 
-    def convert(self, state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    def convert(self, state: dict[str, Tensor], cfg: ModelConfig,
+                hf: dict[str, Any]) -> dict[str, Tensor]:
         import torch
 
         o = cfg.options("gated_deltanet")
@@ -120,3 +119,26 @@ class Qwen3NextAdapter(HFAdapter):
             else:
                 out[key] = value
         return out
+
+
+def _ffn(hf: dict[str, Any], n_layers: int, family: str) -> dict[str, Any]:
+    """The FFN fields of the design: dense everywhere, or experts every `decoder_sparse_step`."""
+    dense = set(hf.get("mlp_only_layers") or [])
+    experts, step = int(hf.get("num_experts") or 0), int(hf.get("decoder_sparse_step") or 1)
+    width = int(need(hf, "intermediate_size", family))
+    sparse = [i for i in range(n_layers) if i not in dense and experts > 0 and (i + 1) % step == 0]
+    if not sparse:
+        return {"ffn": "dense", "intermediate_size": width}
+    periodic = [i for i in range(n_layers) if (i + 1) % step == 0]
+    if sparse != periodic:
+        raise HymbaBenchError(f"config.json: mlp_only_layers={sorted(dense)} leave experts on "
+                              f"layers {sparse}, not every {step}th layer: not supported")
+    moe_width = int(need(hf, "moe_intermediate_size", family))
+    if step > 1 and moe_width != width:
+        raise HymbaBenchError(f"config.json: moe_intermediate_size={moe_width} differs from the "
+                              f"dense layers' intermediate_size={width}, which is not supported")
+    return {"ffn": "moe", "intermediate_size": moe_width, "moe_experts": experts,
+            "moe_top_k": int(hf.get("num_experts_per_tok", 10)), "moe_every": step,
+            "moe_normalize": bool(hf.get("norm_topk_prob", True)),
+            "moe_shared": int(need(hf, "shared_expert_intermediate_size", family)),
+            "moe_shared_gate": True}
