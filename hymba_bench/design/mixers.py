@@ -44,6 +44,7 @@ MIXERS: dict[str, str] = {
     "mamba2": "hymba_bench.model.mamba2:Mamba2",
     "mlp": "hymba_bench.model.mlp:MLP",
     "gated_deltanet": "hymba_bench.model.gated_deltanet:GatedDeltaNet",
+    "parallel": "hymba_bench.model.parallel:Parallel",
 }
 
 

@@ -3,7 +3,7 @@
     in_proj(u) = [z | x B C | dt]                       mamba-ssm's order and names
     x, B, C = silu(causal_conv1d(x B C))                 one depthwise conv over all three
     y = SSD(x, softplus(dt + dt_bias), A = -exp(A_log), B, C) + D x      (`ops.ssd`)
-    out = out_proj(RMSNorm(y * silu(z)))                 gated, per group of B/C
+    out = out_proj(RMSNorm(y * silu(z)))                 gated, per group of B/C (`norm`)
 
 A head's decay is one scalar (Mamba-1's is per channel and state), which is what lets a chunk be
 computed as matmuls. The decode state is the conv's last d_conv - 1 inputs of x‖B‖C (mamba-ssm and
@@ -42,6 +42,9 @@ class Mamba2Options:
     n_heads: int | None = None
     # dt clamped from below after its softplus (mamba-ssm's dt_limit[0]; Nemotron-H's time_step_min)
     dt_min: float = field(default=0.0, metadata={"min": 0.0})
+    # the output's norm: RMSNorm(y * silu(z)) (mamba-ssm), RMSNorm(y) * silu(z) (`before_gate`),
+    # or y * silu(z) alone (`none`: Falcon-H1's default, `mamba_rms_norm: false`)
+    norm: str = field(default="gated", metadata={"choices": ("gated", "before_gate", "none")})
 
     def d_ssm(self, cfg: ModelConfig) -> int:
         return self.n_heads * self.head_dim if self.n_heads else self.expand * cfg.d_model
@@ -74,7 +77,8 @@ class Mamba2Core(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.heads))
         self.A_log = nn.Parameter(torch.empty(self.heads))
         self.D = nn.Parameter(torch.ones(self.heads))
-        self.norm = _GatedNormWeight(self.d_ssm)
+        if o.norm != "none":
+            self.norm = _GatedNormWeight(self.d_ssm)
         self.reset_mixer_parameters()
 
     @staticmethod
@@ -139,7 +143,10 @@ class Mamba2Core(nn.Module):
             if cache is not None:
                 cache.state["conv"].copy_(ops.conv_state_from_prefix(raw, weight.shape[1]))
                 cache.state["ssm"].copy_(last)
-        return ops.gated_rms_norm(y, z, self.norm.weight, o.norm_eps, self.d_ssm // o.n_groups)
+        if o.norm == "none":
+            return (y.float() * F.silu(z.float())).to(y.dtype)
+        return ops.gated_rms_norm(y, z, self.norm.weight, o.norm_eps, self.d_ssm // o.n_groups,
+                                  norm_before_gate=o.norm == "before_gate")
 
 
 class _GatedNormWeight(nn.Module):

@@ -175,3 +175,20 @@ def test_moe_aux_loss_is_trained() -> None:
 def test_design_config_errors(keys: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**keys)
+
+
+def test_parallel_branches_are_summed_and_only_attention_free_mixers_join_attention() -> None:
+    from hymba_bench.model.context import Context
+    from hymba_bench.model.lm import instantiate
+
+    with pytest.raises(ConfigError, match="ssm: expected a registered mixer without attention"):
+        ModelConfig(name="x", layout=["parallel"], mixer_options={"parallel": {"ssm": "hybrid"}})
+    for ssm in ("mamba2", "mamba", "gated_deltanet"):
+        cfg = ModelConfig(name="x", layout=["parallel"], n_layers=1,
+                          mixer_options={"parallel": {"ssm": ssm}})
+        mixer = instantiate(cfg, "cpu", seed=0).layers[0].mixer
+        x = torch.randn(2, 5, cfg.d_model)
+        with torch.no_grad():  # each call a fresh context: attention publishes its K/V in one
+            both = mixer(x, Context(torch.arange(5)))
+            apart = mixer.attn(x, Context(torch.arange(5))) + mixer.ssm(x, Context(torch.arange(5)))
+        torch.testing.assert_close(both, apart)

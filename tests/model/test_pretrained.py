@@ -73,6 +73,18 @@ FAMILIES["granitemoehybrid"] = lambda: transformers.GraniteMoeHybridConfig(
 # the dense Granite-4.0-H (the shared FFN alone), tied, without positions
 FAMILIES["granitemoehybrid-dense-tied"] = lambda: transformers.GraniteMoeHybridConfig(
     **_GRANITE, num_local_experts=0, tie_word_embeddings=True)
+# Falcon-H1: attention ‖ Mamba-2 in every layer, Mamba-2 6 heads of 12 (not expand * hidden), every
+# µP multiplier away from 1, attention heads narrower than hidden / heads
+_FALCON = dict(**{k: v for k, v in SMALL.items() if k != "rms_norm_eps"}, head_dim=8,
+               mamba_d_ssm=72, mamba_n_heads=6, mamba_n_groups=2, mamba_d_state=8,
+               mamba_chunk_size=4, rope_theta=1e4, embedding_multiplier=2.0,
+               lm_head_multiplier=0.7, key_multiplier=1.5, attention_in_multiplier=0.8,
+               attention_out_multiplier=1.3, ssm_in_multiplier=1.2, ssm_out_multiplier=0.9,
+               mlp_multipliers=[1.4, 0.6], ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 2.0])
+FAMILIES["falcon_h1"] = lambda: transformers.FalconH1Config(**_FALCON)
+# with the gated norm, normed before the gate, and the head tied
+FAMILIES["falcon_h1-norm-tied"] = lambda: transformers.FalconH1Config(
+    **_FALCON, mamba_rms_norm=True, mamba_norm_before_gate=True, tie_word_embeddings=True)
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
     **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
@@ -88,7 +100,7 @@ def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.2)
-    if name.startswith("qwen3_next"):  # its norms start at 1 + 0 and 1: make their weights matter
+    if name.startswith(("qwen3_next", "falcon_h1")):  # norms at 1 (Qwen3-Next's 1 + 0): perturbed
         with torch.no_grad():
             for key, param in model.named_parameters():
                 if key.endswith("norm.weight"):
@@ -462,3 +474,22 @@ def test_granite_multipliers_are_folded_into_the_weights(tmp_path: Path) -> None
     torch.testing.assert_close(ours.layers[1].mixer.o_proj.weight,
                                0.6 * theirs["model.layers.1.self_attn.o_proj.weight"])
     torch.testing.assert_close(ours.norm.weight, theirs["model.norm.weight"] / 2.5)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("projectors_bias", True, "a bias on Mamba-2's out_proj"),
+    ("ssm_multipliers", [1.0, 2.0], r"ssm_multipliers=\[1.0, 2.0\]: expected a list of 5 positive"),
+    ("key_multiplier", 0, "key_multiplier=0: expected a positive number"),
+    ("mamba_d_ssm", 60, "mamba_n_heads \\* mamba_d_head = 72 is not mamba_d_ssm = 60"),
+    ("time_step_limit", [0.0, 4.0], "dt clamped"),
+])
+def test_unmodelled_falcon_h1_settings_are_refused(key: str, value: object, message: str,
+                                                   tmp_path: Path) -> None:
+    import json
+
+    path, _ = save_hf("falcon_h1", tmp_path)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)

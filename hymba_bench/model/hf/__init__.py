@@ -36,6 +36,7 @@ ADAPTERS: dict[str, str] = {
     "qwen3_next": "hymba_bench.model.hf.qwen3_next:Qwen3NextAdapter",
     "jamba": "hymba_bench.model.hf.jamba:JambaAdapter",
     "granitemoehybrid": "hymba_bench.model.hf.granite:GraniteMoeHybridAdapter",
+    "falcon_h1": "hymba_bench.model.hf.falcon_h1:FalconH1Adapter",
 }
 
 
