@@ -1,6 +1,6 @@
 """lm-eval scores of a Hugging Face checkpoint through our adapter equal lm-eval's own HF model
 (`HFLM`) on the same weights and tokenizer: loglikelihoods, greedy flags and rolling
-loglikelihoods, for each family of the Llama and Mamba layouts."""
+loglikelihoods, for each family (the hybrids with their experts and multipliers)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,32 @@ def save_with_tokenizer(root: Path, name: str) -> Path:
                                                   num_attention_heads=4, num_key_value_heads=2),
         "mamba2": lambda: transformers.Mamba2Config(**small, state_size=8, num_heads=4,
                                                     head_dim=16, n_groups=1),
+        "nemotron_h": lambda: transformers.NemotronHConfig(
+            **{**small, "num_hidden_layers": 3}, intermediate_size=48, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, ssm_state_size=8, mamba_num_heads=4,
+            mamba_head_dim=16, n_groups=1, layers_block_type=["mamba", "attention", "mlp"]),
+        "bamba": lambda: transformers.BambaConfig(
+            **small, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            attn_layer_indices=[1], mamba_n_heads=4, mamba_d_state=8),
+        "qwen3_next": lambda: transformers.Qwen3NextConfig(
+            **small, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+            linear_value_head_dim=16, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=24, shared_expert_intermediate_size=16),
+        "jamba": lambda: transformers.JambaConfig(
+            **small, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            num_experts=4, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
+            attn_layer_offset=1, mamba_d_state=8),
+        "granitemoehybrid": lambda: transformers.GraniteMoeHybridConfig(
+            **small, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2,
+            layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_state=8,
+            num_local_experts=4, shared_intermediate_size=16, embedding_multiplier=2.0,
+            residual_multiplier=0.7, attention_multiplier=0.2, logits_scaling=1.5),
+        "falcon_h1": lambda: transformers.FalconH1Config(
+            **small, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            mamba_d_ssm=64, mamba_n_heads=4, mamba_d_state=8, embedding_multiplier=1.5,
+            lm_head_multiplier=0.8, key_multiplier=1.2, ssm_multipliers=[0.5, 1.5, 1.0, 1.2, 2.0]),
     }[name]()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -39,7 +65,8 @@ def save_with_tokenizer(root: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["llama", "mamba2"])
+@pytest.mark.parametrize("name", ["llama", "mamba2", "nemotron_h", "bamba", "qwen3_next", "jamba",
+                                  "granitemoehybrid", "falcon_h1"])
 def test_scores_equal_lm_evals_own_hf_model(name: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
