@@ -128,10 +128,32 @@ def test_weights_land_where_they_belong(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-5, rtol=1e-4)
 
 
-def test_lm_eval_adapter_takes_the_hf_directory(tmp_path: Path) -> None:
+def test_lm_eval_adapter_takes_the_hf_directory_with_its_tokenizer(tmp_path: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
     path = write_checkpoint(tmp_path / "hymba-small", HF_CONFIG, hf_state(HF_CONFIG))
+    with pytest.raises(HymbaBenchError, match=r"no tokenizer\.json beside config\.json"):
+        HymbaBenchLM("hymba-1.5b", checkpoint=path)  # bytes would score the weights as noise
+    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", "the", "cat"])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+    special = path / "tokenizer_config.json"
+    special.write_text('{"bos_token": "<bos>", "eos_token": {"content": "<eos>"}}')
     lm = HymbaBenchLM("hymba-1.5b", checkpoint=path)
     assert lm.model.cfg.n_layers == 6 and lm.model.cfg.vocab_size == 300
+    assert (lm.tokenizer.bos_id, lm.tokenizer.eos_id) == (1, 2)
+    assert lm.tok_encode("the cat") == [3, 4]
+    # no BOS (as Qwen's): an empty context is conditioned on EOS, as lm-eval's HF model does
+    special.write_text('{"bos_token": null, "eos_token": "cat"}')
+    assert (HymbaBenchLM("hymba-1.5b", checkpoint=path).tokenizer.bos_id) == 4
+    special.write_text('{"eos_token": "<none>"}')
+    with pytest.raises(HymbaBenchError, match=r"eos_token '<none>' is not in tokenizer\.json"):
+        HymbaBenchLM("hymba-1.5b", checkpoint=path)
+    special.unlink()  # then config.json's ids
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "bos_token_id": 3, "eos_token_id": [4]}))
+    tok = HymbaBenchLM("hymba-1.5b", checkpoint=path).tokenizer
+    assert (tok.bos_id, tok.eos_id) == (3, 4)
 
 
 @pytest.mark.parametrize("break_it, message", [

@@ -356,9 +356,15 @@ _GGUF_NAMES = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.wei
                "post_attention_layernorm.weight": "ffn_norm.weight"}
 
 
-def write_llama_gguf(model: torch.nn.Module, path: Path, quantize: bool) -> None:
+# a byte-level BPE vocabulary, as llama.cpp stores GPT-2-style tokenizers
+GGUF_TOKENS = ["<s>", "</s>", "t", "h", "e", "c", "a", "Ġ", "th", "the", "ca", "cat", "Ġcat", "Ġthe"]
+
+
+def write_llama_gguf(model: torch.nn.Module, path: Path, quantize: bool,
+                     tokenizer: bool = False) -> None:
     """The model as llama.cpp's converter writes a Llama: its metadata keys, its tensor names, q
-    and k rows permuted to its rotary pairing; matrices as Q8_0 blocks when `quantize`."""
+    and k rows permuted to its rotary pairing; matrices as Q8_0 blocks when `quantize`; with
+    `tokenizer`, `GGUF_TOKENS` as its vocabulary."""
     gguf = pytest.importorskip("gguf")
     cfg = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -373,6 +379,14 @@ def write_llama_gguf(model: torch.nn.Module, path: Path, quantize: bool) -> None
     writer.add_rope_freq_base(500.0)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
+    if tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(GGUF_TOKENS)
+        writer.add_token_types([3, 3] + [1] * (len(GGUF_TOKENS) - 2))  # 3: control
+        writer.add_token_merges(["t h", "th e", "c a", "ca t", "Ġ cat", "Ġ the"])
+        writer.add_bos_token_id(0)
+        writer.add_eos_token_id(1)
 
     def permute(w, heads: int):
         return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2) \
@@ -493,3 +507,16 @@ def test_unmodelled_falcon_h1_settings_are_refused(key: str, value: object, mess
     (path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(HymbaBenchError, match=message):
         config_from_checkpoint(path)
+
+
+def test_a_gguf_file_is_scored_through_its_own_vocabulary(tmp_path: Path) -> None:
+    from hymba_bench.accuracy.adapter import HymbaBenchLM
+
+    bare, with_vocab = tmp_path / "bare.gguf", tmp_path / "vocab.gguf"
+    write_llama_gguf(llama_for_gguf(), bare, quantize=False)
+    write_llama_gguf(llama_for_gguf(), with_vocab, quantize=False, tokenizer=True)
+    with pytest.raises(HymbaBenchError, match=r"bare\.gguf: no tokenizer could be read"):
+        HymbaBenchLM(checkpoint=str(bare))
+    lm = HymbaBenchLM(checkpoint=str(with_vocab))
+    assert lm.tok_encode("the cat") == [9, 12]  # the merges applied: "the", "Ġcat"
+    assert (lm.tokenizer.bos_id, lm.tokenizer.eos_id) == (0, 1)
