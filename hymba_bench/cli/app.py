@@ -109,8 +109,10 @@ def describe(name: str, profile: str, seq_len: int | None,
     seq = seq_len or resolved.info["cache_seq_len"]
     params = count_parameters(cfg)
     used = list(dict.fromkeys(spec.mixer for spec in cfg.layers))
-    if "hybrid" in used:  # its SSM branch is a mixer too, with its own options
-        used.append(cfg.options("hybrid").ssm)
+    for mixer in list(used):  # a branch (hybrid's, parallel's `ssm`) is a mixer with its options
+        branch = getattr(cfg.options(mixer), "ssm", None)
+        if isinstance(branch, str):
+            used.append(branch)
     options = {m: dataclasses.asdict(o) for m in dict.fromkeys(used)
                if dataclasses.is_dataclass(o := cfg.options(m)) and dataclasses.fields(o)}
     return {
@@ -161,10 +163,10 @@ def show(
         f"cache at {cache['seq_len']} tokens, batch 1, fp16: {cache['bytes']:,} bytes; "
         f"{cache['mb_paper']:.1f} MB in the paper's convention (10^6 B, meta tokens not counted)"
     )
-    branch = info["mixer_options"].get("hybrid", {}).get("ssm")
     table = Table("layer", "mixer", "attention", "window", "kv")
     for layer in info["layers"]:
-        mixer = f"hybrid ({branch})" if layer["mixer"] == "hybrid" else layer["mixer"]
+        branch = info["mixer_options"].get(layer["mixer"], {}).get("ssm")
+        mixer = f"{layer['mixer']} ({branch})" if branch else layer["mixer"]
         table.add_row(str(layer["index"]), mixer, layer["attention"] or "-",
                       str(layer["window"] or "-"), layer["kv"] or "-")
     console.print(table)

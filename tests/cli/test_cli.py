@@ -62,12 +62,13 @@ def test_show_human_readable() -> None:
 
 def test_show_names_the_hybrid_branch_and_the_resolved_options() -> None:
     """The profile's block (tiny: Mamba-2 heads of 16) under the design's (ssm: mamba2)."""
-    info = json.loads(cli("show", "falcon-h1", "--json").stdout)
-    assert info["mixer_options"]["hybrid"] == {"ssm": "mamba2"}
-    assert info["mixer_options"]["mamba2"]["head_dim"] == 16
-    out = cli("show", "falcon-h1")
-    assert out.returncode == 0 and "hybrid (mamba2)" in out.stdout
-    assert "mamba2: d_state 16" in out.stdout
+    for design, mixer in (("b-mamba2", "hybrid"), ("falcon-h1", "parallel")):
+        info = json.loads(cli("show", design, "--json").stdout)
+        assert info["mixer_options"][mixer] == {"ssm": "mamba2"}
+        assert info["mixer_options"]["mamba2"]["head_dim"] == 16
+        out = cli("show", design)
+        assert out.returncode == 0 and f"{mixer} (mamba2)" in out.stdout
+        assert "mamba2: d_state 16" in out.stdout
 
 
 @pytest.mark.parametrize("args, message", [
