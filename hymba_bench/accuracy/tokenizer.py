@@ -48,21 +48,16 @@ class HFTokenizer:
     `config.json`'s `bos_token_id` / `eos_token_id`. Without a BOS token, BOS is EOS, the prefix
     lm-eval's HF model conditions an empty context on."""
 
-    def __init__(self, tok: Any, folder: Path | None = None,
-                 special: dict[str, int | None] | None = None) -> None:
+    def __init__(self, tok: Any, bos: int | None, eos: int | None, where: Path) -> None:
+        """`bos` / `eos`: the ids the checkpoint names (None: not named)."""
         self._tok = tok
         self.vocab_size = tok.get_vocab_size()
-        found = dict(special or {})
-        if folder is not None:
-            found = {**_special_ids(folder, tok), **{k: v for k, v in found.items() if v is not None}}
-        vocab = tok.get_vocab()
-        eos = found.get("eos")
         if eos is None:
+            vocab = tok.get_vocab()
             eos = vocab.get("</s>", vocab.get("<|end_of_text|>", vocab.get("<|endoftext|>")))
         if eos is None:
-            raise HymbaBenchError(f"{folder or 'tokenizer'}: no EOS token (tokenizer_config.json "
-                                  "eos_token or config.json eos_token_id)", param="checkpoint")
-        bos = found.get("bos")
+            raise HymbaBenchError(f"{where}: no EOS token (tokenizer_config.json eos_token or "
+                                  "config.json eos_token_id)", param="checkpoint")
         self.eos_id, self.bos_id = int(eos), int(bos) if bos is not None else int(eos)
 
     @classmethod
@@ -77,7 +72,8 @@ class HFTokenizer:
         except Exception as exc:  # the tokenizers package raises its own types
             raise HymbaBenchError(f"{path}: not a tokenizer.json ({_first_line(exc)})",
                                   param="checkpoint") from None
-        return cls(tok, path.parent)
+        special = _special_ids(path.parent, tok)
+        return cls(tok, special["bos"], special["eos"], path.parent)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -128,10 +124,8 @@ def _gguf_tokenizer(path: Path) -> HFTokenizer:
         fast = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:  # transformers' reader raises many types
         raise HymbaBenchError(f"{path}: no tokenizer could be read from the file "
-                              f"({_first_line(exc)})",
-                              param="checkpoint") from None
-    return HFTokenizer(fast.backend_tokenizer,
-                       special={"bos": fast.bos_token_id, "eos": fast.eos_token_id})
+                              f"({_first_line(exc)})", param="checkpoint") from None
+    return HFTokenizer(fast.backend_tokenizer, fast.bos_token_id, fast.eos_token_id, path)
 
 
 def load_tokenizer(checkpoint: Path | None) -> Tokenizer:

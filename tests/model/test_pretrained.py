@@ -110,6 +110,19 @@ def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
+def assert_refused(name: str, key: str, value: object, message: str, root: Path) -> None:
+    """Family `name`'s checkpoint with config.json's `key` set to `value` is refused, saying
+    `message`."""
+    import json
+
+    path, _ = save_hf(name, root)
+    raw = json.loads((path / "config.json").read_text())
+    raw[key] = value
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(HymbaBenchError, match=message):
+        config_from_checkpoint(path)
+
+
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     scale = theirs.abs().max()
     assert ((ours - theirs).abs().max() / scale).item() < 1e-4
@@ -173,14 +186,7 @@ def test_loading_is_strict(tmp_path: Path) -> None:
 ])
 def test_unmodelled_settings_are_refused(key: str, value: object, message: str,
                                          tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("llama", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("llama", key, value, message, tmp_path)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -190,14 +196,7 @@ def test_unmodelled_settings_are_refused(key: str, value: object, message: str,
 ])
 def test_unmodelled_mamba2_settings_are_refused(key: str, value: object, message: str,
                                                 tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("mamba2", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("mamba2", key, value, message, tmp_path)
 
 
 def test_a_checkpoint_is_a_design_wherever_a_name_goes(tmp_path: Path) -> None:
@@ -246,14 +245,7 @@ def test_records_name_the_checkpoint_files_they_measured(tmp_path: Path) -> None
 ])
 def test_unmodelled_nemotron_h_settings_are_refused(key: str, value: object, message: str,
                                                     tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("nemotron_h", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("nemotron_h", key, value, message, tmp_path)
 
 
 def test_an_older_nemotron_h_config_reads_its_pattern(tmp_path: Path) -> None:
@@ -286,14 +278,7 @@ def test_the_cache_formula_equals_the_allocation(name: str, tmp_path: Path) -> N
 ])
 def test_unmodelled_bamba_settings_are_refused(key: str, value: object, message: str,
                                                tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("bamba", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("bamba", key, value, message, tmp_path)
 
 
 def test_partial_rotary_turns_the_first_channels_only() -> None:
@@ -323,14 +308,7 @@ def test_partial_rotary_turns_the_first_channels_only() -> None:
 ])
 def test_unmodelled_qwen3_next_settings_are_refused(key: str, value: object, message: str,
                                                     tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("qwen3_next-moe", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("qwen3_next-moe", key, value, message, tmp_path)
 
 
 def test_jamba_layers_follow_its_periods_and_offsets(tmp_path: Path) -> None:
@@ -469,14 +447,7 @@ def test_a_gguf_design_records_its_quantization(tmp_path: Path) -> None:
 ])
 def test_unmodelled_granite_settings_are_refused(key: str, value: object, message: str,
                                                  tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("granitemoehybrid", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("granitemoehybrid", key, value, message, tmp_path)
 
 
 def test_granite_multipliers_are_folded_into_the_weights(tmp_path: Path) -> None:
@@ -499,14 +470,7 @@ def test_granite_multipliers_are_folded_into_the_weights(tmp_path: Path) -> None
 ])
 def test_unmodelled_falcon_h1_settings_are_refused(key: str, value: object, message: str,
                                                    tmp_path: Path) -> None:
-    import json
-
-    path, _ = save_hf("falcon_h1", tmp_path)
-    raw = json.loads((path / "config.json").read_text())
-    raw[key] = value
-    (path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(HymbaBenchError, match=message):
-        config_from_checkpoint(path)
+    assert_refused("falcon_h1", key, value, message, tmp_path)
 
 
 def test_a_gguf_file_is_scored_through_its_own_vocabulary(tmp_path: Path) -> None:

@@ -67,6 +67,33 @@ def rope_theta(hf: dict[str, Any]) -> float:
     return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
 
 
+def multiplier(hf: dict[str, Any], key: str) -> float:
+    """A constant scale of config.json (µP's), 1 where absent: a positive number."""
+    value = hf.get(key, 1.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise HymbaBenchError(f"config.json: {key}={value!r}: expected a positive number")
+    return float(value)
+
+
+def multipliers(hf: dict[str, Any], key: str, count: int) -> list[float]:
+    """A list of `count` such scales, all 1 where absent or null (as transformers defaults it)."""
+    values = hf.get(key)
+    if values is None:
+        return [1.0] * count
+    if not isinstance(values, list) or len(values) != count or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        raise HymbaBenchError(f"config.json: {key}={values!r}: expected a list of {count} "
+                              "positive numbers")
+    return [float(v) for v in values]
+
+
+def scaled(t: Tensor, factor: float | Tensor) -> Tensor:
+    """`t * factor` in float64, back in t's dtype: a multiplier folded into a weight."""
+    if isinstance(factor, float) and factor == 1.0:
+        return t
+    return (t.double() * factor).to(t.dtype)
+
+
 def need(hf: dict[str, Any], key: str, family: str) -> Any:
     if key not in hf or hf[key] is None:
         raise HymbaBenchError(f"config.json: missing {family} key {key!r}")

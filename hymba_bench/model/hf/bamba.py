@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.hf.adapter import HFAdapter, need, refuse_unmodelled, rope_theta
-from hymba_bench.model.hf.mamba import _number
+from hymba_bench.model.hf.mamba import refuse_dt_clamp
 
 _MAMBA = r"mamba\.(in_proj\.weight|out_proj\.weight|conv1d\.weight|conv1d\.bias|dt_bias|A_log|D|" \
          r"norm\.weight)"
@@ -25,12 +25,15 @@ def partial_rotary(hf: dict[str, Any], default: float) -> float:
     return float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", default)))
 
 
+def refuse_partial_rotary(hf: dict[str, Any]) -> None:
+    if partial_rotary(hf, 1.0) != 1.0:
+        raise HymbaBenchError("config.json: partial_rotary_factor (rotary on part of a head) is "
+                              "not supported for this family")
+
+
 def mamba2_options(hf: dict[str, Any], family: str, d_model: int, eps: float) -> dict[str, Any]:
     """The `mamba2:` block of Bamba's `mamba_*` keys (Granite-4.0-H's too)."""
-    limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf"))]
-    if limit[0] > 0.0 or limit[1] != float("inf"):
-        raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
-                              "supported")
+    refuse_dt_clamp(hf)
     expand, heads = int(hf.get("mamba_expand", 2)), int(need(hf, "mamba_n_heads", family))
     head = hf.get("mamba_d_head", "auto")
     head = expand * d_model // heads if head in ("auto", None) else int(head)

@@ -19,27 +19,25 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.model.hf.adapter import HFAdapter, need, refuse_unmodelled, rope_theta
-from hymba_bench.model.hf.bamba import partial_rotary
-from hymba_bench.model.hf.mamba import _number
+from hymba_bench.model.hf.adapter import (
+    HFAdapter,
+    multiplier,
+    multipliers,
+    need,
+    refuse_unmodelled,
+    rope_theta,
+    scaled,
+)
+from hymba_bench.model.hf.bamba import refuse_partial_rotary
+from hymba_bench.model.hf.mamba import refuse_dt_clamp
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 _LAYER = re.compile(r"model\.layers\.\d+\.(.+)")
-
-
-def _multiplier(hf: dict[str, Any], key: str, count: int = 0) -> list[float]:
-    """One positive number (count 0), or a list of `count` of them; 1 where absent."""
-    value = hf.get(key)
-    if value is None:
-        return [1.0] * max(count, 1)
-    values = value if count else [value]
-    if not isinstance(values, list) or len(values) != max(count, 1) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-        want = f"a list of {count} positive numbers" if count else "a positive number"
-        raise HymbaBenchError(f"config.json: {key}={value!r}: expected {want}")
-    return [float(v) for v in values]
+_MULTIPLIERS = ("embedding_multiplier", "lm_head_multiplier", "key_multiplier",
+                "attention_in_multiplier", "attention_out_multiplier", "ssm_in_multiplier",
+                "ssm_out_multiplier")
 
 
 class FalconH1Adapter(HFAdapter):
@@ -69,19 +67,12 @@ class FalconH1Adapter(HFAdapter):
         refuse_unmodelled(hf, self.fixed())
         fam = self.family
         d, heads = int(need(hf, "hidden_size", fam)), int(need(hf, "num_attention_heads", fam))
-        limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf"))]
-        if limit[0] > 0.0 or limit[1] != float("inf"):
-            raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
-                                  "supported")
-        if partial_rotary(hf, 1.0) != 1.0:
-            raise HymbaBenchError("config.json: partial_rotary_factor (rotary on part of a head) "
-                                  "is not supported for this family")
-        for key in ("embedding_multiplier", "lm_head_multiplier", "key_multiplier",
-                    "attention_in_multiplier", "attention_out_multiplier", "ssm_in_multiplier",
-                    "ssm_out_multiplier"):
-            _multiplier(hf, key)
-        _multiplier(hf, "mlp_multipliers", 2)
-        _multiplier(hf, "ssm_multipliers", 5)
+        refuse_dt_clamp(hf)
+        refuse_partial_rotary(hf)
+        for key in _MULTIPLIERS:
+            multiplier(hf, key)
+        multipliers(hf, "mlp_multipliers", 2)
+        multipliers(hf, "ssm_multipliers", 5)
         m_heads = int(need(hf, "mamba_n_heads", fam))
         d_ssm = hf.get("mamba_d_ssm") or int(hf.get("mamba_expand", 2)) * d
         m_head = hf.get("mamba_d_head", "auto")
@@ -113,18 +104,14 @@ class FalconH1Adapter(HFAdapter):
                 hf: dict[str, Any]) -> dict[str, Tensor]:
         import torch
 
-        (embed,), (head,) = _multiplier(hf, "embedding_multiplier"), \
-            _multiplier(hf, "lm_head_multiplier")
-        (a_in,), (key,) = _multiplier(hf, "attention_in_multiplier"), \
-            _multiplier(hf, "key_multiplier")
-        (a_out,), (s_in,), (s_out,) = (_multiplier(hf, k) for k in (
-            "attention_out_multiplier", "ssm_in_multiplier", "ssm_out_multiplier"))
-        gate, down = _multiplier(hf, "mlp_multipliers", 2)
+        embed, head, key, a_in, a_out, s_in, s_out = (multiplier(hf, k) for k in _MULTIPLIERS)
+        gate, down = multipliers(hf, "mlp_multipliers", 2)
         o = cfg.options("mamba2")
         d_ssm, bc = o.d_ssm(cfg), o.n_groups * o.d_state
         sections = [d_ssm, d_ssm, bc, bc, o.heads(cfg)]  # z, x, B, C, dt: in_proj's rows
+        per_section = multipliers(hf, "ssm_multipliers", 5)
         rows = torch.cat([torch.full((n,), m, dtype=torch.float64)
-                          for n, m in zip(sections, _multiplier(hf, "ssm_multipliers", 5), strict=True)])
+                          for n, m in zip(sections, per_section, strict=True)])
         factors = {"self_attn.q_proj.weight": a_in, "self_attn.k_proj.weight": a_in * key,
                    "self_attn.v_proj.weight": a_in, "self_attn.o_proj.weight": a_out,
                    "mamba.out_proj.weight": s_out, "feed_forward.gate_proj.weight": gate,
@@ -142,6 +129,5 @@ class FalconH1Adapter(HFAdapter):
                 factor = head
             elif k == "model.final_layernorm.weight" and cfg.tie_embeddings:
                 factor = head / embed  # the head is the scaled embedding
-            scale_ok = isinstance(factor, float) and factor == 1.0
-            out[k] = value if scale_ok else (value.double() * factor).to(value.dtype)
+            out[k] = scaled(value, factor)
         return out

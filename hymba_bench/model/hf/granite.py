@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.model.hf.adapter import HFAdapter, need, refuse_unmodelled, rope_theta
-from hymba_bench.model.hf.bamba import _MAMBA, mamba2_options, partial_rotary
+from hymba_bench.model.hf.adapter import (
+    HFAdapter,
+    multiplier,
+    need,
+    refuse_unmodelled,
+    rope_theta,
+    scaled,
+)
+from hymba_bench.model.hf.bamba import _MAMBA, mamba2_options, refuse_partial_rotary
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 _LAYERS = {"mamba": "mamba2", "linear_attention": "mamba2", "attention": "attention",
            "full_attention": "attention"}
 _LAYER = re.compile(r"(model\.layers\.\d+)\.(.+)")
+_MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                "logits_scaling")
 
 
 class GraniteMoeHybridAdapter(HFAdapter):
@@ -73,14 +82,10 @@ class GraniteMoeHybridAdapter(HFAdapter):
                 raise HymbaBenchError(f"config.json: layer type {kind!r} is not supported "
                                       f"(supported: {', '.join(_LAYERS)})")
         rope = hf.get("position_embedding_type") == "rope"
-        if rope and partial_rotary(hf, 1.0) != 1.0:
-            raise HymbaBenchError("config.json: partial_rotary_factor (rotary on part of a head) "
-                                  "is not supported for this family")
-        for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
-                    "logits_scaling"):
-            value = hf.get(key, 1.0)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise HymbaBenchError(f"config.json: {key}={value!r}: expected a positive number")
+        if rope:
+            refuse_partial_rotary(hf)
+        for key in _MULTIPLIERS:
+            multiplier(hf, key)
         eps = float(hf.get("rms_norm_eps", 1e-6))
         experts = int(hf.get("num_local_experts") or 0)
         shared = int(need(hf, "shared_intermediate_size", fam))
@@ -103,16 +108,11 @@ class GraniteMoeHybridAdapter(HFAdapter):
 
     def convert(self, state: dict[str, Tensor], cfg: ModelConfig,
                 hf: dict[str, Any]) -> dict[str, Tensor]:
-        embed, residual = float(hf.get("embedding_multiplier", 1.0)), \
-            float(hf.get("residual_multiplier", 1.0))
-        q_scale = float(hf.get("attention_multiplier", 1.0)) * math.sqrt(cfg.d_qk)
-        head = 1.0 / float(hf.get("logits_scaling", 1.0)) / (embed if cfg.tie_embeddings else 1.0)
+        embed, residual, attention, logits = (multiplier(hf, k) for k in _MULTIPLIERS)
+        q_scale = attention * math.sqrt(cfg.d_qk)
+        head = 1.0 / logits / (embed if cfg.tie_embeddings else 1.0)
         shared = "shared_expert." if cfg.ffn == "moe" else ""
         out: dict[str, Tensor] = {}
-
-        def scaled(t: Tensor, factor: float) -> Tensor:
-            return t if factor == 1.0 else (t.double() * factor).to(t.dtype)
-
         for key, value in state.items():
             m = _LAYER.fullmatch(key)
             part = m.group(2) if m else ""

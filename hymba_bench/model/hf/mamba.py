@@ -28,6 +28,14 @@ def _number(value: Any) -> float:
         raise HymbaBenchError(f"config.json: {value!r} is not a number") from None
 
 
+def refuse_dt_clamp(hf: dict[str, Any]) -> None:
+    """Mamba-2's dt clamp (`time_step_limit` other than [0, inf]) is not modelled."""
+    limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, math.inf)]
+    if limit[0] > 0.0 or limit[1] != math.inf:
+        raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
+                              "supported")
+
+
 class MambaAdapter(HFAdapter):
     model_types = ("mamba",)
     family = "Mamba"
@@ -78,10 +86,7 @@ class Mamba2Adapter(MambaAdapter):
 
     def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
         refuse_unmodelled(hf, self.fixed())
-        limit = [_number(x) for x in hf.get("time_step_limit") or (0.0, math.inf)]
-        if limit[0] > 0.0 or limit[1] != math.inf:
-            raise HymbaBenchError(f"config.json: time_step_limit={limit!r} (dt clamped) is not "
-                                  "supported")
+        refuse_dt_clamp(hf)
         base = self.base(hf, name)
         d, expand = base["d_model"], int(hf.get("expand", 2))
         head_dim = int(need(hf, "head_dim", self.family))
