@@ -41,7 +41,7 @@ class LayerSpec:
     kv: str | None  # "own" | "shared:<i>" | None (no attention)
     n_kv_heads: int = 0  # KV heads of this layer's attention (0: no attention)
     ffn: str = "dense"  # dense | moe | none
-    tied_to: int | None = None  # layer whose weights this layer applies (Zamba's shared block)
+    tied_to: int | None = None  # layer whose weights this layer applies (Zamba's, Zamba2's blocks)
 
     @property
     def has_attention(self) -> bool:
@@ -281,6 +281,10 @@ def _plan_layers(cfg: ModelConfig, mixers: list[str]) -> list[LayerSpec]:
                 raise ConfigError(f"shared_attention: layers {blocks[0]} and {i} would apply the "
                                   f"shared block with different FFNs ({ffn_of(blocks[0])}, {ffn_of(i)})")
             tied[i] = blocks[0]
+    for m in dict.fromkeys(mixers):  # mixers that share weights among their own layers (Zamba2)
+        ties = getattr(mixer_registry.mixer_class(m), "tied_layers", None)
+        if ties is not None:
+            tied.update(ties(cfg, [i for i, x in enumerate(mixers) if x == m]))
 
     return [
         LayerSpec(

@@ -14,6 +14,11 @@ the rest of the harness needs to know about it (the contract every entry keeps):
 - `state_shapes(cfg, spec, batch)`: the decode state it needs, by name, which the cache
   allocates; `state_elements(cfg, spec)`: the same state's size per sequence, written out from
   the mixer's equations rather than from the shapes, so that a test can hold the two equal;
+- optionally `takes_stream = True`: the layer hands it the residual stream un-normed (it holds
+  its own norms: Zamba2's block adds to the Mamba-2 layer's input before that layer's norm);
+- optionally `tied_layers(cfg, indices)` -> {layer: the layer whose weights it applies}, over the
+  layers of this mixer, and `tie_to(source)`, which takes the shared part of `source`'s weights
+  (Zamba2's blocks applied in turn; each application keeps the rest, and its state, as its own);
 - optionally `reset_mixer_parameters()`: its own initialisation (dt, A, filter poles), run after
   the generic one;
 - optionally `Branch`: the class that can stand as the SSM branch of hybrid heads
@@ -45,6 +50,7 @@ MIXERS: dict[str, str] = {
     "mlp": "hymba_bench.model.mlp:MLP",
     "gated_deltanet": "hymba_bench.model.gated_deltanet:GatedDeltaNet",
     "parallel": "hymba_bench.model.parallel:Parallel",
+    "zamba2": "hymba_bench.model.zamba2:Zamba2Hybrid",
 }
 
 

@@ -19,6 +19,8 @@ class Context:
     positions: Tensor  # (L,) absolute positions of the rows of x, meta tokens counted
     cache: InferenceCache | None = None
     decode: bool = False  # one token per sequence into a prefilled cache
+    # the model's input rows (token embeddings, meta tokens first): Zamba2's block reads them
+    embeddings: Tensor | None = None
     shared: SharedKV = field(default_factory=dict)
     # what every layer of one forward pass shares, built by the first that needs it (rotary tables)
     memo: dict[tuple[object, ...], Any] = field(default_factory=dict)

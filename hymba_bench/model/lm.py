@@ -87,7 +87,7 @@ class HybridLM(nn.Module):
             positions = cache.position.view(1)
         else:
             positions = torch.arange(length, device=x.device)
-        ctx = Context(positions, cache, decode)
+        ctx = Context(positions, cache, decode, embeddings=x)
         for layer in self.layers:
             x = layer(x, ctx)
         if cache is not None:

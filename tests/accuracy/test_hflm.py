@@ -56,6 +56,10 @@ def save_with_tokenizer(root: Path, name: str) -> Path:
             **small, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
             mamba_d_ssm=64, mamba_n_heads=4, mamba_d_state=8, embedding_multiplier=1.5,
             lm_head_multiplier=0.8, key_multiplier=1.2, ssm_multipliers=[0.5, 1.5, 1.0, 1.2, 2.0]),
+        "zamba2": lambda: transformers.Zamba2Config(
+            **{**small, "num_hidden_layers": 3}, intermediate_size=48, num_attention_heads=4,
+            mamba_d_state=8, n_mamba_heads=4, layers_block_type=["hybrid", "mamba", "hybrid"],
+            use_shared_attention_adapter=True, adapter_rank=4, use_mem_rope=True),
     }[name]()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -66,7 +70,7 @@ def save_with_tokenizer(root: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["llama", "mamba2", "nemotron_h", "bamba", "qwen3_next", "jamba",
-                                  "granitemoehybrid", "falcon_h1"])
+                                  "granitemoehybrid", "falcon_h1", "zamba2"])
 def test_scores_equal_lm_evals_own_hf_model(name: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -85,9 +85,21 @@ FAMILIES["falcon_h1"] = lambda: transformers.FalconH1Config(**_FALCON)
 # with the gated norm, normed before the gate, and the head tied
 FAMILIES["falcon_h1-norm-tied"] = lambda: transformers.FalconH1Config(
     **_FALCON, mamba_rms_norm=True, mamba_norm_before_gate=True, tie_word_embeddings=True)
+# Zamba2: two shared blocks applied in turn by four hybrid layers (the third and fourth apply the
+# first two again), per-application adapters on q, k, v and the MLP, rotary
+_ZAMBA2 = dict(**{k: v for k, v in SMALL.items() if k not in ("num_hidden_layers",
+                                                            "num_key_value_heads")},
+               num_hidden_layers=7, mamba_d_state=8, n_mamba_heads=8, mamba_ngroups=2, chunk_size=4,
+               layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid", "mamba", "hybrid"])
+FAMILIES["zamba2"] = lambda: transformers.Zamba2Config(
+    **_ZAMBA2, num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=6,
+    use_mem_rope=True)
+# one block, adapters on the MLP only, grouped K/V, no positions, SiLU
+FAMILIES["zamba2-one-block"] = lambda: transformers.Zamba2Config(
+    **_ZAMBA2, num_mem_blocks=1, num_key_value_heads=2, adapter_rank=5, hidden_act="silu")
 # dt's floor reached by most steps, so that the clamp is part of the function compared
 FAMILIES["nemotron_h-dt-floor"] = lambda: FAMILIES["nemotron_h"]().__class__(
-    **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_min": 0.3})
+    **{**FAMILIES["nemotron_h"]().to_dict(), "time_step_limit": (0.3, float("inf"))})
 
 
 def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
@@ -100,7 +112,7 @@ def save_hf(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.2)
-    if name.startswith(("qwen3_next", "falcon_h1")):  # norms at 1 (Qwen3-Next's 1 + 0): perturbed
+    if name.startswith(("qwen3_next", "falcon_h1", "zamba2")):  # norms at 1 (Qwen3-Next's 1 + 0): perturbed
         with torch.no_grad():
             for key, param in model.named_parameters():
                 if key.endswith("norm.weight"):
@@ -484,3 +496,46 @@ def test_a_gguf_file_is_scored_through_its_own_vocabulary(tmp_path: Path) -> Non
     lm = HymbaBenchLM(checkpoint=str(with_vocab))
     assert lm.tok_encode("the cat") == [9, 12]  # the merges applied: "the", "Ġcat"
     assert (lm.tokenizer.bos_id, lm.tokenizer.eos_id) == (0, 1)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("add_bias_linear", True, "add_bias_linear=True"),
+    ("use_long_context", True, "use_long_context=True"),
+    ("hidden_act", "relu", "hidden_act='relu'"),
+    ("num_key_value_heads", 2, "use_shared_attention_adapter with num_key_value_heads=2"),
+    ("layers_block_type", ["mamba", "attention"], "layer type 'attention' is not one of"),
+])
+def test_unmodelled_zamba2_settings_are_refused(key: str, value: object, message: str,
+                                                tmp_path: Path) -> None:
+    assert_refused("zamba2", key, value, message, tmp_path)
+
+
+def test_zamba2_blocks_are_applied_in_turn_each_application_with_its_adapters(
+        tmp_path: Path) -> None:
+    path, _ = save_hf("zamba2", tmp_path)
+    model = load_pretrained(path)
+    assert [spec.tied_to for spec in model.cfg.layers] == [None] * 4 + [1, None, 3]
+    mixers = [model.layers[i].mixer for i in (1, 3, 4, 6)]
+    assert mixers[2].shared is mixers[0].shared and mixers[3].shared is mixers[1].shared
+    assert mixers[1].shared is not mixers[0].shared
+    adapters = [m.q_adapter[0].weight for m in mixers] + [m.gate_up_adapter[1].weight for m in mixers]
+    assert len({id(w) for w in adapters}) == 8
+    assert not torch.equal(mixers[0].q_adapter[0].weight, mixers[2].q_adapter[0].weight)
+
+
+def test_a_zamba2_block_repeated_under_a_later_layer_must_be_the_same(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path, _ = save_hf("zamba2", tmp_path)
+    weights = load_file(path / "model.safetensors")
+    block = "model.layers.1.shared_transformer.self_attn.q_proj.weight"
+    again = block.replace("layers.1.", "layers.4.")  # layer 4 applies layer 1's block
+    save_file({**weights, again: weights[block].clone()}, path / "model.safetensors")
+    load_pretrained(path)  # an exact repeat is the same checkpoint
+    save_file({**weights, again: weights[block] + 1}, path / "model.safetensors")
+    with pytest.raises(HymbaBenchError, match="differs from the copy of the same shared block"):
+        load_pretrained(path)
+    stray = "model.layers.1.shared_transformer.self_attn.linear_q_adapter_list.1.0.weight"
+    save_file({**weights, stray: torch.zeros(6, 96)}, path / "model.safetensors")
+    with pytest.raises(HymbaBenchError, match="adapter 1 does not belong to the block"):
+        load_pretrained(path)

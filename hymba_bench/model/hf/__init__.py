@@ -37,6 +37,7 @@ ADAPTERS: dict[str, str] = {
     "jamba": "hymba_bench.model.hf.jamba:JambaAdapter",
     "granitemoehybrid": "hymba_bench.model.hf.granite:GraniteMoeHybridAdapter",
     "falcon_h1": "hymba_bench.model.hf.falcon_h1:FalconH1Adapter",
+    "zamba2": "hymba_bench.model.hf.zamba2:Zamba2Adapter",
 }
 
 

@@ -5,10 +5,11 @@ squared-ReLU MLP (`-`), as transformers' `NemotronHForCausalLM` builds them from
 with `ffn: none` and the `mlp` mixer; names are `backbone.layers.<i>.{norm,mixer}.*` ->
 `layers.<i>.{input_layernorm,mixer}.*`.
 
-Mamba-2's width is `mamba_num_heads * mamba_head_dim`, whatever `expand` says (`mamba2: {n_heads}`),
-and transformers clamps its dt from below at `time_step_min` (`mamba2: {dt_min}`). It does so in
-prefill only; ours clamps in every step too, so that a decode step continues the prefill's
-function (the two differ only where softplus(dt + dt_bias) < time_step_min).
+Mamba-2's width is `mamba_num_heads * mamba_head_dim`, whatever `expand` says (`mamba2: {n_heads}`).
+Its dt is clamped from below at `time_step_limit[0]` (`mamba2: {dt_min}`), as mamba-ssm's
+`dt_limit` and transformers (5.25 on) do; `time_step_min` only initialises dt (transformers before
+5.25 floored dt at it in prefill). transformers clamps in prefill only; ours clamps in every step
+too, so that a decode step continues the prefill's function.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class NemotronHAdapter(HFAdapter):
         head_dim = int(hf.get("head_dim") or d // heads)
         eps = float(hf.get("layer_norm_epsilon", 1e-5))
         low, high = (_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf")))
-        if low > 0.0 or high != float("inf"):
+        if high != float("inf"):
             raise HymbaBenchError(f"config.json: time_step_limit={[low, high]!r} (dt clamped "
                                   "from above) is not supported")
         mamba2 = {"d_state": int(need(hf, "ssm_state_size", fam)),
@@ -82,7 +83,7 @@ class NemotronHAdapter(HFAdapter):
                   "head_dim": int(need(hf, "mamba_head_dim", fam)),
                   "n_heads": int(need(hf, "mamba_num_heads", fam)),
                   "n_groups": int(hf.get("n_groups", hf.get("mamba_n_groups", 1))),
-                  "dt_min": float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))),
+                  "dt_min": low,
                   "norm_eps": eps}
         layout = self.layout(hf)
         return ModelConfig(
