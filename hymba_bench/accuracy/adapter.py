@@ -72,12 +72,21 @@ class HymbaBenchLM(TemplateLM):
 
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """Sum of log p(continuation | context) and whether greedy decoding would produce it."""
-        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        """Sum of log p(continuation | context) and whether greedy decoding would produce it.
+
+        Each token is predicted from at most `max_length` tokens before it (the context cut
+        from the left, as lm-eval's HF model cuts it). A continuation longer than that is
+        scored in pieces of `max_length` tokens, each after the tokens before it, and summed
+        (HFLM refuses such a continuation; at proxy scale a PIQA solution outgrows the window).
+        """
+        total = [0.0] * len(pairs)
+        greedy = [True] * len(pairs)
         rows = []
         for i, (ctx, cont) in enumerate(pairs):
-            whole = (ctx + cont)[-(self.max_length + 1):]
-            rows.append((i, whole[:-1], len(cont)))
+            for s in range(0, len(cont), self.max_length):
+                piece = cont[s:s + self.max_length]
+                whole = (ctx + cont[:s + len(piece)])[-(self.max_length + 1):]
+                rows.append((i, whole[:-1], piece))
         rows.sort(key=lambda r: -len(r[1]))
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
@@ -86,13 +95,12 @@ class HymbaBenchLM(TemplateLM):
             for j, (_, inp, _) in enumerate(chunk):
                 ids[j, :len(inp)] = torch.tensor(inp)
             logprobs = F.log_softmax(self.model(ids.to(self._device)).float(), dim=-1).cpu()
-            for j, (i, inp, n) in enumerate(chunk):
-                targets = torch.tensor(pairs[i][1], dtype=torch.long)  # the continuation
-                lp = logprobs[j, len(inp) - n:len(inp)]  # the positions that predict the continuation
-                total = float(lp.gather(-1, targets[:, None]).sum()) if n else 0.0
-                greedy = bool((lp.argmax(-1) == targets).all()) if n else True
-                out[i] = (total, greedy)
-        return out  # type: ignore[return-value]
+            for j, (i, inp, piece) in enumerate(chunk):
+                targets = torch.tensor(piece, dtype=torch.long)
+                lp = logprobs[j, len(inp) - len(piece):len(inp)]  # the positions predicting it
+                total[i] += float(lp.gather(-1, targets[:, None]).sum())
+                greedy[i] = greedy[i] and bool((lp.argmax(-1) == targets).all())
+        return list(zip(total, greedy, strict=True))
 
     def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
                               **kwargs: Any) -> list[tuple[float, bool]]:

