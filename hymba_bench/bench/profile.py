@@ -146,7 +146,7 @@ def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 
 
 
 def bench_delta_rule(batch: int = 1, heads: int = 16, head_dim: int = 64, length: int = 8192,
-                     chunk_size: int = 64, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+                     chunk_size: int = 32, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
     """The gated delta rule's chunked forward against its recurrent loop, in one run (the target,
     issue 27: chunked >= 5x the loop at L 8192)."""
     import torch.nn.functional as F

@@ -11,12 +11,13 @@ Per head, with q already scaled (by 1/sqrt(K) in the layer) and g_t <= 0 a log-d
 - `gated_delta_rule_ref`: that recurrence, one step at a time (the twin);
 - `gated_delta_rule_chunked`: the chunked form. Inside a chunk of C steps, with G_i the running
   sum of g and S_0 the state entering it, unrolling gives a unit lower-triangular system for the
-  corrections, (I + A) U = b (V - exp(G) K S_0) with A_ij = b_i exp(G_i - G_j) k_i.k_j for j < i,
-  solved for every chunk at once (`solve_triangular`); then
-      O   = exp(G) Q S_0 + (Q K^T * exp(G_i - G_j), j <= i) U
-      S_C = exp(G_C) S_0 + (K * exp(G_C - G))^T U.
-  Only the state is carried from chunk to chunk, as fla's chunked kernels carry it: one matmul
-  step per chunk, no step per token;
+  corrections, (I + A) V' = b (V - exp(G) K S_0) with A_ij = b_i exp(G_i - G_j) k_i.k_j for j < i.
+  Its solution is V' = U - W S_0, where [U | W] = (I + A)^-1 [b V | b exp(G) K] for every chunk
+  at once (the WY form fla's kernels use; the inverse by `solve_triangular`); then
+      O   = exp(G) Q S_0 + (Q K^T * exp(G_i - G_j), j <= i) V'
+      S_C = exp(G_C) S_0 + (K * exp(G_C - G))^T V'.
+  Only the state is carried from chunk to chunk: two (C x K) products per chunk, no step per
+  token, and the read-out O is one batched product over all chunks after the loop;
 - `gated_delta_rule_cpu`: the compiled CPU forward (`csrc/delta_rule.cpp`: one pass over time
   per head, the memory in L1), its gradient through the chunked form, recomputed;
 - `gated_delta_rule_step`: one decode step, the state updated in place.
@@ -101,6 +102,7 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
     dv = vf.shape[-1]
     c = upper.shape[0]
     n = length // c
+    bh = batch * heads
     buf = ws.take if ws else no_buffer
 
     def inplace(t: Tensor) -> Tensor | None:
@@ -119,57 +121,58 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
     decay = torch.sub(G[..., :, None], G[..., None, :], out=buf("decay", square))
     decay = torch.add(decay, upper, out=inplace(decay))
     decay = torch.exp(decay, out=inplace(decay))  # exp(G_i - G_j), j <= i
-    # (I + A) U = b (V - exp(G) K S_0), A_ij = b_i exp(G_i - G_j) k_i.k_j below the diagonal.
-    # solve_triangular reads only the strict lower triangle (unitriangular), so A needs no mask.
+    # (I + A) [U | W] = [b V | b exp(G) K], A_ij = b_i exp(G_i - G_j) k_i.k_j below the diagonal;
+    # the corrections are then U - W S_0. solve_triangular reads only the strict lower triangle
+    # (unitriangular), so A needs no mask. Both right-hand sides at once, every chunk at once.
     A = torch.matmul(kc, kc.transpose(-1, -2), out=buf("A", square))
     A = torch.mul(A, bc[..., :, None], out=inplace(A))
     A = torch.mul(A, decay, out=inplace(A))
-    # U = W_v - W_k S_0: both right-hand sides solved at once, for every chunk
     if ws:
         rhs = buf("rhs", (n, batch, heads, c, dv + dk))
         torch.mul(vc, bc[..., None], out=rhs[..., :dv])
         torch.mul(kc, (bc * eG)[..., None], out=rhs[..., dv:])
     else:
         rhs = torch.cat([bc[..., None] * vc, (bc * eG)[..., None] * kc], dim=-1)
-    w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True,
-                                      out=buf("w", tuple(rhs.shape)))
-    qk = torch.matmul(qc, kc.transpose(-1, -2), out=buf("qk", square))
-    qk = torch.mul(qk, decay, out=inplace(qk))
-    k_end = torch.mul(kc, torch.exp(G[..., -1:] - G)[..., None], out=buf("k_end", tuple(kc.shape)))
-    # With U = W_v - W_k S_0 substituted, everything but S_0 is known before the chunks' loop:
-    #   O = O_in + Q_eff S_0,   O_in = QK W_v,   Q_eff = exp(G) Q - QK W_k
-    #   S_C = T S_0 + K_end W_v,   T = exp(G_C) I - K_end W_k
-    # so the loop is one (K x K) @ (K x V) product per chunk and the read-out one batched product.
-    qkw = torch.matmul(qk, w, out=buf("qkw", tuple(w.shape)))  # [O_in | QK W_k]
-    kw = torch.matmul(k_end.transpose(-1, -2), w,  # [K_end W_v | K_end W_k]
-                      out=buf("kw", (n, batch, heads, dk, dv + dk)))
-    o_in = qkw[..., :dv]
-    q_eff = torch.mul(qc, eG[..., None], out=buf("q_eff", tuple(qc.shape)))
-    q_eff = torch.sub(q_eff, qkw[..., dv:], out=inplace(q_eff))
-    write = kw[..., :dv].reshape(n, batch * heads, dk, dv)
-    trans = torch.neg(kw[..., dv:], out=buf("trans", (n, batch, heads, dk, dk)))
+    # the inverse (I + A)^-1 by LAPACK, then one batched product: LAPACK's batched solve runs
+    # at a fraction of a product's speed, so a C-wide solve beats one as wide as [U | W]
+    eye = torch.eye(c, device=kf.device).expand(square)
+    inverse = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True,
+                                            out=buf("inverse", square))
+    uw = torch.matmul(inverse, rhs, out=buf("uw", tuple(rhs.shape)))
+    u = uw[..., :dv].reshape(n, bh, c, dv)
+    w = uw[..., dv:].reshape(n, bh, c, dk)
+    # what the loop reads, laid out per chunk: K scaled to the chunk's end, transposed
+    k_end = torch.mul(kc, torch.exp(G[..., -1:] - G)[..., None],
+                      out=buf("k_end", tuple(kc.shape))).view(n, bh, c, dk).transpose(-1, -2)
+    end = torch.exp(G[..., -1]).reshape(n, bh, 1, 1)
+    # The chunks in turn, two (C x K) products per chunk: the corrections V' = U - W S, then
+    # S <- exp(G_C) S + K_end^T V'. The read-out is batched over every chunk after the loop.
+    state = state.reshape(bh, dk, dv)
     if ws:
-        trans.diagonal(dim1=-2, dim2=-1).add_(torch.exp(G[..., -1])[..., None])
+        states = buf("states", (n, bh, dk, dv))  # the state entering each chunk
+        fixed = buf("fixed", (n, bh, c, dv))  # each chunk's corrections V'
+        states[0].copy_(state)
+        for i in range(n):
+            torch.baddbmm(u[i], w[i], states[i], alpha=-1.0, out=fixed[i])
+            nxt = states[i + 1] if i + 1 < n else buf("last", (bh, dk, dv))
+            torch.mul(states[i], end[i], out=nxt)
+            nxt.baddbmm_(k_end[i], fixed[i])
+        state = nxt.clone()
     else:
-        trans = trans + torch.exp(G[..., -1])[..., None, None] * torch.eye(dk, device=kf.device)
-    trans = trans.reshape(n, batch * heads, dk, dk)
-    state = state.reshape(batch * heads, dk, dv)
-    if ws:  # the states entering the chunks, each written into its slot
-        states = buf("states", (n, batch * heads, dk, dv))
-        slots = states.unbind(0)
-        slots[0].copy_(state)
-        for i in range(1, n):
-            torch.baddbmm(write[i - 1], trans[i - 1], slots[i - 1], out=slots[i])
-        state = torch.baddbmm(write[-1], trans[-1], slots[-1])
-    else:
-        entering = []
-        for write_i, trans_i in zip(write.unbind(0), trans.unbind(0), strict=True):
+        entering, fixes = [], []
+        for i in range(n):
             entering.append(state)
-            state = torch.baddbmm(write_i, trans_i, state)
-        states = torch.stack(entering)
-    o = torch.matmul(q_eff, states.view(n, batch, heads, dk, dv),
-                     out=buf("o", (n, batch, heads, c, dv)))
-    o = torch.add(o, o_in, out=inplace(o))  # (n, B, H, C, V)
+            fixes.append(torch.baddbmm(u[i], w[i], state, alpha=-1.0))
+            state = torch.baddbmm(state * end[i], k_end[i], fixes[-1])
+        states, fixed = torch.stack(entering), torch.stack(fixes)
+    # O = exp(G) Q S_0 + (Q K^T * exp(G_i - G_j), j <= i) V'
+    qk = torch.matmul(qc, kc.transpose(-1, -2), out=buf("qk", square))
+    qk = torch.mul(qk, decay, out=inplace(qk)).view(n * bh, c, c)
+    q_e = torch.mul(qc, eG[..., None], out=buf("q_e", tuple(qc.shape))).view(n * bh, c, dk)
+    o = torch.bmm(q_e, states.view(n * bh, dk, dv), out=buf("o", (n * bh, c, dv)))
+    o = o.baddbmm_(qk, fixed.view(n * bh, c, dv)) if ws else \
+        torch.baddbmm(o, qk, fixed.view(n * bh, c, dv))
+    o = o.view(n, batch, heads, c, dv)
     if out is not None:
         out.view(batch, n, c, heads, dv).copy_(o.permute(1, 0, 3, 2, 4))
         return out, state.view(batch, heads, dk, dv)
