@@ -132,8 +132,9 @@ def need(unit: Unit) -> str:
 
 def resources(unit: Unit, cpus_here: int) -> dict[str, float]:
     """A unit's Ray resource request: `need` in Ray's terms, a node being `cpus_here` cores."""
-    return {"gpu": {"num_gpus": 1, "num_cpus": 1}, "node": {"num_cpus": cpus_here},
-            "core": {"num_cpus": 1}}[need(unit)]
+    ask: dict[str, dict[str, float]] = {"gpu": {"num_gpus": 1, "num_cpus": 1},
+                                        "node": {"num_cpus": cpus_here}, "core": {"num_cpus": 1}}
+    return ask[need(unit)]
 
 
 def slurm_request(unit: Unit, gpus: int | None) -> tuple[dict[str, Any], int | None]:
@@ -232,7 +233,8 @@ class SlurmExecutor:
         # a call is one stage's units, so one request serves them all
         request, threads = slurm_request(units[0], self.gpus) if units else ({}, None)
         executor = self._executor(request)
-        todo, failures = [replace(u, threads=threads) for u in units], []
+        todo = [replace(u, threads=threads) for u in units]
+        failures: list[Failure] = []
         for attempt in range(self.retries + 1):
             for unit in todo:
                 report.start(unit.job.design.index, unit.job.name,

@@ -218,7 +218,7 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
         if scores:  # the mean over the tasks that ran; `ran` says which
             out.values[name] = scale * sum(v for _, _, v in scores) / len(scores)
             out.ran[name] = [t for t, _, _ in scores]
-            ses = [out.stderr.get(f"{t}/{m}") for t, m, _ in scores]
-            if all(s is not None for s in ses):  # the mean's standard error, tasks independent
-                out.stderr[name] = scale * math.sqrt(sum(s * s for s in ses)) / len(ses)  # type: ignore[operator]
+            ses = [out.stderr[f"{t}/{m}"] for t, m, _ in scores if f"{t}/{m}" in out.stderr]
+            if len(ses) == len(scores):  # the mean's standard error, tasks independent
+                out.stderr[name] = scale * math.sqrt(sum(s * s for s in ses)) / len(ses)
     return out

@@ -83,11 +83,12 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()  # what earlier rows left cached is not this row's
             torch.cuda.reset_peak_memory_stats(self.device)
-            reader = _nvml_reader(self.device)
+            nvml = _nvml_reader(self.device)
             self.source = "torch.cuda.max_memory_allocated"
-            self._base = (reader() or 0) if reader else 0
+            self._base = (nvml() or 0) if nvml else 0
+            reader: Callable[[], int | None] | None = nvml
         else:
-            reader: Callable[[], int | None] | None = _rss_bytes if _rss_bytes() is not None else None
+            reader = _rss_bytes if _rss_bytes() is not None else None
             self.source = "rss-growth" if reader else "none"
             self._base = _rss_bytes() or 0
         if reader is not None:

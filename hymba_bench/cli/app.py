@@ -114,7 +114,8 @@ def describe(name: str, profile: str, seq_len: int | None,
         if isinstance(branch, str):
             used.append(branch)
     options = {m: dataclasses.asdict(o) for m in dict.fromkeys(used)
-               if dataclasses.is_dataclass(o := cfg.options(m)) and dataclasses.fields(o)}
+               if dataclasses.is_dataclass(o := cfg.options(m)) and not isinstance(o, type)
+               and dataclasses.fields(o)}
     return {
         "name": cfg.name,
         "profile": None if fixed else resolved.profile.name,  # a fixed-size design has none

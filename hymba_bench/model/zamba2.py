@@ -15,6 +15,7 @@ mixer takes the stream un-normed (`takes_stream`) and owns the Mamba-2 layer's n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +28,7 @@ from hymba_bench.model.context import Context
 from hymba_bench.model.layers import RMSNorm, Rotary
 from hymba_bench.model.mamba2 import Mamba2
 
-_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"gelu": F.gelu, "silu": F.silu}
 
 
 @dataclass(frozen=True)

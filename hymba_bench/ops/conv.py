@@ -43,7 +43,9 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     k = weight.shape[1]
     padded = F.pad(x, (k - 1, 0))
     length = x.shape[-1]
-    out = sum(padded[:, :, j:j + length] * weight[None, :, j, None] for j in range(k))
+    out = padded[:, :, :length] * weight[None, :, 0, None]
+    for j in range(1, k):
+        out = out + padded[:, :, j:j + length] * weight[None, :, j, None]
     if bias is not None:
         out = out + bias[None, :, None]
     return F.silu(out) if activation in ("silu", "swish") else out

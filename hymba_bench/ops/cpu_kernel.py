@@ -35,9 +35,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -187,15 +189,15 @@ def _time_major(batch: int, channels: int, length: int, like: Tensor) -> Tensor:
     return like.new_empty(batch, length, channels)
 
 
-def _over_blocks(call: object, blocks: int, work: int) -> None:
+def _over_blocks(call: Callable[[int, int], object], blocks: int, work: int) -> None:
     """Run `call(..., blk0, blk1)` over [0, blocks), split across torch's CPU threads."""
     threads = min(torch.get_num_threads(), blocks) if work >= _PARALLEL_MIN else 1
     bounds = [blocks * i // threads for i in range(threads + 1)]
     jobs = [(bounds[i], bounds[i + 1]) for i in range(threads) if bounds[i] < bounds[i + 1]]
     if len(jobs) == 1:
-        call(*jobs[0])  # type: ignore[operator]
+        call(*jobs[0])
         return
-    for future in [_pool(threads).submit(call, lo, hi) for lo, hi in jobs]:  # type: ignore[arg-type]
+    for future in [_pool(threads).submit(call, lo, hi) for lo, hi in jobs]:
         future.result()
 
 
@@ -255,7 +257,7 @@ class SelectiveScanCPU(torch.autograd.Function):
     backward recomputes each chunk from it: L/64 x B x N x D floats held, not L x B x N x D."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, u: Tensor, delta: Tensor,
+    def forward(ctx: Any, u: Tensor, delta: Tensor,
                 bias: Tensor | None, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                 z: Tensor | None, softplus: bool) -> tuple[Tensor, Tensor]:
         training = any(ctx.needs_input_grad)
@@ -266,7 +268,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         return out, last
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor, dlast: Tensor
+    def backward(ctx: Any, dout: Tensor, dlast: Tensor
                  ) -> tuple[Tensor | None, ...]:
         u, delta, bias, A, B, C, D, z, ck = ctx.saved_tensors
         return (*scan_bwd(u, delta, bias, A, B, C, D, z, ctx.softplus, ck, dout,
@@ -310,14 +312,14 @@ class CausalConv1dCPU(torch.autograd.Function):
     """The compiled conv under autograd; the backward recomputes the pre-activation from x."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, w: Tensor,
+    def forward(ctx: Any, x: Tensor, w: Tensor,
                 bias: Tensor | None, silu: bool) -> Tensor:
         ctx.silu = silu
         ctx.save_for_backward(x, w, bias)
         return conv_fwd(x, w, bias, silu)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor
+    def backward(ctx: Any, dout: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor | None, None]:
         x, w, bias = ctx.saved_tensors
         return (*conv_bwd(x, w, bias, dout, ctx.silu), None)
@@ -349,14 +351,14 @@ class RMSNormCPU(torch.autograd.Function):
     """The compiled RMSNorm under autograd, over rows of x's last dimension."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, w: Tensor, eps: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, w: Tensor, eps: float) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
         out, rstd = rms_norm_fwd(rows, w, eps)
         ctx.save_for_backward(rows, w, rstd)
         return out.view(x.shape)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, Tensor, None]:
         rows, w, rstd = ctx.saved_tensors
         dx, dw = rms_norm_bwd(rows, w, rstd, dy.reshape(rows.shape).contiguous())
         return dx.view(dy.shape), dw, None

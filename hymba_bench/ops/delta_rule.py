@@ -27,6 +27,8 @@ Shapes: q, k (B, L, H, K), v (B, L, H, V), g and beta (B, L, H); state (B, H, K,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -111,7 +113,7 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
     def chunks(name: str, t: Tensor) -> Tensor:  # (B, L, H, ...) -> (n, B, H, C, ...), contiguous
         view = t.reshape(batch, n, c, heads, *t.shape[3:]).permute(
             1, 0, 3, 2, *range(4, t.dim() + 1))
-        return buf(name, tuple(view.shape)).copy_(view) if ws else view.contiguous()
+        return ws.take(name, tuple(view.shape)).copy_(view) if ws else view.contiguous()
 
     qc, kc, vc = chunks("q", qf), chunks("k", kf), chunks("v", vf)
     gc, bc = chunks("g", gf), chunks("beta", bf)  # (n, B, H, C)
@@ -128,7 +130,7 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
     A = torch.mul(A, bc[..., :, None], out=inplace(A))
     A = torch.mul(A, decay, out=inplace(A))
     if ws:
-        rhs = buf("rhs", (n, batch, heads, c, dv + dk))
+        rhs = ws.take("rhs", (n, batch, heads, c, dv + dk))
         torch.mul(vc, bc[..., None], out=rhs[..., :dv])
         torch.mul(kc, (bc * eG)[..., None], out=rhs[..., dv:])
     else:
@@ -149,12 +151,12 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
     # S <- exp(G_C) S + K_end^T V'. The read-out is batched over every chunk after the loop.
     state = state.reshape(bh, dk, dv)
     if ws:
-        states = buf("states", (n, bh, dk, dv))  # the state entering each chunk
-        fixed = buf("fixed", (n, bh, c, dv))  # each chunk's corrections V'
+        states = ws.take("states", (n, bh, dk, dv))  # the state entering each chunk
+        fixed = ws.take("fixed", (n, bh, c, dv))  # each chunk's corrections V'
         states[0].copy_(state)
         for i in range(n):
             torch.baddbmm(u[i], w[i], states[i], alpha=-1.0, out=fixed[i])
-            nxt = states[i + 1] if i + 1 < n else buf("last", (bh, dk, dv))
+            nxt = states[i + 1] if i + 1 < n else ws.take("last", (bh, dk, dv))
             torch.mul(states[i], end[i], out=nxt)
             nxt.baddbmm_(k_end[i], fixed[i])
         state = nxt.clone()
@@ -185,7 +187,7 @@ class _DeltaRuleCPU(torch.autograd.Function):
     inputs and differentiates that (the same function), so only the inputs are kept."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, q: Tensor, k: Tensor, v: Tensor,
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor,
                 g: Tensor, beta: Tensor, state: Tensor | None, chunk_size: int
                 ) -> tuple[Tensor, Tensor]:
         ctx.chunk_size = chunk_size
@@ -197,13 +199,16 @@ class _DeltaRuleCPU(torch.autograd.Function):
         return (o[..., :v.shape[-1]], last[..., :v.shape[-1]]) if pad else (o, last)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, do: Tensor, dlast: Tensor
+    def backward(ctx: Any, do: Tensor, dlast: Tensor
                  ) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(need) if t is not None else None
                       for t, need in zip(saved, ctx.needs_input_grad, strict=False)]
-            o, last = gated_delta_rule_chunked(*leaves[:5], initial_state=leaves[5],
+            q, k, v, g, beta, state = leaves
+            assert q is not None and k is not None and v is not None and g is not None \
+                and beta is not None
+            o, last = gated_delta_rule_chunked(q, k, v, g, beta, initial_state=state,
                                                chunk_size=ctx.chunk_size)
             wanted = [t for t in leaves if t is not None and t.requires_grad]
             grads = iter(torch.autograd.grad((o, last), wanted, (do, dlast), allow_unused=True))

@@ -14,6 +14,8 @@ rms_norm`, 2-core CPU, 1 thread, arms interleaved).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,7 +31,7 @@ def rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor,
+    def forward(ctx: Any, x: Tensor, weight: Tensor,
                 eps: float) -> Tensor:
         rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)  # (..., 1)
         xhat = x * rstd
@@ -37,7 +39,7 @@ class _RMSNorm(torch.autograd.Function):
         return xhat * weight
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor
+    def backward(ctx: Any, dy: Tensor
                  ) -> tuple[Tensor, Tensor, None]:
         xhat, rstd, weight = ctx.saved_tensors
         g = dy * weight

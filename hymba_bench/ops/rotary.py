@@ -15,6 +15,8 @@ does each direction in four passes over whole rows: the transpose of rotate_half
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,13 +33,13 @@ def rotary_ref(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class _Rotary(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, cos: Tensor,
+    def forward(ctx: Any, x: Tensor, cos: Tensor,
                 sin: Tensor) -> Tensor:
         ctx.save_for_backward(cos, sin)
         return torch.addcmul(x * cos, _rotate_half(x), sin)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         cos, sin = ctx.saved_tensors
         y1, y2 = (g * sin).chunk(2, dim=-1)
         return torch.cat((y2, -y1), dim=-1).add_(g * cos), None, None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +215,7 @@ class _SelectiveScanTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, delta: Tensor, A: Tensor, du: Tensor,
+    def forward(ctx: Any, delta: Tensor, A: Tensor, du: Tensor,
                 B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
         # delta, du: (L, B, 1, D); A: (N, D); B: (L, B, N, 1); C: (L, B, N)
         a = torch.exp(delta * A)  # (L, B, N, D)
@@ -228,7 +229,7 @@ class _SelectiveScanTrain(torch.autograd.Function):
         return y, hs[-1].clone()
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor,
+    def backward(ctx: Any, dy: Tensor,
                  dlast: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         delta, A, du, B, C, a, hs = ctx.saved_tensors
         dy = dy.contiguous()
