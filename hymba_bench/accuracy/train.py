@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.files import atomic
 from hymba_bench.settings import TrainBudget
+
+if TYPE_CHECKING:
+    from hymba_bench.model.lm import HybridLM
 
 STATE = "trainer_state.pt"
 # Matrices that are not weights: decaying them would pull SSM decays / filter poles toward
@@ -57,7 +60,7 @@ def train_settings(budget: TrainBudget, seq_len: int, seed: int) -> TrainSetting
                          save_every=max(1, budget.steps // 4))
 
 
-def _fused_ok(model: torch.nn.Module) -> bool:
+def _fused_ok(model: HybridLM) -> bool:
     """The fused AdamW step (one kernel over all parameters: 6x faster than the per-tensor loop
     on the CPU) takes float parameters on CPU or CUDA; anything else keeps the loop."""
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
@@ -108,11 +111,11 @@ def batches(task: str, settings: TrainSettings, rng: random.Random,
         raise HymbaBenchError(f"expected 'recall' or 'text:PATH', got {task!r}", param="task")
 
 
-def train(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
+def train(model: HybridLM, variant: str, profile: str, task: str, settings: TrainSettings,
           out: Path, resume: bool = False, recall: RecallSpec | None = None,
           on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train `model` in place; returns a summary with the loss history."""
-    check_vocab(model.cfg.vocab_size, ByteTokenizer.vocab_size, variant)  # type: ignore[union-attr]
+    check_vocab(model.cfg.vocab_size, ByteTokenizer.vocab_size, variant)
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     opt = _optimizer(model, settings)
@@ -150,7 +153,7 @@ def train(model: torch.nn.Module, variant: str, profile: str, task: str, setting
     return {"steps": step, "losses": losses, "final_loss": losses[-1] if losses else math.nan}
 
 
-def _optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def _optimizer(model: HybridLM, settings: TrainSettings) -> torch.optim.Optimizer:
     params = list(model.named_parameters())
     decay = [p for n, p in params if p.dim() >= 2 and n.rsplit(".", 1)[-1] not in NO_DECAY]
     no_decay = [p for n, p in params if p.dim() < 2 or n.rsplit(".", 1)[-1] in NO_DECAY]
@@ -159,7 +162,7 @@ def _optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.O
                              betas=(0.9, 0.95), fused=_fused_ok(model))
 
 
-def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
+def _step(model: HybridLM, opt: torch.optim.Optimizer, ids: torch.Tensor,
           scored: torch.Tensor | None, settings: TrainSettings) -> torch.Tensor:
     """One optimizer step on `ids` (B, seq_len + 1); the language-model loss (without MoE's)."""
     logits = model(ids[:, :-1])  # (B, L, V)
@@ -173,7 +176,7 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
     return loss
 
 
-def step_seconds(model: torch.nn.Module, settings: TrainSettings,
+def step_seconds(model: HybridLM, settings: TrainSettings,
                  recall: RecallSpec | None = None) -> float:
     """Seconds one training step of `model` takes at `settings` (the second of two, the first
     paying for kernel builds): what an up-front estimate of a long budget multiplies. The model's
@@ -190,10 +193,10 @@ def step_seconds(model: torch.nn.Module, settings: TrainSettings,
     return elapsed
 
 
-def _save(model: torch.nn.Module, variant: str, profile: str, task: str, settings: TrainSettings,
+def _save(model: HybridLM, variant: str, profile: str, task: str, settings: TrainSettings,
           out: Path, opt: torch.optim.Optimizer, step: int, losses: list[float],
           rng: random.Random) -> None:
-    save_checkpoint(model, out, variant, profile,  # type: ignore[arg-type]
+    save_checkpoint(model, out, variant, profile,
                     {"task": task, "step": step, "train": asdict(settings)})
     with atomic(Path(out) / STATE) as tmp:
         torch.save({"optimizer": opt.state_dict(), "step": step, "losses": losses,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from hymba_bench.model.lm import HybridLM
 
 
 def _greedy(first: Tensor, advance: Callable[[Tensor], Tensor], max_new_tokens: int,
@@ -28,7 +32,7 @@ def _greedy(first: Tensor, advance: Callable[[Tensor], Tensor], max_new_tokens: 
 
 
 @torch.no_grad()
-def greedy_generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int,
+def greedy_generate(model: HybridLM, input_ids: Tensor, max_new_tokens: int,
                     eos_id: int | None = None,
                     stop: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """input_ids (B, L), equal-length prompts -> generated ids (B, <= max_new_tokens).
@@ -44,7 +48,7 @@ def greedy_generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int,
 
 
 @torch.no_grad()
-def greedy_generate_ref(model: nn.Module, input_ids: Tensor, max_new_tokens: int,
+def greedy_generate_ref(model: HybridLM, input_ids: Tensor, max_new_tokens: int,
                         eos_id: int | None = None,
                         stop: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The same, recomputing the full forward pass for every new token (no cache)."""

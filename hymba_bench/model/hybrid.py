@@ -87,7 +87,7 @@ class HybridHeads(nn.Module):
         return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)
 
 
-def _flat_mamba_names(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+def _flat_mamba_names(module: HybridHeads, state: dict[str, Any], prefix: str, *args: Any) -> None:
     """Checkpoints saved before the branch was its own module kept Mamba-1's weights on the
     mixer itself (`mixer.conv1d.weight`); they now live under `mixer.ssm.`."""
     ours = {name for name, _ in module.ssm.named_parameters()}

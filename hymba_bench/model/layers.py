@@ -25,6 +25,8 @@ class Rotary(nn.Module):
     cos/sin tables are built once per forward pass (every layer's are the same: memoized in the
     Context) and applied by `ops.rotary`."""
 
+    inv_freq: Tensor  # a buffer: (d/2,) angular frequencies
+
     def __init__(self, dim: int, theta: float = 10000.0, scaling: float = 1.0,
                  enabled: bool = True) -> None:
         super().__init__()

@@ -21,10 +21,11 @@ class HybridLM(nn.Module):
         # Learned meta tokens: prepended at prefill, RoPE positions 0..M-1, outputs dropped.
         self.meta_tokens = nn.Parameter(torch.empty(cfg.meta_tokens, cfg.d_model)) \
             if cfg.meta_tokens else None
-        self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for spec in cfg.layers)
+        layers = [DecoderLayer(cfg, spec) for spec in cfg.layers]
         for spec in cfg.layers:
             if spec.tied_to is not None:
-                self.layers[spec.index].tie_to(self.layers[spec.tied_to])
+                layers[spec.index].tie_to(layers[spec.tied_to])
+        self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

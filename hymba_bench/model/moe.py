@@ -10,12 +10,18 @@ trainer adds with weight `moe_aux_loss` so that experts are not left idle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hymba_bench import ops
 from hymba_bench.model.layers import SwiGLU
+
+if TYPE_CHECKING:
+    from hymba_bench.ops.moe import Expert
 
 
 class MoE(nn.Module):
@@ -48,7 +54,7 @@ class MoE(nn.Module):
         # A decode step needs static shapes (compiled or captured); the gathered form's per-expert
         # token lists are data-dependent, so one-token steps run every expert on every row.
         combine = ops.moe_combine_ref if length == 1 else ops.moe_combine
-        out = combine(flat, weights, chosen, self.experts)  # (T, D)
+        out = combine(flat, weights, chosen, cast("Sequence[Expert]", self.experts))  # (T, D)
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)
             if self.shared_expert_gate is not None:

@@ -103,13 +103,12 @@ class SSMCore(nn.Module):
         out = ops.selective_scan(xc, dt.transpose(1, 2), A, b.transpose(1, 2), c.transpose(1, 2),
                                  self.D.float(), z.transpose(1, 2), self.dt_proj.bias.float(),
                                  delta_softplus=True, return_last_state=cache is not None)
-        if cache is not None:
-            y, last = out
+        if isinstance(out, tuple):  # the last state too, with a cache
+            assert cache is not None
+            out, last = out
             cache.state["conv"].copy_(ops.conv_state_from_prefix(x, weight.shape[1]))
             cache.state["ssm"].copy_(last)
-        else:
-            y = out
-        return y.transpose(1, 2)  # (B, L, D)
+        return out.transpose(1, 2)  # (B, L, D)
 
 
 class Mamba(SSMCore):
