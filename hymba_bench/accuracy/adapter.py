@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,19 +25,23 @@ from lm_eval.api.registry import register_model
 from hymba_bench.accuracy.tokenizer import check_vocab, load_tokenizer
 from hymba_bench.model.generate import greedy_generate
 
+if TYPE_CHECKING:
+    from hymba_bench.model.lm import HybridLM
+
 
 @register_model("hymba_bench")
 class HymbaBenchLM(TemplateLM):
     def __init__(self, variant: str = "e-meta-tokens", profile: str = "tiny",
                  checkpoint: str | Path | None = None, batch_size: int | str = 8,
                  device: str = "cpu", max_length: int | None = None,
-                 variant_files: list[Path] | None = None, model: torch.nn.Module | None = None,
+                 variant_files: list[Path] | None = None, model: HybridLM | None = None,
                  **overrides: Any) -> None:
         super().__init__()
         from hymba_bench import build_model
 
+        self.model: HybridLM
         if model is not None:  # an already-built (e.g. just trained) model
-            self.model = model  # type: ignore[assignment]
+            self.model = model
         elif checkpoint:
             from hymba_bench.accuracy.checkpoint import load_checkpoint
             from hymba_bench.model.hf import is_hf_checkpoint, load_pretrained
