@@ -55,6 +55,24 @@ def refuse_unmodelled(hf: dict[str, Any], fixed: list[tuple[str, tuple[Any, ...]
             raise HymbaBenchError(f"config.json: {key}={hf[key]!r} ({what}) is not supported")
 
 
+def layer_mixers(kinds: Any, mapping: dict[str, str], shown: list[str] | None = None,
+                 refused: dict[str, str] | None = None) -> list[str]:
+    """config.json's per-layer types (`layers_block_type`) -> our mixers by `mapping`; a type
+    in `refused` says why it is not supported, any other unknown type lists `shown` (default:
+    `mapping`'s names)."""
+    if not isinstance(kinds, list) or not kinds:
+        raise HymbaBenchError(f"config.json: layers_block_type={kinds!r}: expected a list of "
+                              "layer types")
+    for kind in kinds:
+        if refused and kind in refused:
+            raise HymbaBenchError(f"config.json: a {kind!r} layer ({refused[kind]}) is not "
+                                  "supported")
+        if kind not in mapping:
+            raise HymbaBenchError(f"config.json: layer type {kind!r} is not one of "
+                                  f"{sorted(shown or mapping)}")
+    return [mapping[kind] for kind in kinds]
+
+
 def rope_theta(hf: dict[str, Any]) -> float:
     """transformers 5 keeps rotary settings in `rope_parameters`, 4 at the top level; only the
     plain (unscaled) rotary is modelled for these families."""

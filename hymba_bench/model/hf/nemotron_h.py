@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.model.hf.adapter import HFAdapter, need, refuse_unmodelled
+from hymba_bench.model.hf.adapter import HFAdapter, layer_mixers, need, refuse_unmodelled
 from hymba_bench.model.hf.mamba import _MIXER, _number
 
 # transformers' layer types, the pattern's letters and the names older configs used -> our mixers
@@ -55,17 +55,8 @@ class NemotronHAdapter(HFAdapter):
         kinds = hf.get("layers_block_type") or hf.get("layer_types")
         if kinds is None:
             kinds = list(need(hf, "hybrid_override_pattern", self.family))
-        if not isinstance(kinds, list) or not kinds:
-            raise HymbaBenchError(f"config.json: layers_block_type={kinds!r}: expected a list "
-                                  "of layer types")
-        for kind in kinds:
-            if kind in _MOE:
-                raise HymbaBenchError("config.json: a 'moe' layer (Nemotron-H's routed experts) "
-                                      "is not supported")
-            if kind not in _LAYERS:
-                raise HymbaBenchError(f"config.json: layer type {kind!r} is not one of "
-                                      f"{sorted(set(_LAYERS) - {'M', '*', '-'})}")
-        return [_LAYERS[kind] for kind in kinds]
+        return layer_mixers(kinds, _LAYERS, shown=sorted(set(_LAYERS) - {"M", "*", "-"}),
+                            refused=dict.fromkeys(_MOE, "Nemotron-H's routed experts"))
 
     def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
         refuse_unmodelled(hf, self.fixed())

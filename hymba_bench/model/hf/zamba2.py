@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.model.hf.adapter import HFAdapter, need, refuse_unmodelled, rope_theta
+from hymba_bench.model.hf.adapter import HFAdapter, layer_mixers, need, refuse_unmodelled, rope_theta
 from hymba_bench.model.hf.mamba import _number
 
 if TYPE_CHECKING:
@@ -65,15 +65,7 @@ class Zamba2Adapter(HFAdapter):
                 ("use_long_context", (False, None), "the long-context rotary rescaling")]
 
     def layout(self, hf: dict[str, Any]) -> list[str]:
-        kinds = hf.get("layers_block_type") or hf.get("layer_types")
-        if not isinstance(kinds, list) or not kinds:
-            raise HymbaBenchError(f"config.json: layers_block_type={kinds!r}: expected a list of "
-                                  "layer types")
-        for kind in kinds:
-            if kind not in _LAYERS:
-                raise HymbaBenchError(f"config.json: layer type {kind!r} is not one of "
-                                      f"{sorted(_LAYERS)}")
-        return [_LAYERS[kind] for kind in kinds]
+        return layer_mixers(hf.get("layers_block_type") or hf.get("layer_types"), _LAYERS)
 
     def config(self, hf: dict[str, Any], name: str) -> ModelConfig:
         refuse_unmodelled(hf, self.fixed())
