@@ -53,8 +53,9 @@ class JambaAdapter(HFAdapter):
                                   f"expert_layer_period={e_period}: only offset period - 1 "
                                   "(experts on the period's last layer) is supported")
         rank = hf.get("mamba_dt_rank", "auto")
-        moe = {"ffn": "moe", "moe_experts": experts, "moe_every": e_period,
-               "moe_top_k": int(hf.get("num_experts_per_tok", 2))} if experts > 1 else {}
+        moe: dict[str, Any] = {"ffn": "moe", "moe_experts": experts, "moe_every": e_period,
+                               "moe_top_k": int(hf.get("num_experts_per_tok", 2))} \
+            if experts > 1 else {}
         return ModelConfig(
             name=name, description=f"{fam} weights in Hugging Face layout",
             vocab_size=int(need(hf, "vocab_size", fam)), d_model=d, n_layers=n_layers,
