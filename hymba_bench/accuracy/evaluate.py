@@ -64,6 +64,9 @@ RUN_AS = {"commonsense_local": {t.task: t.group for t in task_data.LOCAL.values(
 AGGREGATES = {"commonsense": ("commonsense_pct", 100.0),
               "commonsense_local": ("commonsense_pct", 100.0), "recall": ("recall_pct", 100.0),
               "recall_synthetic": ("recall_synthetic_pct", 100.0), "text_bpb": ("text_bpb", 1.0)}
+# suites whose mean is taken over the tasks that ran, saying how many (the commonsense column:
+# its records and footnote name them); any other suite's mean needs every task
+PARTIAL = {"commonsense", "commonsense_local"}
 # the tasks of the paper's suite an aggregate stands for (the local copies lack TruthfulQA)
 PAPER_TASKS = {"commonsense_pct": list(SUITES["commonsense"]), "recall_pct": list(SUITES["recall"])}
 
@@ -213,9 +216,9 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
                 errors.append(f"{task}: {why}")
                 out.missing[f"{task}/{METRIC.get(task, 'acc')}"] = errors[-1]
         total = len(PAPER_TASKS.get(name, SUITES[suite]))
-        if errors:
+        if errors and (not scores or suite not in PARTIAL):
             out.missing[name] = f"{len(errors)} of {total} tasks unavailable; " + errors[0]
-        if scores:  # the mean over the tasks that ran; `ran` says which
+        elif scores:  # the mean over the tasks that ran; `ran` says which
             out.values[name] = scale * sum(v for _, _, v in scores) / len(scores)
             out.ran[name] = [t for t, _, _ in scores]
             ses = [out.stderr[f"{t}/{m}"] for t, m, _ in scores if f"{t}/{m}" in out.stderr]

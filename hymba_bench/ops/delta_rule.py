@@ -137,7 +137,7 @@ def _span(qf: Tensor, kf: Tensor, vf: Tensor, gf: Tensor, bf: Tensor, state: Ten
         rhs = torch.cat([bc[..., None] * vc, (bc * eG)[..., None] * kc], dim=-1)
     # the inverse (I + A)^-1 by LAPACK, then one batched product: LAPACK's batched solve runs
     # at a fraction of a product's speed, so a C-wide solve beats one as wide as [U | W]
-    eye = torch.eye(c, device=kf.device).expand(square)
+    eye = torch.eye(c, device=kf.device, dtype=A.dtype).expand(square)
     inverse = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True,
                                             out=buf("inverse", square))
     uw = torch.matmul(inverse, rhs, out=buf("uw", tuple(rhs.shape)))

@@ -223,7 +223,7 @@ def _commonsense_note(r: Record, current: RecordSet) -> str:
     """Which of the paper's commonsense tasks the column averages, from which data, how much of
     it, and where chance lies."""
     from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS
-    from hymba_bench.accuracy.task_data import ABSENT
+    from hymba_bench.accuracy.task_data import ABSENT, LOCAL, PACKAGE
 
     ran = str(r.get("eval_tasks")).split(",")
     splits = dict(part.split(":", 1) for part in str(r.get("eval_split", "")).split(",") if ":" in part)
@@ -236,8 +236,12 @@ def _commonsense_note(r: Record, current: RecordSet) -> str:
         at = f", chance {100 * chance:.3g}" if chance is not None else ""
         tasks.append(f"{TASK_NAMES.get(task, task)} ({metric}, {splits.get(task, '?')}{at})")
     absent = [t for t in PAPER_TASKS["commonsense_pct"] if t not in ran]
-    why = "; ".join(f"{TASK_NAMES.get(t, t)} not run ({ABSENT.get(t, 'its data was not reachable')})"
+    offline = str(r.get("eval_source", "")).startswith(PACKAGE)
+    why = "; ".join(f"{TASK_NAMES.get(t, t)} not run "
+                    f"({ABSENT[t] if offline and t in ABSENT else 'its data was not reachable'})"
                     for t in absent)
+    stand_in = [TASK_NAMES.get(t, t) for t in ran
+                if t in LOCAL and splits.get(t) not in (None, LOCAL[t].default_split)]
     items = r.get("eval_items")
     sample = (f"each task on {items} items drawn by seed {r.get('eval_items_seed')} from its split "
               "(the same items for every design)" if items else "each task on its whole split")
@@ -248,10 +252,11 @@ def _commonsense_note(r: Record, current: RecordSet) -> str:
     return (f"Commonsense Reasoning (%): the mean over {len(ran)} of the paper's "
             f"{r.get('eval_tasks_total')} tasks, {', '.join(tasks)}, through lm-eval's own task "
             f"definitions, data from {r.get('eval_source')}; {sample}. {why + '. ' if why else ''}"
-            f"Validation splits stand in where lm-eval scores the test split (ARC)."
-            f"{near}: the column shows the harness measuring the paper's tasks, not a ranking. "
-            "Each task's score and standard "
-            "error are records of their own in results.jsonl (e.g. piqa_acc).")
+            + (f"Validation splits stand in where lm-eval scores the test split "
+               f"({', '.join(stand_in)})." if stand_in else "")
+            + f"{near}: the column shows the harness measuring the paper's tasks, not a ranking. "
+            "Each task's score and standard error are records of their own in results.jsonl "
+            "(e.g. piqa_acc).")
 
 
 def _seeds_note(recall: list[Record]) -> str:

