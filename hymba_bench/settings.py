@@ -75,7 +75,8 @@ class EvalBudget:
 
 B = TypeVar("B", BenchSettings, TrainBudget, EvalBudget)
 POSITIVE = {"batch", "context", "gen_tokens", "prefill_batch", "repeats", "steps", "batch_size",
-            "seeds", "pairs", "queries", "eval_items", "eval_batch_size"}
+            "seeds", "pairs", "queries", "eval_items", "eval_batch_size", "commonsense_items"}
+NULLABLE = {"commonsense_items"}  # ... or null (there: the whole split)
 
 
 def _build(cls: type[B], block: dict[str, Any], where: str,
@@ -91,8 +92,11 @@ def _build(cls: type[B], block: dict[str, Any], where: str,
     values = {**block, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     for key in POSITIVE & set(names):
         value = values[key]
+        if value is None and key in NULLABLE:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise HymbaBenchError(f"expected a positive integer, got {value!r}", param=key)
+            what = "a positive integer or null" if key in NULLABLE else "a positive integer"
+            raise HymbaBenchError(f"expected {what}, got {value!r}", param=key)
     return cls(**{k: values[k] for k in names})
 
 
@@ -125,9 +129,4 @@ def train_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> T
 
 
 def eval_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> EvalBudget:
-    budget = _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)
-    items = budget.commonsense_items
-    if items is not None and (not isinstance(items, int) or isinstance(items, bool) or items < 1):
-        raise HymbaBenchError(f"expected a positive integer or null, got {items!r}",
-                              param="commonsense_items")
-    return budget
+    return _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)

@@ -71,15 +71,14 @@ PARTIAL = {"commonsense", "commonsense_local"}
 PAPER_TASKS = {"commonsense_pct": list(SUITES["commonsense"]), "recall_pct": list(SUITES["recall"])}
 
 
-def task_metric(task: str, metric: str) -> str:
-    """A task's own record, named after lm-eval's task and metric (`piqa_acc`), in %."""
-    return f"{task}_{metric}"
+def task_metric(task: str) -> str:
+    """A paper task's own record, named after lm-eval's task and the metric it is scored by
+    (`piqa_acc`), in %."""
+    return f"{task}_{METRIC.get(task, 'acc')}"
 
 
-def task_metrics() -> list[str]:
-    """Every per-task record the paper's suites can write."""
-    return [task_metric(t, m) for suite in ("commonsense", "recall")
-            for t, m in SUITES[suite].items()]
+# every per-task record the paper's suites can write -> its task
+TASK_METRICS = {task_metric(t): t for tasks in PAPER_TASKS.values() for t in tasks}
 
 
 @dataclass

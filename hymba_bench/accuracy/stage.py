@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hymba_bench.accuracy import task_data
-from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS, evaluate, quiet_stderr, task_metric
+from hymba_bench.accuracy.evaluate import (
+    METRIC,
+    PAPER_TASKS,
+    TASK_METRICS,
+    evaluate,
+    quiet_stderr,
+)
 from hymba_bench.accuracy.recall import RecallSpec
 from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.accuracy.train import step_seconds, train, train_settings
@@ -54,8 +60,6 @@ if TYPE_CHECKING:
 
 AGGREGATE_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
 # ... and each of their tasks, a record of its own (`piqa_acc`)
-TASK_METRICS = {task_metric(t, METRIC.get(t, "acc")): t for m in AGGREGATE_METRICS
-                for t in PAPER_TASKS[m]}
 PAPER_METRICS = (*AGGREGATE_METRICS, *TASK_METRICS)
 # the evaluation settings a paper-task record carries (lm-eval's scores move with them)
 SETTINGS = ("eval_source", "eval_split", "eval_items", "eval_items_seed", "eval_batch",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, overload
 
 from hymba_bench import files
-from hymba_bench.accuracy.evaluate import task_metrics
+from hymba_bench.accuracy.evaluate import TASK_METRICS
 from hymba_bench.design.registry import ORDER_DEFAULT
 from hymba_bench.errors import HymbaBenchError
 
@@ -47,7 +47,7 @@ UNITS = {
     "recall_synthetic_pct": "%",
     "commonsense_pct": "%",
 }
-UNITS.update(dict.fromkeys(task_metrics(), "%"))  # each paper task's own score (`piqa_acc`)
+UNITS.update(dict.fromkeys(TASK_METRICS, "%"))  # each paper task's own score (`piqa_acc`)
 
 FIELDS: dict[str, str] = {
     # where, when and with what code every record of a run was measured

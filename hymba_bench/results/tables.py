@@ -222,19 +222,20 @@ TASK_NAMES = {"lambada_openai": "LAMBADA", "piqa": "PIQA", "arc_easy": "ARC-Easy
 def _commonsense_note(r: Record, current: RecordSet) -> str:
     """Which of the paper's commonsense tasks the column averages, from which data, how much of
     it, and where chance lies."""
-    from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS
+    from hymba_bench.accuracy.evaluate import METRIC, PAPER_TASKS, task_metric
     from hymba_bench.accuracy.task_data import ABSENT, LOCAL, PACKAGE
 
     ran = str(r.get("eval_tasks")).split(",")
     splits = dict(part.split(":", 1) for part in str(r.get("eval_split", "")).split(",") if ":" in part)
     chances = {c.metric: c.get("chance") for c in current
                if c.variant == r.variant and c.get("chance") is not None}
-    tasks = []
+    tasks, known = [], []
     for task in ran:
-        metric = METRIC.get(task, "acc")
-        chance = chances.get(f"{task}_{metric}")
+        chance = chances.get(task_metric(task))
+        known.append(chance)
         at = f", chance {100 * chance:.3g}" if chance is not None else ""
-        tasks.append(f"{TASK_NAMES.get(task, task)} ({metric}, {splits.get(task, '?')}{at})")
+        tasks.append(f"{TASK_NAMES.get(task, task)} ({METRIC.get(task, 'acc')}, "
+                     f"{splits.get(task, '?')}{at})")
     absent = [t for t in PAPER_TASKS["commonsense_pct"] if t not in ran]
     offline = str(r.get("eval_source", "")).startswith(PACKAGE)
     why = "; ".join(f"{TASK_NAMES.get(t, t)} not run "
@@ -245,7 +246,6 @@ def _commonsense_note(r: Record, current: RecordSet) -> str:
     items = r.get("eval_items")
     sample = (f"each task on {items} items drawn by seed {r.get('eval_items_seed')} from its split "
               "(the same items for every design)" if items else "each task on its whole split")
-    known = [chances.get(f"{t}_{METRIC.get(t, 'acc')}") for t in ran]
     near = (f" Chance for the mean is {100 * sum(known) / len(known):.1f}%, and at proxy scale "  # type: ignore[arg-type]
             "the designs sit near it" if known and all(c is not None for c in known)
             else " At proxy scale the designs sit near chance")

