@@ -11,11 +11,12 @@ from hymba_bench.design.config import ConfigError, LayerSpec, ModelConfig
 if TYPE_CHECKING:
     import torch
 
+    from hymba_bench.api.run import Reporter
     from hymba_bench.bench.regress import Comparison
     from hymba_bench.model.lm import HybridLM
     from hymba_bench.results.records import RunDir
     from hymba_bench.results.tables import Table
-    from hymba_bench.runner import Reporter, RunOptions
+    from hymba_bench.runner import RunOptions
 
 __version__ = "0.1.0"
 
@@ -58,7 +59,8 @@ def run(variants: str | list[str] = "all", profile: str = "tiny", out: str | Pat
         **options: Any) -> RunDir:
     """What `hymba-bench run` does: the designs through every stage not skipped, records appended
     to `out/results.jsonl` as they come, Table 1's layout written; the run directory. `options`:
-    the rest of `runner.RunOptions` (`bench`, `train`, `workers`, `executor` ...)."""
+    the rest of `runner.RunOptions` (`bench`, `train`, `executor` ...), where `bench`, `train`
+    and `executor` may be dicts of their fields."""
     from hymba_bench.runner import run as run_designs
 
     return run_designs(_options(variants, profile, out, skip, resume, device, variant_files,
@@ -82,15 +84,10 @@ def sweep(variants: str | list[str], seq_lens: list[int], profile: str = "tiny",
           **options: Any) -> list[Path]:
     """What `hymba-bench sweep` does: decode throughput and cache against context length; the
     plots written (the records are in `out/sweep.jsonl`)."""
-    from hymba_bench.bench.sweep import SweepOptions
     from hymba_bench.bench.sweep import sweep as sweep_designs
-    from hymba_bench.runner import select_variants
 
-    files = list(variant_files or [])
-    names = select_variants(variants if isinstance(variants, str) else ",".join(variants), files)
-    return sweep_designs(SweepOptions(variants=names, seq_lens=list(seq_lens), profile=profile,
-                                      out=Path(out), resume=resume, device=device,
-                                      variant_files=files, **options), report)
+    return sweep_designs(_options(variants, profile, out, (), resume, device, variant_files,
+                                  options), list(seq_lens), report)
 
 
 def regress(baseline: str | Path, current: str | Path, tolerance: float = 0.15,
@@ -105,12 +102,17 @@ def regress(baseline: str | Path, current: str | Path, tolerance: float = 0.15,
 def _options(variants: str | list[str], profile: str, out: str | Path, skip: Iterable[str],
              resume: bool, device: str, variant_files: list[Path] | None,
              options: dict[str, Any]) -> RunOptions:
+    from hymba_bench.executors import ExecutorOptions
     from hymba_bench.runner import RunOptions, select_variants
+    from hymba_bench.settings import BenchOverrides, BudgetOverrides
 
     files = [Path(f) for f in variant_files or []]
     names = select_variants(variants if isinstance(variants, str) else ",".join(variants), files)
+    typed: dict[str, Any] = {"bench": BenchOverrides.of(options.pop("bench", None), "bench"),
+                             "train": BudgetOverrides.of(options.pop("train", None), "train")}
+    typed["executor"] = ExecutorOptions.of(options.pop("executor", None))
     return RunOptions(variants=names, profile=profile, out=Path(out), skip=set(skip), resume=resume,
-                      device=device, variant_files=files, **options)
+                      device=device, variant_files=files, **typed, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,6 +32,10 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
+class ConfigError(HymbaBenchError):
+    """A configuration that cannot be built; the message names the key and what was expected."""
+
+
 class Interrupted(HymbaBenchError):
     """Ctrl-C during work: the message says what was kept; the exit status is the shell's 130."""
 

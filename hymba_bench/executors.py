@@ -1,20 +1,17 @@
-"""Where a run's units of work execute: here, or on the cluster engine a lab already has.
+"""Where a run's units execute: here, a local process pool, or the cluster engine a lab has.
 
-A unit (`Unit`) is one design's stage: the stage object, the design's job, the stamp its records
-carry. It is independent (it reads nothing but its job) and idempotent (run again, it measures
-the same things again; the latest record wins), so any engine may run it anywhere, and a resumed
-run skips units whose records exist, whichever engine made them. `run_unit` is the whole of a
-unit, wherever it runs: the stage's records, stamped.
-
-- `local` (the default): units run in this process (or, for the accuracy stage on a multi-core
-  CPU, in the local process pool of `hymba_bench.workers`), exactly as before executors existed.
-- `ray`: each unit a Ray task, with its resource request: 1 GPU on CUDA; on the CPU, one core for
-  cache and accuracy units (one torch thread each), and for a timed unit (throughput, a sweep's
-  context) as many cores as this machine has, so that it is timed alone on a node like this one
-  and measures the design, not its neighbours. `address` joins an existing cluster; without it
-  a local one is started. Records come back to the driver, which appends them: no shared file
-  system is needed for them.
-- `slurm`: through submitit, the units of a stage as one job array, asking for what Ray asks
+Four implementations of `api.run.Executor`, chosen by `ExecutorOptions`:
+- `LocalExecutor`: a stage's units in this process, all at once (a timed stage interleaves its
+  designs round by round); an error stops the run.
+- `PoolExecutor` (`local` with `workers` > 1 on the CPU): a stage whose designs may run side by
+  side (`Stage.per_process`: the accuracy stage) gets a process per design, one thread each
+  (`hymba_bench.workers`); any other stage runs as `LocalExecutor` runs it.
+- `RayExecutor`: each unit a Ray task, with its resource request: 1 GPU on CUDA; on the CPU, one
+  core for an untimed unit, and for a timed one (throughput, a sweep's context) as many cores as
+  this machine has, so that it is timed alone on a node like this one and measures the design,
+  not its neighbours. `address` joins an existing cluster; without it a local one is started.
+  Records come back to the driver, which appends them: no shared file system is needed.
+- `SlurmExecutor`: through submitit, a stage's units as one job array, asking for what Ray asks
   for (a GPU per unit on CUDA; on the CPU a node of its own, `--exclusive`, for a timed unit and
   one core for the others); each job appends its own records to the run directory (Slurm
   clusters share a file system), the driver waits, re-submits failed or pre-empted jobs up to
@@ -22,9 +19,9 @@ unit, wherever it runs: the stage's records, stamped.
   file or `sacct`, and where accounting is off (`sacct` answers nothing, common on small
   clusters) from the controller (`scontrol`), so a killed job is not waited for forever.
 
-Faults: a unit that raises or is killed loses only its own records (the results file takes whole
-lines under a lock, and a torn last line is ignored on reading); the others go on, and the run
-ends with `UnitsFailed`, naming every failed unit and why.
+Faults on an engine: a unit that raises or is killed loses only its own records (the results
+file takes whole lines under a lock, and a torn last line is ignored on reading); the others go
+on, and the run ends with `UnitsFailed`, naming every failed unit and why.
 """
 
 from __future__ import annotations
@@ -35,61 +32,49 @@ import subprocess
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
+from hymba_bench.api.run import (
+    Executor,
+    Failure,
+    Reporter,
+    Unit,
+    execute,
+    run_unit,
+)
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import Record, ResultsFile, RunDir
-
-if TYPE_CHECKING:
-    from hymba_bench.runner import Job, Reporter, Stage, Stamp
 
 EXECUTORS = ("local", "ray", "slurm")
 
 
-class UnitsFailed(HymbaBenchError):
-    """Some units failed; the others' records are kept. Exit status 1: the work, not the input."""
-
-    exit_code = 1
-
-    def __init__(self, failures: list[Failure]) -> None:
-        listed = "; ".join(f"{f.unit}: {f.reason}" for f in failures)
-        super().__init__(f"{len(failures)} unit{'s' if len(failures) > 1 else ''} failed "
-                         f"(the rest are recorded; rerun with `resume` to retry them): {listed}")
-        self.failures = failures
-
-
 @dataclass(frozen=True)
-class Unit:
-    stage: Stage
-    job: Job
-    stamp: Stamp
-    threads: int | None = None  # torch threads where it runs (None: leave the default)
-    share: float = 1.0  # the part of its design's stage it is (a seed's unit: 1/seeds)
+class ExecutorOptions:
+    """Where a run's units execute, and the engine's settings (`--executor` and its options)."""
 
-    @property
-    def name(self) -> str:
-        seeds = "".join(f"/seed-{s}" for s in self.job.seeds or ())
-        return f"{self.job.name}/{self.stage.name}{seeds}"
+    name: str = "local"  # local | ray | slurm
+    workers: int = 1  # local: designs of a `per_process` stage run at once (CPU only)
+    ray_address: str | None = None  # ray: the cluster to join (None: start a local one)
+    slurm_partition: str | None = None
+    slurm_time: int = 60  # minutes per job
+    slurm_gpus: int | None = None  # per task; None: 1 for a CUDA stage, none on the CPU
+    slurm_account: str | None = None
+    slurm_retries: int = 2  # re-submissions of a failed or pre-empted job
+    slurm_local: bool = False  # submitit's LocalExecutor: the Slurm path without a cluster
 
-
-@dataclass(frozen=True)
-class Failure:
-    unit: str
-    reason: str
-
-
-def run_unit(unit: Unit) -> list[Record]:
-    """A unit, wherever it runs: its stage's records for its one design, stamped."""
-    import torch
-
-    from hymba_bench.runner import Silent
-
-    if unit.threads:
-        torch.set_num_threads(unit.threads)
-    stamp = unit.stamp.with_context(threads=torch.get_num_threads())
-    return [stamp(r) for r in unit.stage.run([unit.job], Silent())]
+    @classmethod
+    def of(cls, value: ExecutorOptions | str | dict[str, Any] | None) -> ExecutorOptions:
+        """A library caller's executor: the options, an engine's name, or a dict of fields."""
+        if isinstance(value, ExecutorOptions):
+            return value
+        given = {"name": value} if isinstance(value, str) else dict(value or {})
+        known = [f.name for f in fields(cls)]
+        for key in sorted(set(given) - set(known)):
+            raise HymbaBenchError(f"unknown setting {key!r} (known: {', '.join(known)})",
+                                  param="executor")
+        return cls(**given)
 
 
 def _reason(exc: BaseException) -> str:
@@ -106,12 +91,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}" if message else type(exc).__name__ + where
 
 
-class Executor(Protocol):
-    name: str
-
-    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]: ...
-
-
 def _optional(module: str, extra: str) -> Any:
     try:
         return __import__(module)
@@ -125,9 +104,9 @@ def need(unit: Unit) -> str:
     CUDA; on the CPU "node" for a stage that measures time (`timed = True`: throughput, a
     sweep's context), which must run alone on every core to measure the design and not its
     neighbours, and "core" (one core, one torch thread) for the others."""
-    if str(getattr(unit.stage, "device", "cpu")).startswith("cuda"):
+    if unit.stage.device.startswith("cuda"):
         return "gpu"
-    return "node" if getattr(unit.stage, "timed", False) else "core"
+    return "node" if unit.stage.timed else "core"
 
 
 def resources(unit: Unit, cpus_here: int) -> dict[str, float]:
@@ -148,10 +127,54 @@ def slurm_request(unit: Unit, gpus: int | None) -> tuple[dict[str, Any], int | N
     return {"cpus_per_task": 1}, 1
 
 
+def _records_of(unit: Unit) -> list[Record]:
+    """A Ray task's body: the unit's records, returned to the driver."""
+    return list(run_unit(unit))
+
+
+@dataclass
+class LocalExecutor:
+    """A stage's units in this process, all at once; the first error stops the run."""
+
+    name: str = "local"
+    splits: bool = False
+
+    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
+        if units:
+            execute(units[0].stage, [u.job for u in units], results, units[0].stamp, report)
+        return []
+
+
+@dataclass
+class PoolExecutor:
+    """Designs of a `per_process` stage side by side, a process each with an equal share of the
+    cores (`hymba_bench.workers`); other stages, and a single design, as `LocalExecutor` runs
+    them. The first unit to fail stops the pool and its error is raised."""
+
+    workers: int
+    name: str = "local"
+    splits: bool = False
+
+    def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
+        if len(units) < 2 or not units[0].stage.per_process:
+            return LocalExecutor().run(units, results, report)
+        from hymba_bench.workers import run_in_parallel
+
+        count = min(self.workers, len(units))
+        threads = max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        report.log(f"training {len(units)} designs, {count} at a time ({threads} thread"
+                   f"{'s' if threads > 1 else ''} each)")
+        stage = units[0].stage
+        run_in_parallel([replace(u, threads=threads) for u in units], results.path, count, report,
+                        {u.job.name: stage.cost(u.job.design) for u in units})
+        return []
+
+
 @dataclass
 class RayExecutor:
     address: str | None = None
     name: str = "ray"
+    splits: bool = True
 
     def run(self, units: list[Unit], results: ResultsFile, report: Reporter) -> list[Failure]:
         ray = _optional("ray", "ray")
@@ -164,7 +187,7 @@ class RayExecutor:
                 options.update(num_cpus=cpus, object_store_memory=200 * 2**20)
             ray.init(**options)
         cpus_here = os.cpu_count() or 1
-        task = ray.remote(max_retries=0)(run_unit)
+        task = ray.remote(max_retries=0)(_records_of)
         refs = {}
         for unit in units:
             request = resources(unit, cpus_here)
@@ -190,7 +213,7 @@ def _run_unit_into(unit: Unit, results: str) -> int:
     """A Slurm job's body: the unit's records appended to the run's results file."""
     file = ResultsFile(Path(results))
     with RunDir(file.path.parent).writing():  # a resumed driver waits for no job still alive
-        records = run_unit(unit)
+        records = list(run_unit(unit))  # a unit's records land together, or not at all
         for record in records:
             file.append(record)
     return len(records)
@@ -212,6 +235,7 @@ class SlurmExecutor:
     poll_s: float = 1.0
     grace_s: float = 10.0
     name: str = "slurm"
+    splits: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _executor(self, request: dict[str, Any]) -> Any:
@@ -317,20 +341,21 @@ def _slurm_state(job_id: str) -> str:
     return state.group(1) if state else "UNKNOWN"
 
 
-def make_executor(name: str, out: Path, options: dict[str, Any] | None = None) -> Executor | None:
-    """`local` -> None (the run's own loop); `ray` or `slurm` with their options."""
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    if name == "local":
-        return None
-    if name == "ray":
+def make_executor(options: ExecutorOptions, out: Path, device: str = "cpu") -> Executor:
+    """The executor `options` name, its engine checked installed before any work; `out`: the run
+    directory (Slurm's job files go under it)."""
+    if options.name == "local":
+        if options.workers > 1 and device.startswith("cpu"):
+            return PoolExecutor(options.workers)
+        return LocalExecutor()
+    if options.name == "ray":
         _optional("ray", "ray")
-        return RayExecutor(options.get("ray_address"))
-    if name == "slurm":
+        return RayExecutor(options.ray_address)
+    if options.name == "slurm":
         _optional("submitit", "slurm")
-        return SlurmExecutor(Path(out) / "slurm", partition=options.get("slurm_partition"),
-                             time_min=options.get("slurm_time", 60), gpus=options.get("slurm_gpus"),
-                             account=options.get("slurm_account"),
-                             retries=options.get("slurm_retries", 2),
-                             local=options.get("slurm_local", False))
-    raise HymbaBenchError(f"expected one of {', '.join(EXECUTORS)}, got {name!r}", param="executor")
-
+        return SlurmExecutor(Path(out) / "slurm", partition=options.slurm_partition,
+                             time_min=options.slurm_time, gpus=options.slurm_gpus,
+                             account=options.slurm_account, retries=options.slurm_retries,
+                             local=options.slurm_local)
+    raise HymbaBenchError(f"expected one of {', '.join(EXECUTORS)}, got {options.name!r}",
+                          param="executor")

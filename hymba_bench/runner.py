@@ -1,15 +1,15 @@
 """A run: every design through every stage, each record written the moment it exists.
 
-A stage (`Stage`) is an object with a `name`, `needed(design, records)` (the metrics still
-missing for a design, given what the run directory holds) and `run(jobs, report)`, which yields
-records as they are measured. `run` is a plain loop over stages: for each, the designs that need
-it become `Job`s, the stage runs them, and `execute` stamps every record with the run's context
-and the design's table placement and appends it. Stages in order: `cache` and `throughput`
-(`hymba_bench.bench.stages`), `accuracy` (`hymba_bench.accuracy.stage`). With `resume`, a
-(variant, metric) already recorded is not measured again.
+`run` plans the stages `RunOptions` asks for (`cache` and `throughput` from
+`hymba_bench.bench.stages`, `accuracy` from `hymba_bench.accuracy.stage`), checks their settings
+before any work, and hands them to `measure`, the one loop every run shares (`sweep` too, with
+its context stages): for each stage, the designs that still need it become units, the executor
+runs them, and each record is stamped with the run's context and the design's table placement
+and appended. With `resume`, a (variant, metric) already recorded is not measured again.
 
-Front ends (the CLI) give a `Reporter` for progress and render what comes back; this module
-prints nothing.
+The vocabulary (designs, jobs, stages, units, executors, progress) is `hymba_bench.api.run`.
+Front ends give a `Reporter` for progress and render what comes back; this module prints
+nothing.
 """
 
 from __future__ import annotations
@@ -19,22 +19,34 @@ import dataclasses
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import torch
 
 import hymba_bench
-from hymba_bench import workers
 from hymba_bench.accuracy import task_data
 from hymba_bench.accuracy.stage import AccuracyStage, hub_reachable, use_data_dir
+from hymba_bench.api.run import (
+    Design,
+    Executor,
+    Failure,
+    Job,
+    Reporter,
+    Silent,
+    Stage,
+    Stamp,
+    Unit,
+    UnitsFailed,
+    execute,
+    jobs_for,
+)
 from hymba_bench.bench.profile import machine
 from hymba_bench.bench.stages import CacheStage, ThroughputStage
 from hymba_bench.bench.throughput import check_fits
-from hymba_bench.design.config import ModelConfig
 from hymba_bench.design.masks import window_keys
 from hymba_bench.design.registry import (
     ResolvedVariant,
@@ -47,7 +59,7 @@ from hymba_bench.design.registry import (
     variants,
 )
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
+from hymba_bench.executors import ExecutorOptions, make_executor
 from hymba_bench.files import write_atomic
 from hymba_bench.ops import backend_report
 from hymba_bench.results.plots import roadmap_plot
@@ -59,138 +71,16 @@ from hymba_bench.results.records import (
     placement,
 )
 from hymba_bench.results.tables import Table, compare_table, extended_table, roadmap_table
-from hymba_bench.settings import EvalBudget, TrainBudget, bench_settings, eval_budget, train_budget
+from hymba_bench.settings import (
+    BenchOverrides,
+    BudgetOverrides,
+    bench_settings,
+    eval_budget,
+    train_budget,
+)
 
 STAGES = ("cache", "throughput", "accuracy")
-
-
-class Training(Protocol):
-    """One design's proxy-training progress."""
-
-    def seed(self, k: int) -> None: ...
-    def step(self, step: int, loss: float) -> None: ...
-    def close(self) -> None: ...
-
-
-class Reporter(Protocol):
-    """Where a run says how far it is (the CLI: rich bars on a terminal, lines elsewhere)."""
-
-    def stage(self, name: str) -> None: ...  # the run moves on to this stage
-    def start(self, index: int, name: str, what: str) -> None: ...
-    def advance(self, share: float = 1.0) -> None: ...  # share: the part of a design's stage
-    def log(self, message: str) -> None: ...
-    def training(self, name: str, steps: int, seeds: int) -> Training: ...
-
-
-class Silent:
-    """A `Reporter` that says nothing (library calls, tests)."""
-
-    def stage(self, name: str) -> None:
-        pass
-
-    def start(self, index: int, name: str, what: str) -> None:
-        pass
-
-    def advance(self, share: float = 1.0) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-    def training(self, name: str, steps: int, seeds: int) -> Training:
-        return self
-
-    def seed(self, k: int) -> None:
-        pass
-
-    def step(self, step: int, loss: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class Design:
-    """A design in a run: its position (from 1, for progress) and its resolved variant."""
-
-    index: int
-    rv: ResolvedVariant
-
-    @property
-    def name(self) -> str:
-        return self.rv.config.name
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.rv.config
-
-    @property
-    def profile(self) -> str:
-        return self.rv.profile.name
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a stage is asked to do for one design: the metrics wanted, and the design's records
-    already in the run directory (a resumed stage continues from them)."""
-
-    design: Design
-    wanted: frozenset[str]
-    earlier: RecordSet = field(default_factory=RecordSet)
-    seeds: tuple[int, ...] | None = None  # a unit of these training seeds only (None: all)
-
-    @property
-    def name(self) -> str:
-        return self.design.name
-
-
-class Stage(Protocol):
-    name: str
-
-    def needed(self, design: Design, records: RecordSet) -> set[str]: ...
-    def run(self, jobs: list[Job], report: Reporter) -> Iterator[Record]: ...
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """What every record of a run carries beside its own fields: the machine and code
-    (`base_context`), the profile, and each design's table placement."""
-
-    context: dict[str, Any]
-    profile: str
-    placements: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __call__(self, record: Record) -> Record:
-        where = self.placements.get(record.variant, {"profile": self.profile})
-        return Record(record.variant, record.metric, record.value,
-                      {**self.context, **where, **record.fields}).checked()
-
-    def with_context(self, **context: Any) -> Stamp:
-        return Stamp({**self.context, **context}, self.profile, self.placements)
-
-
-def execute(stage: Stage, jobs: list[Job], results: ResultsFile, stamp: Stamp,
-            report: Reporter) -> int:
-    """Run `stage` on `jobs`, appending each record as it comes; the number written."""
-    written = 0
-    for record in stage.run(jobs, report):
-        results.append(stamp(record))
-        written += 1
-    return written
-
-
-def jobs_for(stage: Stage, designs: list[Design], records: RecordSet,
-             report: Reporter) -> list[Job]:
-    """The designs that still need `stage`, given `records`; the others count as done."""
-    jobs = []
-    for d in designs:
-        wanted = stage.needed(d, records)
-        if wanted:
-            jobs.append(Job(d, frozenset(wanted), records.of(d.name)))
-        else:
-            report.advance()
-    return jobs
+T = TypeVar("T")
 
 
 def open_run(run_dir: RunDir, resume: bool, device: str, profile: str,
@@ -240,13 +130,11 @@ class RunOptions:
     resume: bool = False
     device: str = "cpu"
     variant_files: list[Path] = field(default_factory=list)
-    bench: dict[str, Any] = field(default_factory=dict)  # overrides of the profile's bench block
-    train: dict[str, Any] = field(default_factory=dict)  # overrides of the train and eval blocks
+    bench: BenchOverrides = field(default_factory=BenchOverrides)  # of the profile's bench block
+    train: BudgetOverrides = field(default_factory=BudgetOverrides)  # of its train and eval blocks
     data_dir: Path | None = None  # local copies of lm-eval's datasets (a datasets cache)
     log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
-    workers: int = 1  # designs trained at once in the accuracy stage (CPU: a process each)
-    executor: str = "local"  # local | ray | slurm (hymba_bench.executors)
-    executor_options: dict[str, Any] = field(default_factory=dict)  # ray_address, slurm_*
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
 
 LONG_BUDGET = 4  # a training budget past this many times the profile's gets an up-front estimate
@@ -281,10 +169,6 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant],
         stages.append(ThroughputStage(bench, opts.device))
     if "accuracy" not in opts.skip:
         profile = get_profile(opts.profile)
-        known = {f.name for cls in (TrainBudget, EvalBudget) for f in dataclasses.fields(cls)}
-        for key in sorted(set(opts.train) - known):
-            raise HymbaBenchError(f"unknown train/eval setting {key!r} (known: {', '.join(sorted(known))})",
-                                  param="train")
         use_data_dir(opts.data_dir)
         budget = train_budget(profile, opts.train)
         accuracy = AccuracyStage(budget, eval_budget(profile, opts.train), RunDir(opts.out),
@@ -294,12 +178,12 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant],
         accuracy.check(resolved)
         usual = train_budget(profile)
         if budget.steps * budget.seeds > LONG_BUDGET * usual.steps * usual.seeds:
-            seconds, how = accuracy.estimate(resolved, opts.workers if _parallel_ok(opts) else 1)
+            seconds, how = accuracy.estimate(resolved, _side_by_side(opts))
             report.log(f"{'warning: ' if seconds > 3600 else ''}the accuracy stage will train for "
                        f"about {_duration(seconds)} ({how})")
         stages.append(accuracy)
-    if opts.workers > (os.cpu_count() or 1):
-        report.log(f"warning: workers: {opts.workers} is more than this machine's "
+    if opts.executor.workers > (os.cpu_count() or 1):
+        report.log(f"warning: workers: {opts.executor.workers} is more than this machine's "
                    f"{os.cpu_count()} cores: designs trained at once would share cores and each "
                    "run slower")
     return stages
@@ -331,50 +215,55 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
                     param="variants")
     stages = plan_stages(opts, resolved, report)
     run_dir = RunDir(opts.out)
-    executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
+    notes = [Record.note("*", skipped, f"{skipped} skipped (--skip {skipped})")
+             for skipped in sorted(opts.skip)]
+    measure(run_dir, resolved, stages, opts, report, notes=notes, finish=_tables_if_measured)
+    return run_dir
+
+
+def measure(run_dir: RunDir, resolved: list[ResolvedVariant], stages: list[Stage],
+            opts: RunOptions, report: Reporter, notes: list[Record] | None = None,
+            finish: Callable[[RunDir, RecordSet], T] | None = None) -> T | None:
+    """The loop every run shares: under the run directory's lock, each stage's missing work as
+    units on the executor, records appended as they come; `notes` recorded once (a resumed run
+    does not repeat them); then `finish(run_dir, records)`, also after an interruption, with
+    what was kept. Raises `UnitsFailed` after `finish` when an engine's units failed."""
+    executor = make_executor(opts.executor, run_dir.path, opts.device)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     failures: list[Failure] = []
     with run_dir.lock():
         results, stamp = open_run(run_dir, opts.resume, opts.device, opts.profile, designs)
         noted = {(r.variant, r.get("stage"), r.value) for r in results.load() if r.kind == "note"}
-        for skipped in sorted(opts.skip):
-            text = f"{skipped} skipped (--skip {skipped})"
-            if ("*", skipped, text) not in noted:  # a resumed run says it once
-                results.append(stamp(Record.note("*", skipped, text)))
+        for note in notes or []:
+            if (note.variant, note.get("stage"), note.value) not in noted:
+                results.append(stamp(note))
         try:
             for stage in stages:
                 report.stage(stage.name)
                 jobs = jobs_for(stage, designs, results.load(), report)  # what earlier stages left
-                if not jobs:
-                    continue
-                if executor is not None:  # one unit per design (or seed), where the engine puts it
-                    failures += _on_engine(executor, stage, jobs, results, stamp, report)
-                elif stage.name == "accuracy" and _parallel(opts, jobs):
-                    _train_side_by_side(stage, jobs, opts, results, stamp, report)
-                else:
-                    execute(stage, jobs, results, stamp, report)
+                if jobs:
+                    failures += dispatch(executor, stage, jobs, results, stamp, report)
         except BaseException:
-            # interrupted, or the disk filled: the tables of what was kept, if they can be written
-            with contextlib.suppress(HymbaBenchError, OSError):
-                if results.load().metrics():
-                    write_tables(run_dir)
+            # interrupted, or the disk filled: what was kept, if it can be written
+            if finish is not None:
+                with contextlib.suppress(HymbaBenchError, OSError):
+                    finish(run_dir, results.load())
             raise
-        if results.load().metrics():
-            write_tables(run_dir)
+        done = finish(run_dir, results.load()) if finish is not None else None
     if failures:
         raise UnitsFailed(failures)
-    return run_dir
+    return done
 
 
-def _on_engine(executor: Any, stage: Stage, jobs: list[Job], results: ResultsFile, stamp: Stamp,
-               report: Reporter) -> list[Failure]:
-    """The stage's units on an engine. A stage that splits a design's job (the accuracy stage,
-    a unit per seed) gets one more local pass per design whose parts all succeeded: it trains
-    nothing then, and records the mean over the seeds."""
-    split = getattr(stage, "split", None)
+def dispatch(executor: Executor, stage: Stage, jobs: list[Job], results: ResultsFile,
+             stamp: Stamp, report: Reporter) -> list[Failure]:
+    """A stage's jobs as units on `executor`. Where the executor runs parts apart (an engine)
+    and the stage splits a design's job (the accuracy stage: a unit per seed), each design whose
+    parts all succeeded gets one more pass here: it trains nothing then, and records the mean
+    over the seeds."""
     units = []
     for job in jobs:
-        parts = split(job) if split else [job]
+        parts = stage.split(job) if executor.splits else [job]
         units += [Unit(stage, part, stamp, share=1 / len(parts)) for part in parts]
     failures = executor.run(units, results, report)
     if len(units) > len(jobs):
@@ -385,23 +274,15 @@ def _on_engine(executor: Any, stage: Stage, jobs: list[Job], results: ResultsFil
     return failures
 
 
-def _parallel_ok(opts: RunOptions) -> bool:
-    return opts.workers > 1 and opts.device.startswith("cpu") and opts.executor == "local"
+def _side_by_side(opts: RunOptions) -> int:
+    """Designs the accuracy stage trains at once (a process each: only on the CPU)."""
+    local = opts.executor.name == "local" and opts.device.startswith("cpu")
+    return max(1, opts.executor.workers) if local else 1
 
 
-def _parallel(opts: RunOptions, jobs: list[Job]) -> bool:
-    """Several accuracy designs at once, each in its own process: only on the CPU."""
-    return _parallel_ok(opts) and len(jobs) > 1
-
-
-def _train_side_by_side(stage: Any, jobs: list[Job], opts: RunOptions, results: ResultsFile,
-                        stamp: Stamp, report: Reporter) -> None:
-    count = min(opts.workers, len(jobs))
-    threads = max(1, (os.cpu_count() or 1) // max(1, opts.workers))
-    report.log(f"training {len(jobs)} designs, {count} at a time ({threads} thread"
-               f"{'s' if threads > 1 else ''} each)")
-    units = [workers.Unit(stage, job, results.path, stamp, threads) for job in jobs]
-    workers.run_in_parallel(units, count, report, {j.name: stage.cost(j.design) for j in jobs})
+def _tables_if_measured(run_dir: RunDir, records: RecordSet) -> None:
+    if records.metrics():
+        write_tables(run_dir)
 
 
 def compare(opts: RunOptions, report: Reporter | None = None) -> tuple[RunDir, Table]:
@@ -444,14 +325,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device: Any) -> str:
+def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return str(machine()["cpu"])
 
 
-def base_context(device: Any) -> dict[str, Any]:
+def base_context(device: str | torch.device) -> dict[str, Any]:
     """What every record of a run shares: machine, versions, commit."""
     return {
         "device": device_name(device),

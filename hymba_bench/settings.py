@@ -3,19 +3,21 @@
 `bench` (one block per device kind) -> `BenchSettings`; `train` -> `TrainBudget`; `eval` ->
 `EvalBudget`. The profile YAML is the only source of their values: the dataclasses carry no
 defaults, a block missing a key is an error naming the profile file, and overrides (the CLI's
-flags, a library caller's keywords) replace single values, `None` meaning "the profile's".
+flags, a library caller's keywords) replace single values, `None` meaning "the profile's":
+`BenchOverrides` for the bench block, `BudgetOverrides` for the train and eval blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hymba_bench.design.registry import Profile
 from hymba_bench.errors import HymbaBenchError
+
+if TYPE_CHECKING:
+    import torch
 
 DECODE_MODES = ("auto", "eager", "compiled", "graph")  # how a decode step runs (bench.throughput)
 
@@ -37,6 +39,8 @@ class BenchSettings:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return getattr(torch, self.dtype)
 
     def at(self, **changes: Any) -> BenchSettings:
@@ -73,14 +77,69 @@ class EvalBudget:
     commonsense_items: int | None
 
 
+OverridesT = TypeVar("OverridesT", bound="Overrides")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Values that replace a profile block's; `None` keeps the profile's."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def of(cls: type[OverridesT], values: OverridesT | dict[str, Any] | None,
+           param: str) -> OverridesT:
+        """`values` as overrides (a library caller may give a dict); an unknown key raises."""
+        if isinstance(values, cls):
+            return values
+        given: dict[str, Any] = dict(values) if isinstance(values, dict) else {}
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in sorted(set(given) - set(known)):
+            raise HymbaBenchError(f"unknown setting {key!r} (known: {', '.join(known)})", param=param)
+        return cls(**given)
+
+
+@dataclass(frozen=True)
+class BenchOverrides(Overrides):
+    """The bench block's values a run replaces (`--batch`, `--context` ...)."""
+
+    batch: int | None = None
+    context: int | None = None
+    gen_tokens: int | None = None
+    prefill_batch: int | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    dtype: str | None = None
+    decode: str | None = None
+
+
+@dataclass(frozen=True)
+class BudgetOverrides(Overrides):
+    """The train and eval blocks' values a run replaces (`--train-steps`, `--seeds` ...)."""
+
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    seed: int | None = None
+    seeds: int | None = None
+    pairs: int | None = None
+    queries: int | None = None
+    eval_items: int | None = None
+    eval_seed: int | None = None
+    eval_batch_size: int | None = None
+    paper_tasks: list[str] | None = None
+    commonsense_items: int | None = None
+
+
 B = TypeVar("B", BenchSettings, TrainBudget, EvalBudget)
 POSITIVE = {"batch", "context", "gen_tokens", "prefill_batch", "repeats", "steps", "batch_size",
             "seeds", "pairs", "queries", "eval_items", "eval_batch_size", "commonsense_items"}
 NULLABLE = {"commonsense_items"}  # ... or null (there: the whole split)
 
 
-def _build(cls: type[B], block: dict[str, Any], where: str,
-           overrides: dict[str, Any] | None) -> B:
+def _build(cls: type[B], block: dict[str, Any], where: str, overrides: Overrides | None) -> B:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(block) - set(names))
     if unknown:
@@ -89,7 +148,8 @@ def _build(cls: type[B], block: dict[str, Any], where: str,
     if missing:
         raise HymbaBenchError(f"{where}: missing {', '.join(missing)} (the profile is the only "
                               "source of these values)")
-    values = {**block, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    given = overrides.as_dict() if overrides is not None else {}
+    values = {**block, **{k: v for k, v in given.items() if k in names}}
     for key in POSITIVE & set(names):
         value = values[key]
         if value is None and key in NULLABLE:
@@ -101,8 +161,10 @@ def _build(cls: type[B], block: dict[str, Any], where: str,
 
 
 def bench_settings(profile: Profile, device: torch.device | str,
-                   overrides: dict[str, Any] | None = None) -> BenchSettings:
+                   overrides: BenchOverrides | None = None) -> BenchSettings:
     """The profile's `bench` block for this device kind (cpu or cuda), overrides applied."""
+    import torch
+
     kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
     if kind not in profile.bench:
         raise HymbaBenchError(f"{profile.path}: bench: no {kind} block (throughput settings)")
@@ -119,7 +181,7 @@ def bench_settings(profile: Profile, device: torch.device | str,
     return s
 
 
-def train_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> TrainBudget:
+def train_budget(profile: Profile, overrides: BudgetOverrides | None = None) -> TrainBudget:
     """The profile's `train` block, overrides applied; an impossible recall task raises."""
     from hymba_bench.accuracy.recall import RecallSpec
 
@@ -128,5 +190,5 @@ def train_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> T
     return budget
 
 
-def eval_budget(profile: Profile, overrides: dict[str, Any] | None = None) -> EvalBudget:
+def eval_budget(profile: Profile, overrides: BudgetOverrides | None = None) -> EvalBudget:
     return _build(EvalBudget, profile.eval, f"{profile.path}: eval", overrides)

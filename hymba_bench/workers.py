@@ -6,9 +6,9 @@ process barely shortens it (measured on the 2-core machine, ms per step at 1 and
 1.36x the throughput of one at a time (README, "Running the roadmap"). So on a CPU with more than
 one core, `run` gives the accuracy stage's designs to `workers` processes (default: one per core).
 
-Each worker runs one (stage, job) unit exactly as the run loop would (`run.execute`: the stage's
-records stamped and appended to the run's results file as they come; appends take a lock and write
-one whole line); progress comes back over a queue, so the bars and lines look as they do in one
+Each worker runs one unit (`api.run.run_unit`: the stage's records for one design, stamped, and
+appended to the run's results file as they come; appends take a lock and write one whole line);
+progress comes back over a queue, so the bars and lines look as they do in one
 process. On failure or Ctrl-C the pool is terminated: what a finished design recorded stays, a
 design cut short resumes from its checkpoints under `--resume`.
 """
@@ -19,29 +19,13 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-
+from hymba_bench.api.run import Reporter, Training, Unit, run_unit
 from hymba_bench.results.records import ResultsFile, RunDir
 
-if TYPE_CHECKING:
-    from hymba_bench.runner import Job, Reporter, Stage, Stamp, Training
-
 _QUEUE: Any = None  # the worker's end of the progress queue, set by `_init`
-
-
-@dataclass
-class Unit:
-    """One design's stage, everything a fresh process needs to run it."""
-
-    stage: Stage
-    job: Job
-    results: Path
-    stamp: Stamp
-    threads: int = 1
 
 
 class _QueueTraining:
@@ -60,6 +44,9 @@ class _QueueTraining:
 
 class _QueueReporter:
     """The worker's side of the run's progress: messages to the parent."""
+
+    def stage(self, name: str) -> None:
+        pass  # the parent moves between stages
 
     def start(self, index: int, name: str, what: str) -> None:
         _QUEUE.put((name, "start", (index, what), None))
@@ -98,13 +85,11 @@ def _init(progress_queue: Any, parent: int) -> None:
     die_with_parent(parent)
 
 
-def _run_unit(unit: Unit) -> str:
-    from hymba_bench.runner import execute  # run imports this module: the child's import, not ours
-
-    torch.set_num_threads(unit.threads)
-    stamp = unit.stamp.with_context(threads=unit.threads)
-    with RunDir(unit.results.parent).writing():
-        execute(unit.stage, [unit.job], ResultsFile(unit.results), stamp, _QueueReporter())
+def _run_unit(unit: Unit, results: Path) -> str:
+    file = ResultsFile(results)
+    with RunDir(results.parent).writing():
+        for record in run_unit(unit, _QueueReporter()):
+            file.append(record)
     return unit.job.name
 
 
@@ -115,9 +100,10 @@ def default_workers(device: str, designs: int) -> int:
     return max(1, min(os.cpu_count() or 1, designs))
 
 
-def run_in_parallel(units: list[Unit], workers: int, report: Reporter,
+def run_in_parallel(units: list[Unit], results: Path, workers: int, report: Reporter,
                     cost: dict[str, float] | None = None) -> None:
-    """Run `units` on a pool of `workers` processes, showing each design's progress; the first
+    """Run `units` on a pool of `workers` processes, each appending its records to `results`,
+    showing each design's progress; the first
     unit to fail stops the pool and its error is raised here. `cost`: expected time by design
     name, any unit; the largest start first, so the last to finish run beside others, not alone."""
     ctx = mp.get_context("spawn")  # a clean interpreter: no fork of torch's thread pools
@@ -126,7 +112,7 @@ def run_in_parallel(units: list[Unit], workers: int, report: Reporter,
     pool = ctx.Pool(workers, initializer=_init, initargs=(messages, os.getpid()))
     try:
         order = sorted(units, key=lambda u: -(cost or {}).get(u.job.name, 0.0))
-        pending = {u.job.name: pool.apply_async(_run_unit, (u,)) for u in order}
+        pending = {u.job.name: pool.apply_async(_run_unit, (u, results)) for u in order}
         while pending:
             _show(messages, bars, report)
             for name in [n for n, r in pending.items() if r.ready()]:

@@ -7,7 +7,7 @@ from typing import Any
 from hymba_bench import build_model
 from hymba_bench.design.registry import get_profile, names, resolve
 from hymba_bench.model.lm import HybridLM
-from hymba_bench.settings import BenchSettings, bench_settings
+from hymba_bench.settings import BenchOverrides, BenchSettings, bench_settings
 
 VARIANTS = names()
 
@@ -33,4 +33,4 @@ def small_model(name: str, seed: int = 0, **extra: Any) -> HybridLM:
 
 def bench(device: str = "cpu", **overrides: Any) -> BenchSettings:
     """The tiny profile's throughput settings for `device`, with `overrides`."""
-    return bench_settings(get_profile("tiny"), device, overrides)
+    return bench_settings(get_profile("tiny"), device, BenchOverrides(**overrides))

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from hymba_bench.api.run import Design, Job, Silent, StageDefaults, Stamp, Unit, UnitsFailed
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.executors import RayExecutor, SlurmExecutor, Unit, UnitsFailed, make_executor
+from hymba_bench.executors import ExecutorOptions, RayExecutor, SlurmExecutor, make_executor
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
-from hymba_bench.runner import Design, Job, RunOptions, Silent, Stamp, run
+from hymba_bench.runner import RunOptions, run
+from hymba_bench.settings import BenchOverrides, BudgetOverrides
 
-FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
+FAST = BenchOverrides(batch=2, context=32, gen_tokens=2, repeats=1)
 EXACT = ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb")
 DESIGNS = ["llama", "mamba", "c-local-global"]
+SLURM_HERE = ExecutorOptions("slurm", slurm_local=True)  # submitit's local executor
 
 
 def exact(out: Path) -> dict[tuple[str, str], float]:
@@ -50,7 +53,7 @@ def ray_cluster() -> Iterator[None]:
 def test_ray_gives_the_local_runs_exact_figures(local_run: Path, ray_cluster: None,
                                                 tmp_path: Path) -> None:
     out = tmp_path / "ray"
-    run(RunOptions(DESIGNS, out=out, skip={"accuracy"}, bench=FAST, executor="ray"))
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy"}, bench=FAST, executor=ExecutorOptions("ray")))
     assert exact(out) == exact(local_run) and len(exact(out)) == len(DESIGNS) * len(EXACT)
     records = RunDir(out).records()
     for name in DESIGNS:  # throughput measured too, each unit alone on the node
@@ -67,16 +70,16 @@ def test_ray_gives_the_local_runs_exact_figures(local_run: Path, ray_cluster: No
 def test_submitit_runs_the_slurm_path(local_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     out = tmp_path / "slurm"
-    run(RunOptions(DESIGNS, out=out, skip={"accuracy", "throughput"}, executor="slurm",
-                   executor_options={"slurm_local": True}))
+    run(RunOptions(DESIGNS, out=out, skip={"accuracy", "throughput"}, executor=SLURM_HERE))
     assert exact(out) == exact(local_run)
     assert list((out / "slurm").glob("*_log.out"))  # submitit's own job files, in the run dir
 
 
-class FailsFor:
+class FailsFor(StageDefaults):
     """A stage that raises for one design, on purpose."""
 
     name = "flaky"
+    device = "cpu"
 
     def __init__(self, victim: str) -> None:
         self.victim = victim
@@ -131,25 +134,24 @@ def test_a_missing_engine_is_one_line_naming_the_extra(monkeypatch: pytest.Monke
                                                         tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(HymbaBenchError, match=r'ray is not installed: pip install "hymba-bench\[ray\]"'):
-        make_executor("ray", tmp_path)
+        make_executor(ExecutorOptions("ray"), tmp_path)
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(HymbaBenchError, match=r"hymba-bench\[slurm\]"):
-        make_executor("slurm", tmp_path)
+        make_executor(ExecutorOptions("slurm"), tmp_path)
     with pytest.raises(HymbaBenchError, match="expected one of local, ray, slurm") as caught:
-        make_executor("k8s", tmp_path)
+        make_executor(ExecutorOptions("k8s"), tmp_path)
     assert caught.value.param == "executor"
 
 
 @pytest.mark.slow
 def test_a_sweep_runs_its_units_through_an_engine(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
-    from hymba_bench.bench.sweep import SweepOptions, sweep
+    from hymba_bench.bench.sweep import sweep
 
-    common = {"variants": ["llama", "c-local-global"], "seq_lens": [16, 48],
-              "bench": {"batch": 2, "gen_tokens": 2, "repeats": 1}}
-    sweep(SweepOptions(out=tmp_path / "local", **common))
-    sweep(SweepOptions(out=tmp_path / "slurm", executor="slurm",
-                       executor_options={"slurm_local": True}, **common))
+    common = {"variants": ["llama", "c-local-global"],
+              "bench": BenchOverrides(batch=2, gen_tokens=2, repeats=1)}
+    sweep(RunOptions(out=tmp_path / "local", **common), [16, 48])
+    sweep(RunOptions(out=tmp_path / "slurm", executor=SLURM_HERE, **common), [16, 48])
 
     def cache(out: Path) -> dict[tuple[str, int], int]:
         return {(r.variant, r.get("context")): r.value for r in RunDir(out, "sweep").records()
@@ -179,8 +181,8 @@ def test_seeds_are_units_of_their_own(tmp_path: Path, monkeypatch: pytest.Monkey
     budget = {"steps": 3, "batch_size": 4, "warmup": 1, "eval_items": 16, "eval_batch_size": 16,
               "seeds": 2}
     progress = Counting()
-    run(RunOptions(["llama", "mamba"], out=out, skip={"cache", "throughput"}, train=budget,
-                   executor="slurm", executor_options={"slurm_local": True}), progress)
+    run(RunOptions(["llama", "mamba"], out=out, skip={"cache", "throughput"},
+                   train=BudgetOverrides(**budget), executor=SLURM_HERE), progress)
     assert progress.done == pytest.approx(2)  # one stage for each of 2 designs, not 4 units
     records = RunDir(out).records()
     assert len(list((out / "slurm").glob("*_submitted.pkl"))) == 4  # 2 designs x 2 seeds

@@ -17,17 +17,22 @@ from safetensors.torch import load_file
 from hymba_bench.bench.stages import CacheStage, MeasurementError, ThroughputStage
 from hymba_bench.bench.throughput import decode_throughput, filled_cache, halve_on_oom
 from hymba_bench.errors import HymbaBenchError
+from hymba_bench.executors import ExecutorOptions
 from hymba_bench.results.records import Record, RecordSet, ResultsFile, RunDir
 from hymba_bench.results.tables import COLUMNS, EMPTY, extended_table, roadmap_table
 from hymba_bench.runner import RunOptions, git_commit, run
+from hymba_bench.settings import BenchOverrides, BudgetOverrides
 from tests.helpers import bench, small_model
 
-FAST = {"batch": 2, "context": 48, "gen_tokens": 3, "repeats": 1}
+FAST = BenchOverrides(batch=2, context=48, gen_tokens=3, repeats=1)
 ALL_METRICS = set(CacheStage().metrics) | set(ThroughputStage({}).metrics)
 
 
-def quiet_run(tmp_path: Path, variants: list[str], **kw) -> Path:
-    opts = RunOptions(variants=variants, out=tmp_path / "run", bench=FAST, **kw)
+def quiet_run(tmp_path: Path, variants: list[str], train: dict | None = None,
+              workers: int = 1, **kw) -> Path:
+    opts = RunOptions(variants=variants, out=tmp_path / "run", bench=FAST,
+                      train=BudgetOverrides(**(train or {})),
+                      executor=ExecutorOptions(workers=workers), **kw)
     return run(opts).path
 
 
@@ -362,8 +367,8 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
     """The accuracy stage for llama with `_one_seed` (train + evaluate) standing in: each seed
     it is asked for scores 30 on the synthetic task and `paper` on the paper's."""
     import hymba_bench.accuracy.stage as accuracy
+    from hymba_bench.api.run import Design, Job
     from hymba_bench.design.registry import get_profile, resolve
-    from hymba_bench.runner import Design, Job
     from hymba_bench.settings import eval_budget, train_budget
 
     trained: list[int] = []
@@ -374,7 +379,7 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
             return Record.measured("llama", "recall_synthetic_pct", 30.0, train_seed=seed,
                                    **SEED_FIELDS), paper
 
-    overrides = {**TINY_BUDGET, "seeds": seeds}
+    overrides = BudgetOverrides(**{**TINY_BUDGET, "seeds": seeds})
     stage = Stage(train_budget(get_profile("tiny"), overrides), eval_budget(get_profile("tiny"), overrides),
                   RunDir(tmp_path), paper_data=paper is not None)
     job = Job(Design(1, resolve("llama", "tiny")), frozenset(wanted), RecordSet(earlier))
@@ -382,7 +387,7 @@ def accuracy_job(tmp_path: Path, earlier: list[Record], seeds: int, wanted: set[
 
 
 def test_a_resumed_accuracy_stage_trains_only_the_missing_seeds(tmp_path: Path) -> None:
-    from hymba_bench.runner import Silent
+    from hymba_bench.api.run import Silent
 
     earlier = Record.measured("llama", "recall_synthetic_pct", 10.0, train_seed=0,
                               **{**SEED_FIELDS, "stderr": 3.0, "train_loss": 2.0})
@@ -418,8 +423,8 @@ def test_paper_scores_average_over_seeds_across_a_resume(tmp_path: Path) -> None
     """With the paper's data, each seed's SWDE/SQuAD-C and commonsense scores are recorded, so a
     run resumed between seeds still reports the paper tasks' mean over every seed."""
     from hymba_bench.accuracy.evaluate import EvalOutcome
+    from hymba_bench.api.run import Silent
     from hymba_bench.results.records import PAPER_RECALL
-    from hymba_bench.runner import Silent
 
     paper = EvalOutcome(values={"recall_pct": 50.0, "commonsense_pct": 40.0},
                         stderr={"recall_pct": 2.0, "commonsense_pct": 1.0})
@@ -443,7 +448,7 @@ def test_seeds_scored_on_other_data_are_not_averaged(tmp_path: Path) -> None:
     """A run resumed after the commonsense data changed (seed 0 offline, seed 1 from the hub)
     gives no mean of the two, and the note says which setting differed."""
     from hymba_bench.accuracy.evaluate import EvalOutcome
-    from hymba_bench.runner import Silent
+    from hymba_bench.api.run import Silent
 
     paper = EvalOutcome(values={"commonsense_pct": 40.0}, stderr={"commonsense_pct": 1.0})
     earlier = [

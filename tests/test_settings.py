@@ -10,7 +10,9 @@ import yaml
 from hymba_bench.design.registry import get_profile
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.settings import (
+    BenchOverrides,
     BenchSettings,
+    BudgetOverrides,
     EvalBudget,
     TrainBudget,
     bench_settings,
@@ -31,9 +33,9 @@ def test_values_are_the_profiles_with_overrides_applied() -> None:
     assert dataclasses.asdict(eval_budget(profile)) == data["eval"]
     assert dataclasses.asdict(bench_settings(profile, "cpu")) == data["bench"]["cpu"]
     assert dataclasses.asdict(bench_settings(profile, "cuda")) == data["bench"]["cuda"]
-    s = bench_settings(profile, "cpu", {"batch": 4, "context": None})  # None: the profile's
+    s = bench_settings(profile, "cpu", BenchOverrides(batch=4, context=None))  # None: the profile's
     assert s.batch == 4 and s.context == data["bench"]["cpu"]["context"]
-    assert train_budget(profile, {"steps": 7}).steps == 7
+    assert train_budget(profile, BudgetOverrides(steps=7)).steps == 7
 
 
 def test_a_block_missing_a_key_or_holding_a_stray_one_names_the_file() -> None:
@@ -45,7 +47,7 @@ def test_a_block_missing_a_key_or_holding_a_stray_one_names_the_file() -> None:
     with pytest.raises(HymbaBenchError, match=r"tiny.yaml: eval: unknown key 'eval_itmes'"):
         eval_budget(stray)
     with pytest.raises(HymbaBenchError, match="expected a positive integer") as caught:
-        bench_settings(profile, "cpu", {"repeats": 0})
+        bench_settings(profile, "cpu", BenchOverrides(repeats=0))
     assert caught.value.param == "repeats"
 
 

@@ -224,3 +224,44 @@ def evaluate(lm: Any, suites: list[str], limit: int | None = None,
             if len(ses) == len(scores):  # the mean's standard error, tasks independent
                 out.stderr[name] = scale * math.sqrt(sum(s * s for s in ses)) / len(ses)
     return out
+
+
+def evaluate_variant(variant: str, profile: str, suites: list[str], *,
+                     checkpoint: Path | None = None, limit: int | None = None,
+                     items: int | None = None, seed: int = 1234, batch_size: int = 16,
+                     device: str = "cpu", variant_files: list[Path] | None = None,
+                     text: Path | None = None, out: Path | None = None, log_samples: bool = False,
+                     on_task: Callable[[str, int, int], None] | None = None) -> EvalOutcome:
+    """What `hymba-bench eval` does: one design (random weights, or `checkpoint`) through
+    `suites`. With `out`, lm-eval's results files go there and `eval.json` sums them up (the
+    settings, each metric's value, standard error and items, and why any is missing); `out` is
+    checked writable before the evaluation."""
+    from hymba_bench.accuracy.adapter import HymbaBenchLM
+    from hymba_bench.files import inside, make_dirs, write_atomic
+
+    if text is not None and not text.is_file():
+        raise HymbaBenchError(f"no such file {text}", param="text")
+    if log_samples and out is None:
+        raise HymbaBenchError("needs `out` (where the sample logs go)", param="log_samples")
+    summary_path = None
+    if out is not None:
+        make_dirs(out)
+        summary_path = inside(out, "eval.json")
+        write_atomic(summary_path, "{}")  # probed before the evaluation, rewritten after it
+    lm = HymbaBenchLM(variant, profile, checkpoint=checkpoint, batch_size=batch_size,
+                      device=device, variant_files=variant_files)
+    metadata = {"seed": seed, "data_dir": str(inside(out, "data")) if out is not None else None,
+                "text_path": str(text) if text else None, "local_items": items,
+                "local_seed": seed}
+    outcome = evaluate(lm, suites, limit=limit, metadata=metadata, output_path=out,
+                       log_samples=log_samples, on_task=on_task)
+    if summary_path is not None:
+        import json
+
+        summary = {"variant": variant, "profile": profile,
+                   "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
+                   "limit": limit, "items": items, "seed": seed, "values": outcome.values,
+                   "stderr": outcome.stderr, "n": outcome.n, "missing": outcome.missing,
+                   "tasks_averaged": outcome.ran, "splits": outcome.split}
+        write_atomic(summary_path, json.dumps(summary, indent=2))
+    return outcome

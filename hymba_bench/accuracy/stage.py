@@ -36,19 +36,22 @@ import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hymba_bench.accuracy import task_data
 from hymba_bench.accuracy.evaluate import (
     METRIC,
     PAPER_TASKS,
     TASK_METRICS,
+    EvalOutcome,
     evaluate,
     quiet_stderr,
 )
 from hymba_bench.accuracy.recall import RecallSpec
 from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.accuracy.train import step_seconds, train, train_settings
+from hymba_bench.api.metrics import owed
+from hymba_bench.api.run import Design, Job, Reporter, StageDefaults, Training
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.lm import count_parameters, instantiate
 from hymba_bench.results.records import PAPER_RECALL, SYNTHETIC, Record, RecordSet, RunDir
@@ -56,7 +59,6 @@ from hymba_bench.settings import EvalBudget, TrainBudget
 
 if TYPE_CHECKING:
     from hymba_bench.design.registry import ResolvedVariant
-    from hymba_bench.runner import Design, Job, Reporter, Training
 
 AGGREGATE_METRICS = ("recall_pct", "commonsense_pct")  # what the paper's suites score per design
 # ... and each of their tasks, a record of its own (`piqa_acc`)
@@ -105,7 +107,7 @@ def seed_summary(values: list[float], stderrs: list[float | None]) -> dict[str, 
 
 
 @dataclass
-class AccuracyStage:
+class AccuracyStage(StageDefaults):
     """Proxy-train each design under `budget`, once per seed, then evaluate it through lm-eval.
     Checkpoints and lm-eval's output go under `run_dir`; a seed already evaluated there (in the
     job's earlier records) is not trained again."""
@@ -119,7 +121,8 @@ class AccuracyStage:
     log_samples: bool = False
     data_dir: Path | None = None
     name: str = "accuracy"
-    metrics: tuple[str, ...] = ("commonsense_pct", "recall_pct")
+    metrics: tuple[str, ...] = owed("accuracy")
+    per_process: ClassVar[bool] = True  # hours of single-threaded training: a process each
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
         return records.missing(self.metrics, design.name, design.profile)
@@ -301,7 +304,7 @@ class AccuracyStage:
             return wanted
         return ["commonsense_local"] if self.local_data and "commonsense" in wanted else []
 
-    def _paper_scores(self, outcome: Any) -> dict[str, tuple[float, dict[str, Any]]]:
+    def _paper_scores(self, outcome: EvalOutcome | None) -> dict[str, tuple[float, dict[str, Any]]]:
         """The paper suites' outcome of one seed -> {metric: (value in %, the record's fields)}:
         each task's score and each suite's mean, with the evaluation's settings."""
         if outcome is None:

@@ -24,7 +24,7 @@ from hymba_bench.accuracy.recall import RecallSpec, training_example
 from hymba_bench.accuracy.tokenizer import ByteTokenizer, check_vocab
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.files import atomic
-from hymba_bench.settings import TrainBudget
+from hymba_bench.settings import BudgetOverrides, TrainBudget
 
 if TYPE_CHECKING:
     from hymba_bench.model.lm import HybridLM
@@ -151,6 +151,41 @@ def train(model: HybridLM, variant: str, profile: str, task: str, settings: Trai
             _save(model, variant, profile, task, settings, out, opt, step, losses, rng)
     model.eval()
     return {"steps": step, "losses": losses, "final_loss": losses[-1] if losses else math.nan}
+
+
+@dataclass
+class TrainPlan:
+    """What `hymba-bench train` trains: the model (initialised from the budget's seed), its
+    settings and where its checkpoint goes."""
+
+    variant: str
+    profile: str
+    task: str
+    model: HybridLM
+    settings: TrainSettings
+    out: Path
+
+    def run(self, resume: bool = False,
+            on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+        return train(self.model, self.variant, self.profile, self.task, self.settings, self.out,
+                     resume=resume, on_step=on_step)
+
+
+def plan_training(variant: str, profile: str, task: str = "recall",
+                  overrides: BudgetOverrides | None = None, seq_len: int | None = None,
+                  out: Path | None = None, variant_files: list[Path] | None = None) -> TrainPlan:
+    """A design's training under the profile's budget with `overrides`; sequences of `seq_len`
+    tokens (default: the recall task's length, or the design's `max_seq_len` for text)."""
+    from hymba_bench import build_model
+    from hymba_bench.design.registry import get_profile
+    from hymba_bench.settings import train_budget
+
+    budget = train_budget(get_profile(profile), overrides)
+    model = build_model(variant, profile, variant_files=variant_files, seed=budget.seed)
+    length = seq_len or (RecallSpec(budget.pairs, budget.queries).rendered_length()
+                         if task == "recall" else model.cfg.max_seq_len)
+    out = out or Path("runs/checkpoints") / f"{variant}-{profile}-{task.split(':')[0]}"
+    return TrainPlan(variant, profile, task, model, train_settings(budget, length, budget.seed), out)
 
 
 def _optimizer(model: HybridLM, settings: TrainSettings) -> torch.optim.Optimizer:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hymba_bench import ops
 from hymba_bench.bench.timing import Timing, measure
+
+if TYPE_CHECKING:
+    from hymba_bench.settings import BenchSettings
 
 
 def machine() -> dict[str, Any]:
@@ -62,7 +66,7 @@ def bench_scan(batch: int = 1, channels: int = 512, state: int = 16, length: int
         for t in leaves.values():
             t.grad = None
         fn(**leaves, delta_softplus=True).backward(dy)
-        return [t.grad for t in leaves.values()]
+        return [t.grad for t in leaves.values() if t.grad is not None]
 
     def rel_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
         return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
@@ -78,7 +82,7 @@ def bench_scan(batch: int = 1, channels: int = 512, state: int = 16, length: int
             got = run(fn)
             err = rel_err(got if isinstance(got, list) else [got], want)
             warmup = 0 if fn is ops.selective_scan_ref else 1  # the loop has nothing to warm
-            timings[label] = measure(lambda fn=fn, run=run: run(fn), warmup=warmup, repeats=repeats)
+            timings[label] = measure(functools.partial(run, fn), warmup=warmup, repeats=repeats)
             rows.append({"path": label, "pass": pass_name, **timings[label].as_dict(),
                          "max_rel_err": err})
         for row in rows:
@@ -99,7 +103,7 @@ def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 
     """Mamba-2's chunked SSD forward against its per-step loop, and against the fastest CPU
     Mamba-1 scan at the same inner width (heads x head_dim channels) and state, in one run.
 
-    The targets (issue 27): chunked >= 10x the loop; per token no slower than Mamba-1's scan.
+    The targets: chunked >= 10x the loop; per token no slower than Mamba-1's scan.
     """
     from hymba_bench.ops import cpu_kernel
 
@@ -108,11 +112,13 @@ def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 
     def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * scale
 
-    ssd_in = {"x": r(batch, length, heads, head_dim), "dt": r(batch, length, heads, scale=0.5),
+    ssd_in: dict[str, Any] = {
+              "x": r(batch, length, heads, head_dim), "dt": r(batch, length, heads, scale=0.5),
               "A": -torch.exp(r(heads, scale=0.5)), "B": r(batch, length, groups, state),
               "C": r(batch, length, groups, state), "D": r(heads)}
     channels = heads * head_dim
-    scan_in = {"u": r(batch, channels, length), "delta": r(batch, channels, length, scale=0.5),
+    scan_in: dict[str, Any] = {
+               "u": r(batch, channels, length), "delta": r(batch, channels, length, scale=0.5),
                "A": -torch.exp(r(channels, state, scale=0.5)), "B": r(batch, state, length),
                "C": r(batch, state, length), "D": r(channels)}
     mamba1 = "cpu-kernel" if cpu_kernel.available() else "torch-chunked"
@@ -147,8 +153,8 @@ def bench_ssd(batch: int = 1, heads: int = 16, head_dim: int = 64, state: int = 
 
 def bench_delta_rule(batch: int = 1, heads: int = 16, head_dim: int = 64, length: int = 8192,
                      chunk_size: int = 32, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """The gated delta rule's chunked forward against its recurrent loop, in one run (the target,
-    issue 27: chunked >= 5x the loop at L 8192)."""
+    """The gated delta rule's chunked forward against its recurrent loop, in one run (the target:
+    chunked >= 5x the loop at L 8192)."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
@@ -194,7 +200,7 @@ def _is_launch(name: str) -> bool:
 
 
 def profile_decode(name: str, profile: str = "tiny", device: str = "cpu",
-                   settings: Any = None, top: int = 8) -> dict[str, Any]:
+                   settings: BenchSettings | None = None, top: int = 8) -> dict[str, Any]:
     """Where one design's decode step spends its time: `gen_tokens` steps from the filled cache,
     timed (wall, synchronised) and traced by `torch.profiler` in the mode the throughput stage
     would use. Per step: wall ms; device ms (the sum of GPU kernel times on CUDA, of operators'

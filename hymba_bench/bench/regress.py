@@ -1,9 +1,11 @@
 """Efficiency baselines and the regression check CI runs against them.
 
-A baseline keeps, per design, the exact metrics (parameters, cache bytes), which must match
-exactly, and the throughput with its samples. Throughput is compared as a ratio to a reference
-design measured in the same run, which cancels a slower or busier machine; when the machine
-fingerprint (device, threads, torch) matches, the absolute figures are compared too. A throughput
+A baseline keeps, per design, the exact metrics (those declared `exact` in `api.metrics`:
+parameters, cache bytes), which must match exactly, and the timed ones (throughput) with their
+samples, each judged in its declared direction (`higher_is_better`). Throughput is compared as a
+ratio to a reference design measured in the same run, which cancels a slower or busier machine;
+when the machine fingerprint (device, threads, torch) matches, the absolute figures are compared
+too. A throughput
 check fails only when the change passes the tolerance *and* is significant given both runs'
 samples (`timing.significant`): two runs of the same code on a noisy machine do not fail.
 Ratios are taken round by round, since a run times its designs interleaved (sample i of every
@@ -19,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hymba_bench.api.metrics import METRICS, exact, timed
 from hymba_bench.bench.timing import LOAD_LIMIT, significant
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.files import read_input
 from hymba_bench.results.records import Record, RunDir
 
 FORMAT = "hymba-bench-baseline/1"
-EXACT = ("params", "cache_bytes", "cache_bytes_analytic")
-SPEED = ("decode_tok_s", "prefill_tok_s")
+EXACT = exact()
+SPEED = timed()
 FINGERPRINT = ("device", "device_type", "threads", "torch")
 SETTINGS = ("profile", "context", "batch", "gen_tokens", "dtype")
 
@@ -176,13 +179,14 @@ def compare(baseline: dict[str, Any], run_dir: Path, tolerance: float = 0.15,
                 b, c = entry["value"] / base_ref, now / cur_ref
                 noisy = _ratios(entry.get("samples"), base_ref_entry.get("samples")), \
                     _ratios(samples, _samples(ref_record) if ref_record is not None else None)
-                out.checks.append(_speed_check(name, metric, "vs-reference", b, c, tolerance, *noisy))
+                out.checks.append(_speed_check(name, metric, "vs-reference", b, c, tolerance, *noisy,
+                                               higher=_higher(metric)))
             if out.same_machine and not busy:
                 # times, not speeds: slower means larger; invert so that both read "higher is better"
                 noisy = ([1 / t for t in entry.get("samples") or []] or None,
                          [1 / t for t in samples or []] or None)
                 out.checks.append(_speed_check(name, metric, "absolute", entry["value"], now,
-                                               abs_tol, *noisy))
+                                               abs_tol, *noisy, higher=_higher(metric)))
     return out
 
 
@@ -205,11 +209,23 @@ def _ratios(design: list[float] | None, reference: list[float] | None) -> list[f
     return [r / d for d, r in zip(design, reference, strict=True)]
 
 
+def _higher(metric: str) -> bool:
+    """Which way `metric` is better, as declared; a timed metric must say."""
+    higher = METRICS[metric].higher_is_better if metric in METRICS else None
+    if higher is None:
+        raise HymbaBenchError(f"{metric}: its declaration says neither higher nor lower is better, "
+                              "so a regression cannot be judged")
+    return higher
+
+
 def _speed_check(name: str, metric: str, kind: str, base: float, now: float, tolerance: float,
-                 base_samples: list[float] | None, now_samples: list[float] | None) -> Check:
-    """Higher is better. A regression passes the tolerance and stands out from the noise."""
+                 base_samples: list[float] | None, now_samples: list[float] | None,
+                 higher: bool = True) -> Check:
+    """A regression passes the tolerance in the metric's worse direction and stands out from the
+    noise (the samples are times either way: the significance test is two-sided)."""
     change = f"{now / base - 1:+.1%}"
-    if now >= base * (1 - tolerance):
+    better = now / base if higher else base / now  # > 1: better than the baseline
+    if better >= 1 - tolerance:
         return Check(name, metric, kind, base, now, True, change)
     if base_samples and now_samples and not significant(base_samples, now_samples):
         return Check(name, metric, kind, base, now, True, f"{change}, within the runs' noise")
@@ -292,10 +308,11 @@ def retime(run_dir: Path, designs: list[str], reference: str) -> None:
     timed on a busy machine."""
     import torch
 
+    from hymba_bench.api.run import Design, Job, Silent, execute
     from hymba_bench.bench.stages import ThroughputStage
     from hymba_bench.design.registry import resolve, variants_dir
-    from hymba_bench.runner import Design, Job, Silent, execute, open_run
-    from hymba_bench.settings import bench_settings
+    from hymba_bench.runner import open_run
+    from hymba_bench.settings import BenchOverrides, bench_settings
 
     rd = RunDir(run_dir)
     records = rd.records()
@@ -309,9 +326,9 @@ def retime(run_dir: Path, designs: list[str], reference: str) -> None:
     profile = first.profile
     files = sorted({Path(r.get("variant_file")) for r in timed if r is not None and r.get("variant_file")
                     and Path(r.get("variant_file")).parent != variants_dir()})
-    overrides = {"context": first.get("context"), "batch": first.get("requested_batch"),
-                 "gen_tokens": first.get("gen_tokens"), "repeats": first.get("repeats"),
-                 "warmup": first.get("warmup"), "dtype": first.get("dtype")}
+    overrides = BenchOverrides(context=first.get("context"), batch=first.get("requested_batch"),
+                               gen_tokens=first.get("gen_tokens"), repeats=first.get("repeats"),
+                               warmup=first.get("warmup"), dtype=first.get("dtype"))
     resolved = [resolve(n, profile, files) for n in names]
     bench = {rv.config.name: bench_settings(rv.profile, torch.device(device), overrides)
              for rv in resolved}

@@ -4,18 +4,21 @@
 allocator's view on a GPU). `ThroughputStage`: prefill and decode tokens/s, peak memory and the
 roofline percentage, the designs timed interleaved round by round when their caches fit together.
 `ContextStage`: one context length of `hymba-bench sweep` (cache bytes and decode tokens/s there).
-Each follows `hymba_bench.runner.Stage`: `needed(design, records)` says which metrics are missing,
-`run(jobs, report)` yields records as they are measured.
+Each follows `hymba_bench.api.run.Stage`: `needed(design, records)` says which metrics are
+missing, `run(jobs, report)` yields records as they are measured.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from hymba_bench.api.metrics import owed
+from hymba_bench.api.run import Design, Job, Reporter, StageDefaults
 from hymba_bench.bench.throughput import (
     available_bytes,
     decode_bytes_per_step,
@@ -33,7 +36,9 @@ from hymba_bench.model.lm import count_parameters, instantiate
 from hymba_bench.results.records import Record, RecordSet
 
 if TYPE_CHECKING:
-    from hymba_bench.runner import Design, Job, Reporter
+    from hymba_bench.bench.throughput import PreparedDecode, PreparedPrefill
+    from hymba_bench.design.config import ModelConfig
+    from hymba_bench.model.lm import HybridLM
     from hymba_bench.settings import BenchSettings
 
 
@@ -41,7 +46,7 @@ class MeasurementError(HymbaBenchError):
     """A measurement contradicts itself (e.g. allocated cache bytes differ from the formula)."""
 
 
-def allocated_cache_bytes(cfg: Any, seq: int) -> tuple[int, int]:
+def allocated_cache_bytes(cfg: ModelConfig, seq: int) -> tuple[int, int]:
     """(bytes of a real FP16 batch-1 cache for `seq` tokens, the formula's bytes); an error if
     they disagree."""
     measured = InferenceCache(cfg, 1, seq, torch.float16, "cpu").nbytes()
@@ -52,7 +57,7 @@ def allocated_cache_bytes(cfg: Any, seq: int) -> tuple[int, int]:
     return measured, analytic
 
 
-def _device_cache_bytes(cfg: Any, seq: int, device: str) -> int:
+def _device_cache_bytes(cfg: ModelConfig, seq: int, device: str) -> int:
     """The cache's footprint on the GPU as the allocator sees it (block rounding included)."""
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
@@ -64,10 +69,10 @@ def _device_cache_bytes(cfg: Any, seq: int, device: str) -> int:
 
 
 @dataclass
-class CacheStage:
+class CacheStage(StageDefaults):
     device: str = "cpu"
     name: str = "cache"
-    metrics: tuple[str, ...] = ("params", "cache_bytes", "cache_bytes_analytic", "cache_mb")
+    metrics: tuple[str, ...] = owed("cache")
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
         return records.missing(self.metrics, design.name, design.profile)
@@ -98,9 +103,9 @@ class _Timed:
 
     job: Job
     settings: BenchSettings
-    model: Any = None
-    prefill: Any = None  # PreparedPrefill
-    prepared: Any = None  # PreparedDecode
+    model: HybridLM | None = None
+    prefill: PreparedPrefill | None = None
+    prepared: PreparedDecode | None = None
     batch: int = 0
 
     @property
@@ -111,16 +116,15 @@ class _Timed:
 
 
 @dataclass
-class ThroughputStage:
+class ThroughputStage(StageDefaults):
     """`settings`: each design's resolved bench settings, by name (resolved, and checked to fit,
     before any work)."""
 
     settings: dict[str, BenchSettings]
     device: str = "cpu"
     name: str = "throughput"
-    timed: bool = True  # an engine runs it alone on its node: it measures the design, not neighbours
-    metrics: tuple[str, ...] = ("prefill_tok_s", "decode_tok_s", "peak_memory_bytes",
-                                "decode_roofline_pct")
+    timed: ClassVar[bool] = True  # an engine runs it alone on its node: it measures the design
+    metrics: tuple[str, ...] = owed("throughput")
 
     def needed(self, design: Design, records: RecordSet) -> set[str]:
         return records.missing(self.metrics, design.name, design.profile)
@@ -180,28 +184,29 @@ class ThroughputStage:
               log: Callable[[str], None] | None = None) -> Iterator[Record]:
         """Time the prepared prefills, then decodes, interleaved round by round."""
 
-        prefills = [t for t in timed if t.prefill is not None]
+        prefills = [(t, t.prefill) for t in timed if t.prefill is not None]
         if prefills:
-            repeats = prefills[0].settings.repeats
-            timings = time_round_robin([t.prefill for t in prefills], repeats,
+            repeats = prefills[0][0].settings.repeats
+            timings = time_round_robin([p for _, p in prefills], repeats,
                                        _rounds(log, "prefill", repeats))
-            for t, timing in zip(prefills, timings, strict=True):
-                res = t.prefill.result(timing)
+            for (t, prefill), timing in zip(prefills, timings, strict=True):
+                res = prefill.result(timing)
                 yield Record.measured(
                     t.job.name, "prefill_tok_s", res.tok_s, batch=res.batch,
                     requested_batch=t.settings.prefill_batch, timing=timing.as_dict(),
                     spread=timing.spread, unstable=timing.unstable_reason,
                     interleaved_with=len(prefills) - 1, **t.common)
                 t.prefill = None  # its cache is freed before the decodes are timed
-        decodes = [t for t in timed if t.prepared is not None]
+        decodes = [(t, t.prepared, t.model) for t in timed
+                   if t.prepared is not None and t.model is not None]
         if not decodes:
             return
-        repeats = decodes[0].settings.repeats
-        timings = time_round_robin([t.prepared for t in decodes], repeats,
+        repeats = decodes[0][0].settings.repeats
+        timings = time_round_robin([p for _, p, _ in decodes], repeats,
                                    _rounds(log, "decode", repeats))
         bandwidth = device_bandwidth(self.device)
-        for t, timing in zip(decodes, timings, strict=True):
-            dec, name = t.prepared.result(timing), t.job.name
+        for (t, prepared, model), timing in zip(decodes, timings, strict=True):
+            dec, name = prepared.result(timing), t.job.name
             extra = {"batch": t.batch, "requested_batch": t.settings.batch,
                      "interleaved_with": len(decodes) - 1, **t.common}
             yield Record.measured(name, "decode_tok_s", dec.tok_s, timing=timing.as_dict(),
@@ -212,7 +217,7 @@ class ThroughputStage:
                                   peak_memory_nvml_net_bytes=dec.nvml_net_bytes,
                                   stage_measured="decode (cache filled, then steps built, warmed up)",
                                   **extra)
-            moved = decode_bytes_per_step(t.job.design.config, t.model.num_parameters(), t.batch,
+            moved = decode_bytes_per_step(t.job.design.config, model.num_parameters(), t.batch,
                                           t.settings.context, t.settings.torch_dtype)
             yield Record.measured(name, "decode_roofline_pct",
                                   roofline_pct(dec.tok_s, t.batch, moved, bandwidth),
@@ -229,7 +234,7 @@ def _rounds(log: Callable[[str], None] | None, what: str,
 
 
 @dataclass
-class ContextStage:
+class ContextStage(StageDefaults):
     """One context length of a sweep: the cache there (allocated, equal to the formula, and in
     the paper's MB) and decode tokens/s with the cache holding `context` tokens. Records carry
     `context`, which is part of what makes them done."""
@@ -237,8 +242,8 @@ class ContextStage:
     context: int
     settings: dict[str, BenchSettings]
     device: str = "cpu"
-    metrics: tuple[str, ...] = ("cache_bytes", "cache_mb", "decode_tok_s")
-    timed: bool = True  # decode tokens/s, as ThroughputStage
+    metrics: tuple[str, ...] = ("cache_bytes", "cache_mb", "decode_tok_s")  # at this context
+    timed: ClassVar[bool] = True  # decode tokens/s, as ThroughputStage
 
     @property
     def name(self) -> str:
@@ -264,7 +269,7 @@ class ContextStage:
                 settings = self.settings[job.name]
                 model = instantiate(cfg, self.device, settings.torch_dtype).eval()
                 at = settings.at(context=seq)
-                res, batch = halve_on_oom(lambda b, s=at, m=model: decode_throughput(m, s, b),
+                res, batch = halve_on_oom(functools.partial(decode_throughput, model, at),
                                           settings.batch)
                 yield Record.measured(
                     job.name, "decode_tok_s", res.tok_s, **{**shape, "batch": batch},

@@ -8,35 +8,20 @@ window flattens both once the context passes W, and an SSM stays flat throughout
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from hymba_bench.api.metrics import METRICS
+from hymba_bench.api.run import Reporter, Silent, Stage
 from hymba_bench.bench.stages import ContextStage
 from hymba_bench.bench.throughput import check_fits
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.executors import Failure, Unit, UnitsFailed, make_executor
 from hymba_bench.results.plots import save_figure
 from hymba_bench.results.records import RecordSet, RunDir
-from hymba_bench.runner import Design, Reporter, Silent, execute, jobs_for, open_run
+from hymba_bench.runner import RunOptions, measure
 from hymba_bench.settings import bench_settings
-
-
-@dataclass
-class SweepOptions:
-    variants: list[str]
-    seq_lens: list[int]
-    profile: str = "tiny"
-    out: Path = Path("runs/sweep")
-    resume: bool = False
-    device: str = "cpu"
-    variant_files: list[Path] = field(default_factory=list)
-    bench: dict[str, Any] = field(default_factory=dict)
-    executor: str = "local"  # local | ray | slurm (hymba_bench.executors)
-    executor_options: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_seq_lens(text: str) -> list[int]:
@@ -50,32 +35,23 @@ def parse_seq_lens(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def sweep(opts: SweepOptions, report: Reporter | None = None) -> list[Path]:
-    """Every design at every context (a `ContextStage` each), then the plots; their paths."""
+def sweep(opts: RunOptions, seq_lens: list[int], report: Reporter | None = None) -> list[Path]:
+    """Every design at every context: a run (`runner.measure`) whose stages are one
+    `ContextStage` per length, into `opts.out` as a sweep directory; then the plots, their
+    paths. `opts.skip`, `data_dir` and the training settings do not apply."""
     report = report or Silent()
+    if not seq_lens or any(s <= 0 for s in seq_lens):
+        raise HymbaBenchError(f"expected positive integers, got {seq_lens!r}", param="seq_lens")
     resolved = [resolve(n, opts.profile, opts.variant_files) for n in opts.variants]
     dev = torch.device(opts.device)
     bench = {}  # each design's bench settings, resolved once
     for rv in resolved:  # bad --batch / --decode, or a context that cannot fit, fail before work
         s = bench[rv.config.name] = bench_settings(rv.profile, dev, opts.bench)
-        check_fits(rv.config, 1, max(opts.seq_lens) + s.gen_tokens, s.torch_dtype, dev)
-    designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
-    run_dir = RunDir(opts.out, "sweep")
-    executor = make_executor(opts.executor, run_dir.path, opts.executor_options)
-    failures: list[Failure] = []
-    with run_dir.lock():
-        results, stamp = open_run(run_dir, opts.resume, opts.device, opts.profile, designs)
-        for seq in opts.seq_lens:
-            stage = ContextStage(seq, bench, opts.device)
-            jobs = jobs_for(stage, designs, results.load(), report)
-            if executor is None:
-                execute(stage, jobs, results, stamp, report)
-            elif jobs:
-                failures += executor.run([Unit(stage, job, stamp) for job in jobs], results, report)
-        paths = plot(results.load(), run_dir)
-    if failures:
-        raise UnitsFailed(failures)
-    return paths
+        check_fits(rv.config, 1, max(seq_lens) + s.gen_tokens, s.torch_dtype, dev)
+    stages: list[Stage] = [ContextStage(seq, bench, opts.device) for seq in sorted(set(seq_lens))]
+    paths = measure(RunDir(opts.out, "sweep"), resolved, stages, opts, report,
+                    finish=lambda run_dir, records: plot(records, run_dir))
+    return paths or []
 
 
 def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
@@ -90,9 +66,9 @@ def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
         return []
     frame = records.frame().drop_duplicates(["variant", "metric", "context"], keep="last")
     paths = []
-    specs = [("decode_tok_s", "decode throughput (tokens/s)", "sweep_throughput", False),
-             ("cache_bytes", "cache at batch 1, FP16 (bytes, allocated)", "sweep_cache", True)]
-    for metric, ylabel, filename, logy in specs:
+    specs = [("decode_tok_s", "sweep_throughput", False), ("cache_bytes", "sweep_cache", True)]
+    for metric, filename, logy in specs:
+        ylabel = METRICS[metric].label
         sub = frame[frame["metric"] == metric]
         if sub.empty:
             continue

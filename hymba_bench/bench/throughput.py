@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hymba_bench.bench.memory import PeakMemory
 from hymba_bench.bench.timing import CpuLoad, Timing, measure, synchronize, time_call
@@ -42,6 +42,9 @@ from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import InferenceCache, cache_bytes, state_elements
 from hymba_bench.settings import DECODE_MODES, BenchSettings
+
+if TYPE_CHECKING:
+    from hymba_bench.model.lm import HybridLM
 
 T = TypeVar("T")
 
@@ -126,14 +129,14 @@ def halve_on_oom(fn: Callable[[int], T], batch: int,
             batch //= 2
 
 
-def _prompt(model: nn.Module, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+def _prompt(model: HybridLM, batch: int, length: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, length), generator=g)
     return ids.to(next(model.parameters()).device)
 
 
 @torch.no_grad()  # not inference_mode: callers may keep decoding into this cache outside it
-def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int,
+def filled_cache(model: HybridLM, batch: int, context: int, gen_tokens: int,
                  prefilled: InferenceCache | None = None) -> InferenceCache:
     """A cache for `batch` rows holding `context` prompt tokens, with room for `gen_tokens` more.
     `prefilled`: a batch-1 cache already holding that prompt (the prefill benchmark's), tiled
@@ -146,7 +149,7 @@ def filled_cache(model: nn.Module, batch: int, context: int, gen_tokens: int,
     return one.tile(batch) if batch > 1 else one
 
 
-def _graph_step(model: nn.Module, cache: InferenceCache, first: Tensor) -> Step:
+def _graph_step(model: HybridLM, cache: InferenceCache, first: Tensor) -> Step:
     """A CUDA graph of one decode step, captured after warm-up steps (then undone)."""
     token = first.clone()  # the graph's input buffer: each call copies its token in
     undo = cache.checkpoint(SETUP_STEPS)
@@ -170,7 +173,7 @@ def _graph_step(model: nn.Module, cache: InferenceCache, first: Tensor) -> Step:
     return step
 
 
-def make_step(model: nn.Module, cache: InferenceCache, first: Tensor, mode: str) -> Step:
+def make_step(model: HybridLM, cache: InferenceCache, first: Tensor, mode: str) -> Step:
     """The decode step in `mode`, compiled or captured already (no compile time in a timing)."""
     if mode == "eager":
         return lambda t: model(t, cache)
@@ -250,7 +253,7 @@ def decode_room(settings: BenchSettings) -> int:
 
 
 @torch.inference_mode()
-def prepare_decode(model: nn.Module, settings: BenchSettings, batch: int,
+def prepare_decode(model: HybridLM, settings: BenchSettings, batch: int,
                    prefilled: InferenceCache | None = None) -> PreparedDecode:
     """Fill the cache (from `prefilled`, the prefill benchmark's warmed-up batch-1 cache, when
     it holds the same prompt), build the step in `settings.decode` (auto: measured), warm it up."""
@@ -296,7 +299,7 @@ def time_round_robin(prepared: list[PreparedDecode] | list[PreparedPrefill], rep
     return [Timing.of(s, load.others) for s in samples]
 
 
-def decode_throughput(model: nn.Module, settings: BenchSettings, batch: int) -> DecodeResult:
+def decode_throughput(model: HybridLM, settings: BenchSettings, batch: int) -> DecodeResult:
     """One design's decode throughput, timed on its own."""
     prepared = prepare_decode(model, settings, batch)
     return prepared.result(time_round_robin([prepared], settings.repeats)[0])
@@ -336,7 +339,7 @@ class PreparedPrefill:
     """One design's prefill, set up and warmed up; `once()` times `batch` x `context` tokens
     into a fresh cache, so `time_round_robin` can interleave it with other designs'."""
 
-    model: nn.Module
+    model: HybridLM
     ids: Tensor
     cache: InferenceCache
     settings: BenchSettings
@@ -350,7 +353,7 @@ class PreparedPrefill:
         return PrefillResult(self.batch * self.settings.context / timing.median_s, self.batch, timing)
 
 
-def prepare_prefill(model: nn.Module, settings: BenchSettings, batch: int) -> PreparedPrefill:
+def prepare_prefill(model: HybridLM, settings: BenchSettings, batch: int) -> PreparedPrefill:
     """The prompt and a fresh cache, warmed up. The cache keeps the decode's room after the
     context (the same prefill work) so that, batch 1, it can seed the decode cache."""
     device = next(model.parameters()).device

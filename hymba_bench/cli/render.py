@@ -8,12 +8,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from hymba_bench.results.records import RunDir
+from hymba_bench.results.tables import Table
 
 COMPACT = ["Configuration", "Decode (tok/s)", "Decode vs Llama", "Paper throughput vs Llama",
            "Cache (MB)", "Cache vs Llama", "Paper cache vs Llama"]
 
 
-def print_table(table: Any, console: Console, title: str = "",
+def print_table(table: Table, console: Console, title: str = "",
                 columns: list[str] | None = None) -> None:
     frame = table.display_frame()
     if columns is not None:
@@ -46,3 +47,13 @@ def print_run(run_dir: RunDir, console: Console) -> None:
     print_table(tables["roadmap_extended"], console,
                 title=f"Beside the paper ({run_dir.table('roadmap_extended', 'md')})", columns=COMPACT)
     console.print(f"wrote {run_dir.plot('roadmap')}")
+
+
+def print_timings(result: dict[str, Any], console: Console) -> None:
+    """A kernel benchmark's rows (`bench-ssd`, `bench-delta-rule`): each path's median, min and
+    max seconds and its time per token."""
+    table = RichTable("path", "median s", "min s", "max s", "us / token")
+    for row in result["rows"]:
+        table.add_row(row["path"], f"{row['median_s']:.3f}", f"{row['min_s']:.3f}",
+                      f"{row['max_s']:.3f}", f"{row['us_per_token']:.2f}")
+    console.print(table)

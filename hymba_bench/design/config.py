@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hymba_bench.design import mixers as mixer_registry
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.errors import ConfigError
 
 MAX_SEQ_LEN = 1 << 22  # a context past 4M tokens is a typo, and the caches it sizes would not fit
 FFNS = ("dense", "moe", "none")
@@ -26,10 +26,6 @@ def ntk_scale(extension: float, factor: float = 2.0) -> float:
     not 4. No extension (1) gives s = 1, no scaling.
     """
     return factor * extension - (factor - 1)
-
-
-class ConfigError(HymbaBenchError):
-    """A configuration that cannot be built; the message names the key and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,9 @@ class ModelConfig:
     n_kv_heads: int = 2  # KV heads of hybrid layers (and of attention layers, unless below)
     attn_kv_heads: int | None = None  # KV heads of pure attention layers; None: n_kv_heads
     d_qk: int = 16
-    d_v: int | None = None  # None: d_inner // n_heads if any layer is hybrid, else d_qk
+    # None: d_inner // n_heads if any layer is hybrid, else d_qk (worked out in __post_init__,
+    # so that every reader sees an int)
+    d_v: int = field(default=None, metadata={"derived": True})  # type: ignore[assignment]
     intermediate_size: int = 176
     # dense | moe (on every `moe_every`-th layer, dense elsewhere) | none
     ffn: str = field(default="dense", metadata={"choices": FFNS})

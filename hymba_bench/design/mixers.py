@@ -41,6 +41,8 @@ import typing
 from functools import cache
 from typing import Any
 
+from hymba_bench.errors import ConfigError
+
 MIXERS: dict[str, str] = {
     "attention": "hymba_bench.model.attention:Attention",
     "mamba": "hymba_bench.model.ssm:Mamba",
@@ -61,8 +63,6 @@ def names() -> list[str]:
 @cache
 def mixer_class(name: str) -> Any:
     """The class registered as `name` (imports its module, and torch, on first use)."""
-    from hymba_bench.design.config import ConfigError
-
     if name not in MIXERS:
         close = difflib.get_close_matches(name, list(MIXERS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -113,6 +113,7 @@ def check_fields(obj: Any, error: type[Exception], prefix: str = "") -> None:
     meta = {f.name: f.metadata for f in dataclasses.fields(obj)}
     for name, (kind, optional) in field_kinds(type(obj)).items():
         value, bounds, key = getattr(obj, name), meta[name], prefix + name
+        optional = optional or bounds.get("derived", False)  # None: worked out after the check
         if value is None and optional:
             continue
         none = " or null" if optional else ""

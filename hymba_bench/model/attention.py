@@ -110,12 +110,12 @@ class Attention(nn.Module):
         self.cfg = cfg
         opts = cfg.options("attention")
         self.gated, bias = opts.output_gate, opts.qkv_bias
-        gate = cfg.d_v if self.gated else 0  # type: ignore[operator]
+        gate = cfg.d_v if self.gated else 0
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * (cfg.d_qk + gate), bias=bias)
         if spec.owns_kv:  # KV consumers have no K/V projection at all
             self.k_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_qk, bias=bias)
-            self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=bias)  # type: ignore[operator]
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
+            self.v_proj = nn.Linear(cfg.d_model, spec.n_kv_heads * cfg.d_v, bias=bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)
         self.rotary = Rotary(opts.rope_dim or cfg.d_qk, cfg.rope_theta, cfg.rope_scaling,
                              enabled=cfg.rope)
         if opts.qk_norm:
@@ -138,7 +138,7 @@ class Attention(nn.Module):
         q = time_major_heads(self.q_proj(x), self.cfg.n_heads)  # (B, L, H, d_qk [+ d_v])
         gate = None
         if self.gated:
-            q, gate = q.split([self.cfg.d_qk, self.cfg.d_v], dim=-1)  # type: ignore[list-item]
+            q, gate = q.split([self.cfg.d_qk, self.cfg.d_v], dim=-1)
             gate = gate.reshape(*x.shape[:2], -1)  # (B, L, H d_v)
         if self.qk_norm:
             q = self.q_norm(q)
@@ -160,6 +160,6 @@ def qkv_widths(cfg: ModelConfig, spec: LayerSpec) -> tuple[int, int, int]:
     kv = spec.owns_kv
     return (cfg.n_heads * cfg.d_qk,
             spec.n_kv_heads * cfg.d_qk if kv else 0,
-            spec.n_kv_heads * cfg.d_v if kv else 0)  # type: ignore[operator]
+            spec.n_kv_heads * cfg.d_v if kv else 0)
 
 

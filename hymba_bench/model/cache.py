@@ -61,7 +61,8 @@ def cache_mb_paper(cfg: ModelConfig, seq_len: int) -> float:
     sliding layer (the paper's count; the ring really holds W + 1, see `masks`)."""
     total = 0
     for spec in cfg.kv_layers:
-        tokens = min(spec.window, seq_len) if spec.attention == "sliding" else seq_len
+        window = spec.window if spec.attention == "sliding" else None
+        tokens = seq_len if window is None else min(window, seq_len)
         total += 2 * tokens * spec.n_kv_heads * (cfg.d_qk + cfg.d_v)
     total += 2 * state_elements(cfg)
     return total / 1e6

@@ -57,8 +57,8 @@ class SharedBlock(nn.Module):
         self.input_layernorm = RMSNorm(d2, cfg.norm_eps)
         self.q_proj = nn.Linear(d2, cfg.n_heads * cfg.d_qk, bias=False)
         self.k_proj = nn.Linear(d2, spec.n_kv_heads * cfg.d_qk, bias=False)
-        self.v_proj = nn.Linear(d2, spec.n_kv_heads * cfg.d_v, bias=False)  # type: ignore[operator]
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)  # type: ignore[operator]
+        self.v_proj = nn.Linear(d2, spec.n_kv_heads * cfg.d_v, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_v, cfg.d_model, bias=False)
         self.pre_ff_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.d_model, bias=False)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hymba_bench.api.metrics import METRICS
 from hymba_bench.files import write_atomic
 from hymba_bench.results.records import RecordSet
 from hymba_bench.results.tables import BASELINE, UNSTABLE, measured, paper_reference
@@ -37,10 +38,11 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
     shown = [v for v in current.variants() if designs is None or v in designs]
     get = records.value
     reference = designs[0] if designs else BASELINE
-    base_tps, base_cache = get(reference, "decode_tok_s"), get(reference, "cache_bytes")
+    x_metric, y_metric = "decode_tok_s", "cache_bytes"
+    base_tps, base_cache = get(reference, x_metric), get(reference, y_metric)
     points = []
     for name in shown:
-        tps, cache = get(name, "decode_tok_s"), get(name, "cache_bytes")
+        tps, cache = get(name, x_metric), get(name, y_metric)
         if not any(math.isnan(x) for x in (tps, cache, base_tps, base_cache)):
             points.append((name, tps / base_tps, cache / base_cache))
     if not points:
@@ -60,14 +62,14 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
     any_unstable = any_paper = False
     for k, (name, x, y) in enumerate(points):
         color = f"C{k % 10}"
-        timing = records.get(name, "decode_tok_s")
+        timing = records.get(name, x_metric)
         unstable = bool(timing is not None and timing.get("unstable"))
         any_unstable |= unstable
         if unstable:
             ax.scatter(x, y, s=70, marker="X", color=color, zorder=3)
         else:
             ax.scatter(x, y, s=60, color=color, zorder=3)
-        recall = get(name, "recall_pct")
+        recall = get(name, "recall_pct")  # in the label
         labels.append((name + ("" if math.isnan(recall) else f" ({recall:.0f}% recall)")
                        + (UNSTABLE if unstable else ""), x, y))
         table_label = current.placement(name).get("table_label")
@@ -81,8 +83,8 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
             ax.plot([x, px], [y, py], color=color, linewidth=0.7, alpha=0.5, zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"decode throughput, x {reference}")
-    ax.set_ylabel(f"cache bytes, x {reference}")
+    ax.set_xlabel(f"{_words(x_metric)}, x {reference}")
+    ax.set_ylabel(f"{_words(y_metric)}, x {reference}")
     first = current[0]
     ax.set_title(f"{len(points)} designs, {first.profile} profile on {first.get('device', '')}",
                  fontsize=9)
@@ -98,6 +100,11 @@ def roadmap_plot(records: RecordSet, path: Path, designs: list[str] | None = Non
     fig.tight_layout()
     _place_labels(fig, ax, labels, hollow)
     return save_figure(fig, path)
+
+
+def _words(metric: str) -> str:
+    """A metric's axis words without their unit ("decode throughput"): a ratio has none."""
+    return METRICS[metric].label.split(" (")[0]
 
 
 # Offsets (points) tried in turn for a label: beside the dot first, then further out, all round.

@@ -3,7 +3,8 @@
 A `Record` is one measurement (`kind` "metric"), a note saying why a stage has no figures
 ("note"), or a note standing for one metric that cannot be measured here ("missing"). On disk it
 is one JSON object per line of `results.jsonl`, appended the moment it exists: `variant`,
-`metric`, `value`, `unit` and the fields of `FIELDS` (the context it was measured in, and what
+`metric`, `value`, `unit` (from the metric's declaration, `api.metrics`) and the fields of
+`FIELDS` (the context it was measured in, and what
 the metric needs beside its value), so a table can be rebuilt from the file alone and an
 interrupted run loses at most the measurement in flight. A torn last line (a kill mid-write) is
 ignored on reading. Files written before `schema` was recorded have the same layout (schema 1).
@@ -27,27 +28,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, overload
 
 from hymba_bench import files
-from hymba_bench.accuracy.evaluate import TASK_METRICS
-from hymba_bench.design.registry import ORDER_DEFAULT
+from hymba_bench.api.metrics import stage_of, unit
+from hymba_bench.design.registry import ORDER_DEFAULT, ResolvedVariant
 from hymba_bench.errors import HymbaBenchError
 
 SCHEMA = 1  # the record layout; a file with a higher one was written by a newer hymba-bench
-
-UNITS = {
-    "params": "count",
-    "cache_bytes": "bytes",
-    "cache_bytes_analytic": "bytes",
-    "cache_bytes_device": "bytes",
-    "cache_mb": "MB (10^6 B, paper convention)",
-    "prefill_tok_s": "tokens/s",
-    "decode_tok_s": "tokens/s",
-    "peak_memory_bytes": "bytes",
-    "decode_roofline_pct": "% of the memory-bandwidth bound",
-    "recall_pct": "%",
-    "recall_synthetic_pct": "%",
-    "commonsense_pct": "%",
-}
-UNITS.update(dict.fromkeys(TASK_METRICS, "%"))  # each paper task's own score (`piqa_acc`)
 
 FIELDS: dict[str, str] = {
     # where, when and with what code every record of a run was measured
@@ -165,7 +150,7 @@ class Record:
 
     @property
     def unit(self) -> str:
-        return UNITS.get(self.metric, "")
+        return unit(self.metric)
 
     @property
     def settles(self) -> str:
@@ -203,7 +188,7 @@ class Record:
         a note saying so (the metric then shows as a gap with its reason), a non-finite field is
         dropped (unknown, not a number)."""
         if self.kind == "metric" and _non_finite(self.value):
-            stage = STAGE_OF.get(self.metric, "a stage")
+            stage = stage_of(self.metric)
             extra = {k: v for k, v in self.fields.items() if not _non_finite(v)}
             return Record.note(self.variant, stage, f"{self.metric} came out {self.value!r}, not a "
                                "finite number", missing=self.metric,
@@ -387,7 +372,7 @@ class ResultsFile:
             record = Record.from_json(data, f"{self.path}:{number}")
             bad = record.non_finite()
             if bad:  # written by hand or by an older version: shown as a gap with its reason
-                stage = STAGE_OF.get(record.metric, "a stage")
+                stage = stage_of(record.metric)
                 record = Record.note(record.variant, stage, f"{record.metric} is recorded as {bad} "
                                      f"({self.path.name}:{number}), not a finite number",
                                      missing=record.metric, profile=record.profile)
@@ -396,10 +381,6 @@ class ResultsFile:
 
 
 MAX_RESULTS_BYTES = 1 << 30  # a results file past 1 GiB is not one this harness wrote
-# The stage that measures each table metric, for notes about one that cannot be shown.
-STAGE_OF = {"cache_mb": "cache", "cache_bytes": "cache", "params": "cache",
-            "decode_tok_s": "throughput", "prefill_tok_s": "throughput",
-            "recall_pct": "accuracy", "commonsense_pct": "accuracy"}
 
 
 class RunDir:
@@ -511,8 +492,8 @@ class RunDir:
         return files.inside(self.path, f"{name}.png")
 
 
-def placement(rv: Any, profile: str) -> dict[str, Any]:
-    """A design's (a `ResolvedVariant`'s) place in the tables, carried by each of its records."""
+def placement(rv: ResolvedVariant, profile: str) -> dict[str, Any]:
+    """A design's place in the tables, carried by each of its records."""
     where = {"profile": profile, "table_label": rv.info["table_label"],
              "table_section": rv.info["table_section"], "design_reason": rv.info["design_reason"],
              "order": rv.variant.keys.get("order", ORDER_DEFAULT),

@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from hymba_bench.api.metrics import METRICS, Format, fmt
 from hymba_bench.errors import HymbaBenchError
-from hymba_bench.results.records import PAPER_RECALL, STAGE_OF, Record, RecordSet
+from hymba_bench.results.records import PAPER_RECALL, Record, RecordSet
 
 COLUMNS = [
     "Configuration",
@@ -28,13 +29,10 @@ COLUMNS = [
     "Cache Size (MB)",
     "Design Reason",
 ]
-# which metric fills which column, and which run stage produces it
-CELLS = {
-    "Commonsense Reasoning (%)": ("commonsense_pct", "accuracy"),
-    "Recall (%)": ("recall_pct", "accuracy"),
-    "Throughput (token/sec)": ("decode_tok_s", "throughput"),
-    "Cache Size (MB)": ("cache_mb", "cache"),
-}
+# which metric fills which of Table 1's columns (its declaration names the column)
+CELLS = {m.paper_column: m for m in METRICS.values() if m.paper_column}
+# the columns the extended and compare tables show a metric in
+SHOWN = {m.column: m for m in METRICS.values() if m.column}
 SECTIONS = {
     "ablation": "Ablations ({profile} profile)",
     "scaling": "Scaling ({profile} profile, larger size)",
@@ -52,6 +50,15 @@ class Table:
     section_rows: list[int] = field(default_factory=list)
     flagged: set[tuple[int, str]] = field(default_factory=set)  # (row, column) marked UNSTABLE
     spread: dict[tuple[int, str], float] = field(default_factory=dict)  # shown as "± sd"
+    # column -> the metric it shows (or a ratio of): its format, and the unstable marks
+    sources: dict[str, str] = field(default_factory=dict)
+    formats: dict[str, Format] = field(default_factory=dict)  # other columns' formats
+
+    def format_of(self, column: str) -> Format:
+        if column in self.formats:
+            return self.formats[column]
+        source = self.sources.get(column)
+        return METRICS[source].format if source in METRICS else "number"
 
     def display_frame(self) -> pd.DataFrame:
         out = self.frame.astype(object).copy()
@@ -64,8 +71,9 @@ class Table:
                 elif isinstance(value, float):
                     mark = UNSTABLE if (idx, col) in self.flagged else ""
                     sd = self.spread.get((idx, col))
-                    spread = f" ± {_fmt(col, sd)}" if sd is not None else ""
-                    out.iat[idx, out.columns.get_loc(col)] = _fmt(col, value) + spread + mark
+                    form = self.format_of(col)
+                    spread = f" ± {fmt(form, sd)}" if sd is not None else ""
+                    out.iat[idx, out.columns.get_loc(col)] = fmt(form, value) + spread + mark
         return out
 
     def to_csv(self) -> str:
@@ -102,16 +110,6 @@ class Table:
         return json.dumps({"rows": rows, "footnotes": self.footnotes}, indent=2)
 
 
-def _fmt(column: str, value: float) -> str:
-    if " vs " in column:
-        return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.3g}x"
-    if "Params" in column or "bytes" in column or column == "Seeds":
-        return f"{value:,.0f}"
-    if "Cache" in column:
-        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
-    return f"{value:.1f}" if abs(value) < 1e4 else f"{value:,.0f}"
-
-
 def measured(records: RecordSet) -> RecordSet:
     """The latest measurements, all of one profile on one device; an error when there are none,
     or when they mix several (one table compares designs measured alike)."""
@@ -144,16 +142,15 @@ def select(records: RecordSet, profile: str | None = None, device: str | None = 
     return chosen
 
 
-def _flag_unstable(table: Table, records: RecordSet, rows: dict[str, int],
-                   columns: dict[str, list[str]]) -> None:
-    """Mark the cells of figures recorded as unstable and say why in a footnote.
-
-    rows: variant -> row index; columns: metric -> the table columns that show it."""
+def _flag_unstable(table: Table, records: RecordSet, rows: dict[str, int]) -> None:
+    """Mark the cells of timed figures recorded as unstable (every column showing the metric,
+    or a ratio of it: `table.sources`) and say why in a footnote. rows: variant -> row index."""
     reasons = []
     for r in records.current():
-        if r.metric not in columns or r.variant not in rows or not r.get("unstable"):
+        columns = [c for c, m in table.sources.items() if m == r.metric]
+        if not columns or r.variant not in rows or not r.get("unstable"):
             continue
-        for col in columns[r.metric]:
+        for col in columns:
             table.flagged.add((rows[r.variant], col))
         reasons.append(f"{r.variant} {r.metric}: {r.get('unstable')}")
     if reasons:
@@ -303,19 +300,20 @@ def roadmap_table(records: RecordSet) -> Table:
             row_of[v.variant] = len(rows)
             row: dict[str, Any] = {"Configuration": v.get("table_label") or v.variant,
                                    "Design Reason": v.get("design_reason") or ""}
-            for column, (metric, stage) in CELLS.items():
-                value = records.value(v.variant, metric)
+            for column, m in CELLS.items():
+                value = records.value(v.variant, m.name)
                 if math.isnan(value):
-                    text = why.get((v.variant, stage)) or why.get(("*", stage)) \
-                        or f"{stage} not measured in this run"
+                    text = why.get((v.variant, m.stage)) or why.get(("*", m.stage)) \
+                        or f"{m.stage} not measured in this run"
                     reasons.setdefault(f"{column}: {text}", len(reasons))
                 row[column] = value
             rows.append(row)
     for text in reasons:
         footnotes.append(f"{EMPTY} in {text}")
     footnotes += _conventions(records)
-    table = Table(pd.DataFrame(rows, columns=COLUMNS), footnotes, section_rows)
-    _flag_unstable(table, records, row_of, {"decode_tok_s": ["Throughput (token/sec)"]})
+    table = Table(pd.DataFrame(rows, columns=COLUMNS), footnotes, section_rows,
+                  sources={column: m.name for column, m in CELLS.items()})
+    _flag_unstable(table, records, row_of)
     _spreads(table, records, row_of, {"recall_pct": "Recall (%)",
                                       "commonsense_pct": "Commonsense Reasoning (%)"})
     return table
@@ -330,32 +328,38 @@ def compare_table(records: RecordSet, designs: list[str]) -> Table:
     first = designs[0]
     rows = []
     reasons: dict[str, None] = {}
+    shown = ("params", "decode_tok_s", "prefill_tok_s", "cache_bytes", "cache_mb")
     for name in designs:
-        for metric in ("params", "decode_tok_s", "prefill_tok_s", "cache_bytes", "cache_mb"):
-            stage = STAGE_OF[metric]
+        for metric in shown:
+            stage = METRICS[metric].stage
             if math.isnan(get(name, metric)):
                 text = why.get((name, stage)) or why.get(("*", stage))
                 if text:
                     reasons[f"{EMPTY} {name} {metric}: {text}"] = None
+    sources: dict[str, str] = {}
+    ratios = ("decode_tok_s", "prefill_tok_s", "cache_bytes")  # also as a ratio to the first
     for name in designs:
-        row: dict[str, Any] = {"Design": name, "Params": get(name, "params")}
-        for label, metric in (("Decode (tok/s)", "decode_tok_s"), ("Prefill (tok/s)", "prefill_tok_s"),
-                              ("Cache (bytes)", "cache_bytes")):
+        row: dict[str, Any] = {"Design": name}
+        for metric in shown:
+            column = METRICS[metric].column
+            assert column is not None
             value, base = get(name, metric), get(first, metric)
-            row[label] = value
-            row[f"{label.split(' (')[0]} vs {first}"] = value / base if base else math.nan
-        row["Cache (MB)"] = get(name, "cache_mb")
+            row[column] = value
+            sources[column] = metric
+            if metric in ratios:
+                ratio = f"{column.split(' (')[0]} vs {first}"
+                row[ratio] = value / base if base else math.nan
+                sources[ratio] = metric
         rows.append(row)
-    table = Table(pd.DataFrame(rows), [*reasons, *_conventions(records)], [])
+    table = Table(pd.DataFrame(rows), [*reasons, *_conventions(records)], [], sources=sources,
+                  formats={c: "ratio" for c in sources if " vs " in c})
     row_of = {name: i for i, name in enumerate(designs)}
-    _flag_unstable(table, records, row_of, {
-        "decode_tok_s": ["Decode (tok/s)", f"Decode vs {first}"],
-        "prefill_tok_s": ["Prefill (tok/s)", f"Prefill vs {first}"]})
+    _flag_unstable(table, records, row_of)
     if first in row_of:  # a ratio to an unstable first design is as unstable as it is
-        for metric, column in (("decode_tok_s", "Decode"), ("prefill_tok_s", "Prefill")):
+        for column, metric in sources.items():
             r = records.get(first, metric)
-            if r is not None and r.get("unstable"):
-                table.flagged.update((i, f"{column} vs {first}") for i in row_of.values())
+            if " vs " in column and r is not None and r.get("unstable"):
+                table.flagged.update((i, column) for i in row_of.values())
     return table
 
 
@@ -389,7 +393,7 @@ def extended_table(records: RecordSet) -> Table:
         label = current.placement(name).get("table_label") or name
         p = paper.loc[label] if label in paper.index else None
         tps, mb = get(name, "decode_tok_s"), get(name, "cache_mb")
-        rows.append({
+        row: dict[str, Any] = {
             "Configuration": label,
             "Params": get(name, "params"),
             "Decode (tok/s)": tps,
@@ -414,14 +418,22 @@ def extended_table(records: RecordSet) -> Table:
             "Paper cache (MB)": float(p["cache_mb"]) if p is not None else math.nan,
             "Paper cache vs Llama": ratio(float(p["cache_mb"]), float(p_base["cache_mb"]))
             if p is not None else math.nan,
-        })
+        }
+        for column, m in SHOWN.items():  # a metric declared with a column of its own
+            row.setdefault(column, get(name, m.name))
+        rows.append(row)
     notes = ["Paper figures: Table 1 of Dong et al. (2024), one A100, 300M models (rows to E) and "
              "1.5B (F, G), sequence length 8K, batch 128 halved until it fits."]
     notes += _conventions(records)
-    table = Table(pd.DataFrame(rows), notes, [])
+    sources = {**{c: m.name for c, m in SHOWN.items()}, "Commonsense SE": "commonsense_pct",
+               "Recall SE": "recall_pct", "Recall seed SD": "recall_pct",
+               "Decode vs Llama": "decode_tok_s", "Cache vs Llama": "cache_mb"}
+    formats: dict[str, Format] = {"Seeds": "count", "Paper throughput (tok/s)": "number",
+                                  "Paper cache (MB)": "mb"}
+    formats.update({c: "ratio" for c in rows[0] if " vs " in c} if rows else {})
+    table = Table(pd.DataFrame(rows), notes, [], sources=sources, formats=formats)
     row_of = {name: i for i, name in enumerate(designs)}
-    _flag_unstable(table, records, row_of, {"decode_tok_s": ["Decode (tok/s)", "Decode vs Llama"],
-                                            "prefill_tok_s": ["Prefill (tok/s)"]})
+    _flag_unstable(table, records, row_of)
     # the CSV has no † marks: say it in a column of its own
     table.frame["Decode unstable"] = [(i, "Decode (tok/s)") in table.flagged
                                       for i in range(len(table.frame))]

@@ -14,8 +14,9 @@ from hymba_bench.bench import timing
 from hymba_bench.bench.regress import compare, load_baseline, make_baseline, report
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.runner import RunOptions, run
+from hymba_bench.settings import BenchOverrides
 
-FAST = {"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1}
+FAST = BenchOverrides(batch=2, context=32, gen_tokens=2, repeats=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from hymba_bench.bench.sweep import SweepOptions, parse_seq_lens, sweep
+from hymba_bench.bench.sweep import parse_seq_lens, sweep
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import cache_bytes
 from hymba_bench.results.records import ResultsFile
+from hymba_bench.runner import RunOptions
+from hymba_bench.settings import BenchOverrides
 
-FAST = {"batch": 2, "gen_tokens": 2, "repeats": 1}
+FAST = BenchOverrides(batch=2, gen_tokens=2, repeats=1)
 
 
 def run_sweep(tmp_path: Path, resume: bool = False) -> Path:
-    opts = SweepOptions(variants=["llama", "c-local-global"], seq_lens=[16, 48], out=tmp_path / "s",
-                        resume=resume, bench=FAST)
-    sweep(opts)
+    opts = RunOptions(variants=["llama", "c-local-global"], out=tmp_path / "s", resume=resume,
+                      bench=FAST)
+    sweep(opts, [16, 48])
     return opts.out
 
 

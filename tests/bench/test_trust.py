@@ -1,4 +1,4 @@
-"""Trustworthy on a busy laptop: each item of the issue reproduced, then held fixed.
+"""Trustworthy on a busy laptop: timings that say when they cannot be trusted, and input checked.
 
 Noise-aware timing (unstable marks, interleaving, significance in `regress`), fail-fast limits,
 one-line errors for every file the harness reads, a lock on the run directory, honest labels,
@@ -23,6 +23,7 @@ from hymba_bench.design.registry import RegistryError, resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import ResultsFile, RunDir
 from hymba_bench.runner import RunOptions, run
+from hymba_bench.settings import BenchOverrides
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,7 +99,7 @@ def test_run_interleaves_decode_timing_and_records_load(tmp_path: Path) -> None:
     out = tmp_path / "run"
     # long enough (> LOAD_MIN_WINDOW_S of timed rounds) for the load to be measured
     run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 64, "repeats": 3, "context": 256, "batch": 8}))
+                   bench=BenchOverrides(gen_tokens=64, repeats=3, context=256, batch=8)))
     decode = [r for r in ResultsFile(out / "results.jsonl").load() if r.metric == "decode_tok_s"]
     assert {r.variant for r in decode} == {"llama", "mamba"}
     for r in decode:
@@ -212,7 +213,7 @@ def test_eval_out_writes_lm_eval_results_and_samples(tmp_path: Path) -> None:
 def test_csv_is_numeric_and_pictures_are_drawn(tmp_path: Path) -> None:
     out = tmp_path / "r"
     run(RunOptions(variants=["llama", "mamba", "e-meta-tokens"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 2, "repeats": 1, "context": 64, "batch": 2}))
+                   bench=BenchOverrides(gen_tokens=2, repeats=1, context=64, batch=2)))
     table = pd.read_csv(out / "roadmap.csv")
     assert "Section" in table and not table["Configuration"].str.startswith("Ablations").any()
     assert table["Throughput (token/sec)"].dtype == float
@@ -271,7 +272,7 @@ def test_regress_does_not_judge_figures_timed_on_a_busy_machine(tmp_path: Path) 
 
     out = tmp_path / "r"
     run(RunOptions(variants=["llama", "mamba"], out=out, skip={"accuracy"},
-                   bench={"gen_tokens": 2, "repeats": 3, "context": 64, "batch": 2}))
+                   bench=BenchOverrides(gen_tokens=2, repeats=3, context=64, batch=2)))
     # CI's machine is shared: the run's own spread and load are steadied (every sample the median,
     # an idle reading), so that the only things judged are the doctored slowdown and load below
     path = out / "results.jsonl"

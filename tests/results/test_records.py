@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from hymba_bench.api.run import Design, Job, Silent, Stamp, execute, jobs_for
 from hymba_bench.design.registry import resolve
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.results.records import FIELDS, Record, RecordSet, ResultsFile
-from hymba_bench.runner import Design, Job, Silent, Stamp, execute, jobs_for
+from hymba_bench.settings import BenchOverrides
 
 
 def test_a_misspelt_field_fails_on_both_sides(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_every_field_a_run_writes_is_in_the_schema(tmp_path: Path) -> None:
     from hymba_bench.runner import RunOptions, run
 
     out = run(RunOptions(["llama", "e-meta-tokens"], out=tmp_path / "r",
-                         bench={"batch": 2, "context": 32, "gen_tokens": 2, "repeats": 1},
+                         bench=BenchOverrides(batch=2, context=32, gen_tokens=2, repeats=1),
                          skip={"accuracy"}))
     records = out.records()
     assert len(records.current()) == 2 * 8

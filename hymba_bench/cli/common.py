@@ -1,0 +1,174 @@
+"""What the commands share: the Typer app, the console, the options several commands take
+(declared once here), and the option groups that reach the library as one typed value."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hymba_bench.errors import HymbaBenchError, Interrupted
+from hymba_bench.executors import ExecutorOptions
+from hymba_bench.files import FileError
+from hymba_bench.results.records import RunDir
+from hymba_bench.settings import BenchOverrides
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Build and measure the Hymba design roadmap and other hybrid attention + SSM designs.",
+)
+console = Console()
+
+VariantFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--variant-file", help="A user design file (YAML); repeatable."),
+]
+CheckpointsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--checkpoint", help="A Hugging Face checkpoint directory (or its config.json), "
+                 "measured as a design named after it; repeatable."),
+]
+ProfileOpt = Annotated[str, typer.Option(help="Size profile.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda (default: cuda when available).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue a run: measure only what is missing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    help="Local copies of lm-eval's datasets: a Hugging Face datasets cache (see README).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The bench block's options, each declared once: a command names those it takes.
+BENCH_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "batch": (Annotated[int | None, typer.Option(
+        help="Decode batch (default: the profile's).")], None),
+    "context": (Annotated[int | None, typer.Option(
+        help="Tokens in the cache before decoding (default: the profile's).")], None),
+    "gen_tokens": (Annotated[int | None, typer.Option(help="Timed decode steps.")], None),
+    "repeats": (Annotated[int | None, typer.Option(help="Timed repeats (median reported).")], None),
+    "decode": (Annotated[str | None, typer.Option(
+        help="How a decode step runs: eager, compiled (torch.compile), graph (CUDA-graph replay) or "
+             "auto (measured: the faster of eager and graph on CUDA; eager on the CPU).")], None),
+}
+EXECUTOR_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "executor": (Annotated[str, typer.Option(
+        help="Where units run: local (this machine), ray (a Ray cluster: pip install "
+             "'hymba-bench[ray]') or slurm (submitit: pip install 'hymba-bench[slurm]').")],
+        "local"),
+    "ray_address": (Annotated[str | None, typer.Option(
+        help="With --executor ray: the cluster to join (default: start a local one).")], None),
+    "slurm_partition": (Annotated[str | None, typer.Option(
+        help="With --executor slurm: partition.")], None),
+    "slurm_time": (Annotated[int, typer.Option(
+        min=1, help="With --executor slurm: minutes per job.")], 60),
+    "slurm_gpus": (Annotated[int | None, typer.Option(
+        min=0, help="With --executor slurm: GPUs per task [default: 1 on CUDA, none on the CPU].")],
+        None),
+    "slurm_account": (Annotated[str | None, typer.Option(
+        help="With --executor slurm: account.")], None),
+    "slurm_retries": (Annotated[int, typer.Option(
+        min=0, help="With --executor slurm: re-submissions of a failed or pre-empted job.")], 2),
+}
+
+
+def option_group(target: str, options: dict[str, tuple[Any, Any]],
+                 build: Callable[..., Any]) -> Callable[[F], F]:
+    """A command's parameter `target` shown as the options `options` (name -> (annotation,
+    default)) and handed to the command as `build(**their values)`: an option group declared
+    once, carried typed to the library. The options take `target`'s place among the command's
+    parameters."""
+
+    def decorate(fn: F) -> F:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params: list[inspect.Parameter] = []
+        for p in inspect.signature(fn).parameters.values():
+            if p.name != target:
+                params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+                continue
+            params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                         default=default, annotation=annotation)
+                       for name, (annotation, default) in options.items()]
+        if len(params) != len(inspect.signature(fn).parameters) - 1 + len(options):
+            raise TypeError(f"{fn.__name__}: no parameter {target!r}")
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[target] = build(**{name: kwargs.pop(name) for name in options})
+            return fn(*args, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return typing.cast(F, command)
+
+    return decorate
+
+
+def bench_options(*names: str) -> Callable[[F], F]:
+    """The command's parameter `bench: BenchOverrides` as the bench options `names`."""
+    return option_group("bench", {n: BENCH_OPTIONS[n] for n in names},
+                        lambda **values: BenchOverrides(**values))
+
+
+def executor_options(fn: F) -> F:
+    """The command's parameter `engine: ExecutorOptions` as the executor options."""
+    return option_group("engine", EXECUTOR_OPTIONS,
+                        lambda executor, **rest: ExecutorOptions(name=executor, **rest))(fn)
+
+
+def split(values: list[str] | None) -> list[str]:
+    """Accept both `--skip a --skip b` and `--skip a,b`."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def pick_device(name: str) -> str:
+    """`--device`: cpu or cuda (with an index), or auto: cuda when torch sees one."""
+    if name != "auto":
+        if name.split(":")[0] not in ("cpu", "cuda"):
+            raise HymbaBenchError(f"--device: expected cpu, cuda or auto, got {name!r}")
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def with_checkpoints(selection: str | None, checkpoints: list[Path] | None, default: str) -> str:
+    """A design selection with the --checkpoint directories appended; without a selection, the
+    checkpoints alone, or `default` when there are none."""
+    given = [str(p) for p in checkpoints or []]
+    for path in given:
+        if "," in path:
+            raise HymbaBenchError(f"--checkpoint {path}: a path with a comma cannot be told from "
+                                  "a list of designs; rename or link it", param="checkpoint")
+    if selection is None:
+        selection = "" if given else default
+    return ",".join(x for x in [selection, *given] if x)
+
+
+@contextmanager
+def keeping(run_dir: RunDir) -> Iterator[None]:
+    """An interrupt (Ctrl-C, SIGTERM) or a full disk during a run: one line saying what was kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {_kept(run_dir)}; rerun with --resume to finish") from None
+    except FileError as exc:
+        kept = _kept(run_dir)
+        if kept.startswith("0 "):
+            raise
+        raise FileError(f"{exc}; {kept}; free space, then rerun with --resume") from None
+
+
+def _kept(run_dir: RunDir) -> str:
+    try:
+        count = len(run_dir.results.load())
+    except HymbaBenchError:
+        count = 0
+    return f"{count} records kept in {run_dir.results.path}"

@@ -1,0 +1,62 @@
+"""`hymba-bench compare`: designs measured in one run, as ratios to the first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hymba_bench.cli.common import (
+    CheckpointsOpt,
+    DeviceOpt,
+    ProfileOpt,
+    ResumeOpt,
+    VariantFiles,
+    app,
+    bench_options,
+    console,
+    executor_options,
+    keeping,
+    pick_device,
+    with_checkpoints,
+)
+from hymba_bench.executors import ExecutorOptions
+from hymba_bench.results.records import RunDir
+from hymba_bench.settings import BenchOverrides
+
+
+@app.command()
+@executor_options
+@bench_options("batch", "context", "repeats", "decode")
+def compare(
+    designs: Annotated[list[str] | None, typer.Argument(
+        help="Two or more variant names (with the --checkpoint designs); ratios are to the first.")
+    ] = None,
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, compare.md).")] = Path(
+        "runs/compare"),
+    checkpoint: CheckpointsOpt = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    engine: ExecutorOptions = ExecutorOptions(),
+    bench: BenchOverrides = BenchOverrides(),
+) -> None:
+    """Measure designs in one run and print them side by side, as ratios to the first."""
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.cli.render import print_table
+    from hymba_bench.runner import RunOptions, select_variants
+    from hymba_bench.runner import compare as run_compare
+
+    files = variant_file or []
+    names = select_variants(with_checkpoints(",".join(designs or []), checkpoint, ""), files)
+    opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
+                      device=pick_device(device), variant_files=files, bench=bench,
+                      executor=engine)
+    with keeping(RunDir(out)), RunProgress(console, len(names), 2,
+                                           stage_names=["cache", "throughput"]) as progress:
+        run_dir, built = run_compare(opts, progress)
+    print_table(built, console, title=f"{' vs '.join(names)} ({run_dir.table('compare', 'md')})")
+    if run_dir.plot("compare").is_file():
+        console.print(f"wrote {run_dir.plot('compare')}")

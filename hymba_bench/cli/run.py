@@ -1,0 +1,82 @@
+"""`hymba-bench run`: designs through every stage, written as Table 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hymba_bench.cli.common import (
+    CheckpointsOpt,
+    DataDirOpt,
+    DeviceOpt,
+    ProfileOpt,
+    ResumeOpt,
+    VariantFiles,
+    app,
+    bench_options,
+    console,
+    executor_options,
+    keeping,
+    pick_device,
+    split,
+    with_checkpoints,
+)
+from hymba_bench.executors import ExecutorOptions
+from hymba_bench.results.records import RunDir
+from hymba_bench.settings import BenchOverrides, BudgetOverrides
+
+
+@app.command()
+@executor_options
+@bench_options("batch", "context", "gen_tokens", "repeats", "decode")
+def run(
+    variants: Annotated[str | None, typer.Option(
+        help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names "
+        "(default: all, or only the --checkpoint designs when there are some).")] = None,
+    checkpoint: CheckpointsOpt = None,
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Run directory (results.jsonl, tables).")] = Path(
+        "runs/latest"),
+    skip: Annotated[list[str] | None, typer.Option(
+        help="Stage to skip: accuracy, throughput or cache; repeatable.")] = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    train_steps: Annotated[int | None, typer.Option(
+        min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        min=1, help="Training seeds per design: Recall is their mean, with the standard deviation "
+        "across seeds (default: the profile's train block).")] = None,
+    log_samples: Annotated[bool, typer.Option(
+        help="Also write lm-eval's per-sample logs (<out>/lm_eval/<design>/seed-<k>).")] = False,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Designs trained at once in the accuracy stage, a process each (default: "
+        "one per CPU core on the CPU, 1 on a GPU).")] = None,
+    engine: ExecutorOptions = ExecutorOptions(),
+    bench: BenchOverrides = BenchOverrides(),
+) -> None:
+    """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
+    import dataclasses
+
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.cli.render import print_run
+    from hymba_bench.runner import STAGES, RunOptions, select_variants
+    from hymba_bench.runner import run as run_all
+    from hymba_bench.workers import default_workers
+
+    files = variant_file or []
+    chosen = select_variants(with_checkpoints(variants, checkpoint, "all"), files)
+    dev = pick_device(device)
+    engine = dataclasses.replace(engine, workers=workers or default_workers(dev, len(chosen)))
+    opts = RunOptions(variants=chosen, profile=profile, out=out, skip=set(split(skip)),
+                      resume=resume, device=dev, variant_files=files, bench=bench,
+                      train=BudgetOverrides(steps=train_steps, seeds=seeds), data_dir=data_dir,
+                      log_samples=log_samples, executor=engine)
+    stages = [s for s in STAGES if s not in opts.skip]
+    with keeping(RunDir(out)), RunProgress(console, len(chosen), len(stages),
+                                           stage_names=stages) as progress:
+        run_dir = run_all(opts, progress)
+    print_run(run_dir, console)

@@ -1,0 +1,68 @@
+"""`hymba-bench sweep`: decode throughput and cache size against context length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hymba_bench.cli.common import (
+    CheckpointsOpt,
+    DeviceOpt,
+    ProfileOpt,
+    ResumeOpt,
+    VariantFiles,
+    app,
+    bench_options,
+    console,
+    executor_options,
+    keeping,
+    pick_device,
+    with_checkpoints,
+)
+from hymba_bench.executors import ExecutorOptions
+from hymba_bench.results.records import RunDir
+from hymba_bench.settings import BenchOverrides
+
+DEFAULT = "llama,mamba,b-parallel,c-local-global,e-meta-tokens"
+
+
+@app.command()
+@executor_options
+@bench_options("batch", "gen_tokens", "repeats", "decode")
+def sweep(
+    variants: Annotated[str | None, typer.Option(
+        help="'all' or a comma-separated list of names (default: llama, mamba, b-parallel, "
+        "c-local-global, e-meta-tokens; only the --checkpoint designs when there are some).")
+    ] = None,
+    checkpoint: CheckpointsOpt = None,
+    seq_lens: Annotated[str, typer.Option(help="Context lengths, comma-separated.")] = (
+        "256,512,1024,2048,4096,8192"),
+    profile: ProfileOpt = "tiny",
+    out: Annotated[Path, typer.Option(help="Sweep directory (sweep.jsonl, PNG plots).")] = Path(
+        "runs/sweep"),
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "auto",
+    variant_file: VariantFiles = None,
+    engine: ExecutorOptions = ExecutorOptions(),
+    bench: BenchOverrides = BenchOverrides(),
+) -> None:
+    """Decode throughput and cache size against context length, as results and PNG plots."""
+    from hymba_bench.bench.sweep import parse_seq_lens
+    from hymba_bench.bench.sweep import sweep as run_sweep
+    from hymba_bench.cli.progress import RunProgress
+    from hymba_bench.runner import RunOptions, select_variants
+
+    files = variant_file or []
+    chosen = select_variants(with_checkpoints(variants, checkpoint, DEFAULT), files)
+    lengths = parse_seq_lens(seq_lens)
+    opts = RunOptions(variants=chosen, profile=profile, out=out, resume=resume,
+                      device=pick_device(device), variant_files=files, bench=bench,
+                      executor=engine)
+    with keeping(RunDir(out, "sweep")), \
+            RunProgress(console, len(chosen), len(lengths), unit="contexts",
+                        stage_names=[f"context {n}" for n in lengths]) as progress:
+        paths = run_sweep(opts, lengths, progress)
+    for path in paths:
+        console.print(f"wrote {path}")
