@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,8 @@ def run(variants: str | list[str] = "all", profile: str = "tiny", out: str | Pat
     """What `hymba-bench run` does: the designs through every stage not skipped, records appended
     to `out/results.jsonl` as they come, Table 1's layout written; the run directory. `options`:
     the rest of `runner.RunOptions` (`bench`, `train`, `executor` ...), where `bench`, `train`
-    and `executor` may be dicts of their fields."""
+    and `executor` may be dicts of their fields, and the executor's fields keywords of their
+    own (`workers=2`)."""
     from hymba_bench.runner import run as run_designs
 
     return run_designs(_options(variants, profile, out, skip, resume, device, variant_files,
@@ -110,7 +112,10 @@ def _options(variants: str | list[str], profile: str, out: str | Path, skip: Ite
     names = select_variants(variants if isinstance(variants, str) else ",".join(variants), files)
     typed: dict[str, Any] = {"bench": BenchOverrides.of(options.pop("bench", None), "bench"),
                              "train": BudgetOverrides.of(options.pop("train", None), "train")}
-    typed["executor"] = ExecutorOptions.of(options.pop("executor", None))
+    engine = ExecutorOptions.of(options.pop("executor", None))
+    # the engine's settings may also come as keywords of their own (`workers=2`, `ray_address=`)
+    loose = {k: options.pop(k) for k in [k for k in options if hasattr(engine, k)]}
+    typed["executor"] = dataclasses.replace(engine, **loose)
     return RunOptions(variants=names, profile=profile, out=Path(out), skip=set(skip), resume=resume,
                       device=device, variant_files=files, **typed, **options)
 

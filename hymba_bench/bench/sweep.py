@@ -50,7 +50,7 @@ def sweep(opts: RunOptions, seq_lens: list[int], report: Reporter | None = None)
         check_fits(rv.config, 1, max(seq_lens) + s.gen_tokens, s.torch_dtype, dev)
     stages: list[Stage] = [ContextStage(seq, bench, opts.device) for seq in sorted(set(seq_lens))]
     paths = measure(RunDir(opts.out, "sweep"), resolved, stages, opts, report,
-                    finish=lambda run_dir, records: plot(records, run_dir))
+                    finish=lambda run_dir, records: plot(records, run_dir), finish_interrupted=False)
     return paths or []
 
 
@@ -66,9 +66,10 @@ def plot(records: RecordSet, run_dir: RunDir) -> list[Path]:
         return []
     frame = records.frame().drop_duplicates(["variant", "metric", "context"], keep="last")
     paths = []
-    specs = [("decode_tok_s", "sweep_throughput", False), ("cache_bytes", "sweep_cache", True)]
-    for metric, filename, logy in specs:
-        ylabel = METRICS[metric].label
+    # the metric, its plot, log scale, and what the cache's figure is (batch 1, FP16, allocated)
+    specs = [("decode_tok_s", "sweep_throughput", False, METRICS["decode_tok_s"].label),
+             ("cache_bytes", "sweep_cache", True, "cache at batch 1, FP16 (bytes, allocated)")]
+    for metric, filename, logy, ylabel in specs:
         sub = frame[frame["metric"] == metric]
         if sub.empty:
             continue

@@ -252,11 +252,31 @@ def decode_room(settings: BenchSettings) -> int:
     return max(settings.gen_tokens, SETUP_STEPS)
 
 
+def _with_kernels(kind: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` run with the decode kernels `kind` (an eager step dispatches at each call)."""
+    from hymba_bench.ops.triton_decode import decode_kernels
+
+    def run() -> None:
+        with decode_kernels(kind):
+            fn()
+
+    return run
+
+
 @torch.inference_mode()
 def prepare_decode(model: HybridLM, settings: BenchSettings, batch: int,
                    prefilled: InferenceCache | None = None) -> PreparedDecode:
     """Fill the cache (from `prefilled`, the prefill benchmark's warmed-up batch-1 cache, when
-    it holds the same prompt), build the step in `settings.decode` (auto: measured), warm it up."""
+    it holds the same prompt), build the step in `settings.decode` (auto: measured) with the
+    kernels `settings.decode_kernels` names, warm it up."""
+    from hymba_bench.ops.triton_decode import decode_kernels
+
+    with decode_kernels(settings.decode_kernels):  # a graph captures the kernels it names
+        return _prepare_decode(model, settings, batch, prefilled)
+
+
+def _prepare_decode(model: HybridLM, settings: BenchSettings, batch: int,
+                    prefilled: InferenceCache | None) -> PreparedDecode:
     device = next(model.parameters()).device
     room = decode_room(settings)
     check_fits(model.cfg, batch, settings.context + room, settings.torch_dtype, device)
@@ -274,8 +294,10 @@ def prepare_decode(model: HybridLM, settings: BenchSettings, batch: int,
                 mode = min(probe, key=probe.__getitem__)
         step = make_step(model, cache, first, mode) if probe is None else steps[mode]
         restore = cache.checkpoint(settings.gen_tokens)
-        generate = _generator(step, first, settings.gen_tokens)
-        warm = _generator(step, first, min(settings.gen_tokens, WARMUP_STEPS))
+        kernels = settings.decode_kernels
+        generate = _with_kernels(kernels, _generator(step, first, settings.gen_tokens))
+        warm = _with_kernels(kernels, _generator(step, first, min(settings.gen_tokens,
+                                                                   WARMUP_STEPS)))
         for _ in range(settings.warmup):
             restore()
             warm()
@@ -347,7 +369,11 @@ class PreparedPrefill:
 
     @torch.inference_mode()
     def once(self) -> float:
-        return time_call(lambda: self.model(self.ids, self.cache), self.ids.device, self.cache.reset)
+        from hymba_bench.ops.sliding import sliding_prefill
+
+        with sliding_prefill(self.settings.sliding_prefill):
+            return time_call(lambda: self.model(self.ids, self.cache), self.ids.device,
+                             self.cache.reset)
 
     def result(self, timing: Timing) -> PrefillResult:
         return PrefillResult(self.batch * self.settings.context / timing.median_s, self.batch, timing)

@@ -6,32 +6,21 @@ Heavy imports (torch, the model, the measurements) happen inside the commands th
 
 from __future__ import annotations
 
+import importlib
 import re
 import signal
 import sys
 
 import typer
 
-# each module registers its command with `app`
-from hymba_bench.cli import (  # noqa: F401
-    baseline,
-    bench_delta_rule,
-    bench_scan,
-    bench_ssd,
-    compare,
-    eval,
-    list,
-    lm_eval,
-    profile_decode,
-    regress,
-    run,
-    show,
-    sweep,
-    table,
-    train,
-)
 from hymba_bench.cli.common import app
 from hymba_bench.errors import HymbaBenchError, Interrupted
+
+# One module per command, each registering itself with `app`; `--help` lists them in this order.
+COMMANDS = ("list", "show", "run", "sweep", "table", "train", "eval", "compare", "baseline",
+            "regress", "bench_scan", "bench_ssd", "bench_delta_rule", "profile_decode", "lm_eval")
+for _command in COMMANDS:
+    importlib.import_module(f"hymba_bench.cli.{_command}")
 
 FLAGS = {"steps": "--train-steps"}  # library parameters whose option is not --<param>
 

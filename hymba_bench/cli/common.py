@@ -46,17 +46,22 @@ DataDirOpt = Annotated[Path | None, typer.Option(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The bench block's options, each declared once: a command names those it takes.
-BENCH_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "batch": (Annotated[int | None, typer.Option(
-        help="Decode batch (default: the profile's).")], None),
-    "context": (Annotated[int | None, typer.Option(
-        help="Tokens in the cache before decoding (default: the profile's).")], None),
-    "gen_tokens": (Annotated[int | None, typer.Option(help="Timed decode steps.")], None),
-    "repeats": (Annotated[int | None, typer.Option(help="Timed repeats (median reported).")], None),
-    "decode": (Annotated[str | None, typer.Option(
-        help="How a decode step runs: eager, compiled (torch.compile), graph (CUDA-graph replay) or "
-             "auto (measured: the faster of eager and graph on CUDA; eager on the CPU).")], None),
+# The bench block's options, each declared once (its type and help): a command names those it
+# takes, and may word one's help its own way (`profile-decode` traces steps, it does not time).
+BENCH_OPTIONS: dict[str, tuple[Any, str]] = {
+    "batch": (int | None, "Decode batch (default: the profile's)."),
+    "context": (int | None, "Tokens in the cache before decoding."),
+    "gen_tokens": (int | None, "Timed decode steps."),
+    "repeats": (int | None, "Timed repeats (median reported)."),
+    "decode": (str | None, "How a decode step runs: eager, compiled (torch.compile), graph "
+               "(CUDA-graph replay) or auto (measured: the faster of eager and graph on CUDA; "
+               "eager on the CPU)."),
+    "sliding_prefill": (str | None, "The sliding-window prefill kernel: blocked (SDPA per block "
+                        "of queries) or flex (one FlexAttention call with a block mask) "
+                        "[default: the profile's]."),
+    "decode_kernels": (str | None, "The decode step's kernels: torch, or triton (fused norms, "
+                       "conv and SSM state updates: a CUDA device, or TRITON_INTERPRET=1 on the "
+                       "CPU) [default: the profile's]."),
 }
 EXECUTOR_OPTIONS: dict[str, tuple[Any, Any]] = {
     "executor": (Annotated[str, typer.Option(
@@ -101,7 +106,8 @@ def option_group(target: str, options: dict[str, tuple[Any, Any]],
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
-            kwargs[target] = build(**{name: kwargs.pop(name) for name in options})
+            values = {name: kwargs.pop(name, default) for name, (_, default) in options.items()}
+            kwargs[target] = build(**values)
             return fn(*args, **kwargs)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -111,10 +117,12 @@ def option_group(target: str, options: dict[str, tuple[Any, Any]],
     return decorate
 
 
-def bench_options(*names: str) -> Callable[[F], F]:
-    """The command's parameter `bench: BenchOverrides` as the bench options `names`."""
-    return option_group("bench", {n: BENCH_OPTIONS[n] for n in names},
-                        lambda **values: BenchOverrides(**values))
+def bench_options(*names: str, help: dict[str, str] | None = None) -> Callable[[F], F]:
+    """The command's parameter `bench: BenchOverrides` as the bench options `names`, each
+    with its shared help unless `help` words it for this command."""
+    options = {n: (Annotated[BENCH_OPTIONS[n][0], typer.Option(
+        help=(help or {}).get(n, BENCH_OPTIONS[n][1]))], None) for n in names}
+    return option_group("bench", options, lambda **values: BenchOverrides(**values))
 
 
 def executor_options(fn: F) -> F:

@@ -28,7 +28,8 @@ from hymba_bench.settings import BenchOverrides
 
 @app.command()
 @executor_options
-@bench_options("batch", "context", "repeats", "decode")
+@bench_options("batch", "context", "repeats", "decode", "sliding_prefill",
+               "decode_kernels")
 def compare(
     designs: Annotated[list[str] | None, typer.Argument(
         help="Two or more variant names (with the --checkpoint designs); ratios are to the first.")
@@ -40,8 +41,8 @@ def compare(
     resume: ResumeOpt = False,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
-    engine: ExecutorOptions = ExecutorOptions(),
     bench: BenchOverrides = BenchOverrides(),
+    engine: ExecutorOptions = ExecutorOptions(),
 ) -> None:
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.cli.progress import RunProgress

@@ -24,14 +24,16 @@ from hymba_bench.settings import BenchOverrides
 
 
 @app.command("profile-decode")
-@bench_options("batch", "context", "gen_tokens", "decode")
+@bench_options("batch", "context", "gen_tokens", "decode", "decode_kernels", help={
+    "context": "Cached tokens (default: the profile's).", "gen_tokens": "Steps traced.",
+    "decode": "eager, compiled, graph or auto."})
 def profile_decode_cmd(
     variants: Annotated[str, typer.Option(help="Comma-separated names.")] = "llama,mamba",
     profile: ProfileOpt = "tiny",
     device: DeviceOpt = "auto",
+    bench: BenchOverrides = BenchOverrides(),
     out: Annotated[Path | None, typer.Option(help="Append each design's profile to this JSONL.")] = None,
     as_json: JsonOpt = False,
-    bench: BenchOverrides = BenchOverrides(),
 ) -> None:
     """Profile decode steps: wall vs device time per step, launches per step, the busiest
     kernels, and the bandwidth bound (what limits each design before optimising it)."""

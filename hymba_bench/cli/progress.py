@@ -156,7 +156,10 @@ class RunProgress:
                                f"{_clock(time.perf_counter() - self._t0)}")
 
     def stage(self, name: str) -> None:
-        """The run moves on to stage `name`: its ETA is learned afresh."""
+        """The run moves on to stage `name`: its ETA is learned afresh. Without named stages
+        (a sweep's contexts are alike) the run keeps one ETA throughout."""
+        if not self._stages:
+            return
         self._stage, self._stage_done, self._stage_timed, self._stage_t0 = name, 0.0, 0.0, None
 
     def eta(self) -> str:

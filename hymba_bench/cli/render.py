@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from hymba_bench.results.records import RunDir
-from hymba_bench.results.tables import Table
+if TYPE_CHECKING:  # pandas: imported by the commands that build a table, not at start
+    from hymba_bench.results.records import RunDir
+    from hymba_bench.results.tables import Table
 
 COMPACT = ["Configuration", "Decode (tok/s)", "Decode vs Llama", "Paper throughput vs Llama",
            "Cache (MB)", "Cache vs Llama", "Paper cache vs Llama"]

@@ -30,7 +30,8 @@ from hymba_bench.settings import BenchOverrides, BudgetOverrides
 
 @app.command()
 @executor_options
-@bench_options("batch", "context", "gen_tokens", "repeats", "decode")
+@bench_options("batch", "context", "gen_tokens", "repeats", "decode", "sliding_prefill",
+               "decode_kernels")
 def run(
     variants: Annotated[str | None, typer.Option(
         help="'all' (the roadmap), 'others' (Jamba, Zamba, ...) or comma-separated names "
@@ -44,6 +45,7 @@ def run(
     resume: ResumeOpt = False,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
+    bench: BenchOverrides = BenchOverrides(),
     train_steps: Annotated[int | None, typer.Option(
         min=1, help="Proxy-training steps per design (default: the profile's train block).")] = None,
     seeds: Annotated[int | None, typer.Option(
@@ -56,7 +58,6 @@ def run(
         min=1, help="Designs trained at once in the accuracy stage, a process each (default: "
         "one per CPU core on the CPU, 1 on a GPU).")] = None,
     engine: ExecutorOptions = ExecutorOptions(),
-    bench: BenchOverrides = BenchOverrides(),
 ) -> None:
     """Measure variants and write Table 1 (results.jsonl, roadmap.csv, roadmap.md)."""
     import dataclasses

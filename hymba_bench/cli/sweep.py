@@ -30,7 +30,7 @@ DEFAULT = "llama,mamba,b-parallel,c-local-global,e-meta-tokens"
 
 @app.command()
 @executor_options
-@bench_options("batch", "gen_tokens", "repeats", "decode")
+@bench_options("batch", "gen_tokens", "repeats", "decode", "decode_kernels")
 def sweep(
     variants: Annotated[str | None, typer.Option(
         help="'all' or a comma-separated list of names (default: llama, mamba, b-parallel, "
@@ -45,8 +45,8 @@ def sweep(
     resume: ResumeOpt = False,
     device: DeviceOpt = "auto",
     variant_file: VariantFiles = None,
-    engine: ExecutorOptions = ExecutorOptions(),
     bench: BenchOverrides = BenchOverrides(),
+    engine: ExecutorOptions = ExecutorOptions(),
 ) -> None:
     """Decode throughput and cache size against context length, as results and PNG plots."""
     from hymba_bench.bench.sweep import parse_seq_lens
@@ -61,8 +61,7 @@ def sweep(
                       device=pick_device(device), variant_files=files, bench=bench,
                       executor=engine)
     with keeping(RunDir(out, "sweep")), \
-            RunProgress(console, len(chosen), len(lengths), unit="contexts",
-                        stage_names=[f"context {n}" for n in lengths]) as progress:
+            RunProgress(console, len(chosen), len(lengths), unit="contexts") as progress:
         paths = run_sweep(opts, lengths, progress)
     for path in paths:
         console.print(f"wrote {path}")

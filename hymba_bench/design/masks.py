@@ -32,9 +32,13 @@ def window_keys(window: int) -> int:
 
 def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, n_meta: int) -> Tensor:
     """(Lq,), (Lk,) int positions -> (Lq, Lk) bool, True where the query may attend to the key."""
-    q = q_pos[:, None]
-    k = k_pos[None, :]
+    return sees(q_pos[:, None], k_pos[None, :], window, n_meta)
+
+
+def sees(q: Tensor, k: Tensor, window: int | None, n_meta: int) -> Tensor:
+    """The rule itself, on query and key positions of any broadcastable shapes (a FlexAttention
+    `mask_mod` calls it with one query and one key)."""
     mask = (k <= q) & (k >= 0)
     if window is not None:
-        mask &= ((q - k) <= window) | (k < n_meta)
+        mask = mask & (((q - k) <= window) | (k < n_meta))
     return mask

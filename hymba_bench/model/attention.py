@@ -49,33 +49,12 @@ def attend(q: Tensor, k: Tensor | None, v: Tensor | None, spec: LayerSpec, n_met
     if ctx.decode:
         out = ops.attention(q, k, v, visible(positions, k_pos, spec.window, n_meta))
     elif spec.attention == "sliding":  # fresh sequence, local attention
-        out = _sliding_prefill(q, k, v, positions, spec.window, n_meta)  # type: ignore[arg-type]
+        assert spec.window is not None
+        out = ops.sliding_attention(q, k, v, positions, spec.window, n_meta)
     else:  # fresh sequence, global: the mask is exactly causal
         out = ops.attention(q, k, v, causal=True)
     b = out.shape[0]
     return out.transpose(1, 2).reshape(b, length, -1)
-
-
-def _sliding_prefill(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window: int,
-                     n_meta: int) -> Tensor:
-    """Sliding-window attention over a fresh sequence in query blocks: O(L (W + M)), not O(L^2).
-
-    A block of queries [s, e) can only see the meta tokens and keys [s - W, e); each block
-    attends over just those, with the mask from `visible` restricted to them.
-    """
-    length = q.shape[2]
-    block = max(window, 256)
-    if length <= 2 * block:
-        return ops.attention(q, k, v, visible(positions, positions, window, n_meta))
-    outs = []
-    for s in range(0, length, block):
-        e = min(s + block, length)
-        lo = max(n_meta, s - window)
-        keys = torch.cat([positions[:n_meta], positions[lo:e]])
-        kb = torch.cat([k[:, :, :n_meta], k[:, :, lo:e]], dim=2)
-        vb = torch.cat([v[:, :, :n_meta], v[:, :, lo:e]], dim=2)
-        outs.append(ops.attention(q[:, :, s:e], kb, vb, visible(positions[s:e], keys, window, n_meta)))
-    return torch.cat(outs, dim=2)
 
 
 @dataclass(frozen=True)

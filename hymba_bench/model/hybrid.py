@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from hymba_bench import ops
 from hymba_bench.design import mixers
 from hymba_bench.design.config import ConfigError, LayerSpec, ModelConfig
 from hymba_bench.model.attention import attend, qkv_widths, split_heads, time_major_heads
@@ -84,7 +85,9 @@ class HybridHeads(nn.Module):
             vh = split_heads(v, kv_heads)
         attn = attend(q, kh, vh, self.spec, cfg.meta_tokens, ctx)  # (B, L, d_inner)
         ssm = self.ssm.branch(branch_in, ctx.state(self.spec.index), ctx.decode)  # (B, L, d_inner)
-        return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)
+        fused = ops.fused_norms(attn, ssm, self.attn_norm.weight, self.ssm_norm.weight,
+                                self.attn_norm.eps)  # (RMSNorm_a(attn) + RMSNorm_s(ssm)) / 2
+        return self.out_proj(fused)
 
 
 def _flat_mamba_names(module: HybridHeads, state: dict[str, Any], prefix: str, *args: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hymba_bench.ops import cpu_kernel
+from hymba_bench.ops import cpu_kernel, triton_decode
 from hymba_bench.ops.attention import attention, attention_ref, decode_path
 from hymba_bench.ops.conv import (
     causal_conv1d as causal_conv1d_torch,
@@ -51,7 +51,17 @@ from hymba_bench.ops.scan import (
     selective_scan_ref,
     selective_state_update_ref,
 )
+from hymba_bench.ops.sliding import (
+    SLIDING_PREFILL,
+    sliding_attention,
+    sliding_attention_blocked,
+    sliding_attention_flex,
+    sliding_attention_ref,
+    sliding_prefill,
+    sliding_prefill_backend,
+)
 from hymba_bench.ops.ssd import ssd_chunked, ssd_ref, ssd_step
+from hymba_bench.ops.triton_decode import DECODE_KERNELS, decode_kernels, fused_norms_ref
 
 try:  # optional CUDA kernels: absent is fine, used only on CUDA tensors
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_cuda
@@ -129,6 +139,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Tensor | None = None, z: Tensor | None = None,
                            dt_bias: Tensor | None = None, dt_softplus: bool = False) -> Tensor:
+    if triton_decode.use_triton(x):
+        return triton_decode.state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     fn = _state_update_path(x.is_cuda)[1]
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
@@ -211,6 +223,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          activation: str | None = None) -> Tensor:
+    if triton_decode.use_triton(x) and activation in (None, "silu", "swish"):
+        return triton_decode.conv_update(x, conv_state, weight, bias, activation is not None)
     fn = _conv_update_path(x.is_cuda)[1]
     return fn(x, conv_state, weight, bias, activation=activation)
 
@@ -218,6 +232,14 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """x: (..., d), weight: (d,) -> RMSNorm(x) * weight, in float32, returned in x's dtype."""
     return _norm_path(x.is_cuda)[1](x, weight, eps)
+
+
+def fused_norms(a: Tensor, s: Tensor, wa: Tensor, ws: Tensor, eps: float) -> Tensor:
+    """Hymba's fusion of its two branches, (RMSNorm(a) * wa + RMSNorm(s) * ws) / 2: one Triton
+    kernel under `decode_kernels("triton")`, else the two norms, an add and a scale."""
+    if triton_decode.use_triton(a):
+        return triton_decode.fused_norms(a, s, wa, ws, eps)
+    return (rms_norm(a, wa, eps) + rms_norm(s, ws, eps)) / 2
 
 
 def long_conv(u: Tensor, h: Tensor) -> Tensor:
@@ -245,6 +267,8 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
 
 
 __all__ = [
+    "DECODE_KERNELS",
+    "SLIDING_PREFILL",
     "attention",
     "attention_ref",
     "backend_report",
@@ -255,6 +279,9 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_update_torch",
     "conv_state_from_prefix",
+    "decode_kernels",
+    "fused_norms",
+    "fused_norms_ref",
     "gated_delta_rule",
     "gated_delta_rule_chunked",
     "gated_delta_rule_cpu",
@@ -283,6 +310,12 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "sliding_attention",
+    "sliding_attention_blocked",
+    "sliding_attention_flex",
+    "sliding_attention_ref",
+    "sliding_prefill",
+    "sliding_prefill_backend",
     "ssd",
     "ssd_chunked",
     "ssd_ref",

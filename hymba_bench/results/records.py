@@ -77,6 +77,8 @@ FIELDS: dict[str, str] = {
     "unstable": "why the timing cannot be trusted, when it cannot",
     "interleaved_with": "other designs timed in the same rounds",
     "decode_mode": "eager, compiled or graph",
+    "sliding_prefill": "the sliding-window prefill kernel: blocked (SDPA per query block) or flex",
+    "decode_kernels": "the decode step's kernels: torch, or triton (fused norms and SSM updates)",
     "decode_probe_ms": "per-step times of the modes --decode auto tried",
     "memory_source": "where peak memory was read (allocator, NVML, RSS)",
     "peak_memory_nvml_net_bytes": "NVML's device-memory rise during decode",

@@ -30,7 +30,7 @@ COLUMNS = [
     "Design Reason",
 ]
 # which metric fills which of Table 1's columns (its declaration names the column)
-CELLS = {m.paper_column: m for m in METRICS.values() if m.paper_column}
+CELLS = {c: m for c in COLUMNS for m in METRICS.values() if m.paper_column == c}
 # the columns the extended and compare tables show a metric in
 SHOWN = {m.column: m for m in METRICS.values() if m.column}
 SECTIONS = {
