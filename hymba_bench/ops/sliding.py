@@ -16,7 +16,6 @@ q: (B, Hq, L, E), k: (B, Hkv, L, E), v: (B, Hkv, L, Ev), positions: (L,) absolut
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import typing
 from collections.abc import Callable, Iterator
@@ -30,8 +29,9 @@ from hymba_bench.errors import HymbaBenchError
 from hymba_bench.ops.attention import attention, attention_ref
 
 SLIDING_PREFILL = ("blocked", "flex")
-# the backend `sliding_attention` uses (`sliding_prefill` sets it)
-_active: contextvars.ContextVar[str] = contextvars.ContextVar("sliding_prefill", default="blocked")
+# the backend `sliding_attention` uses (`sliding_prefill` sets it): a module global, as for
+# `triton_decode.decode_kernels`, so that a compiled forward reads it as a constant
+_active = "blocked"
 
 
 @contextlib.contextmanager
@@ -40,15 +40,16 @@ def sliding_prefill(backend: str) -> Iterator[None]:
     if backend not in SLIDING_PREFILL:
         raise HymbaBenchError(f"expected one of {', '.join(SLIDING_PREFILL)}, got {backend!r}",
                               param="sliding_prefill")
-    token = _active.set(backend)
+    global _active
+    previous, _active = _active, backend
     try:
         yield
     finally:
-        _active.reset(token)
+        _active = previous
 
 
 def sliding_prefill_backend() -> str:
-    return _active.get()
+    return _active
 
 
 def sliding_attention_ref(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window: int,
@@ -122,6 +123,6 @@ def sliding_attention_flex(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, w
 def sliding_attention(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, window: int,
                       n_meta: int) -> Tensor:
     """The active backend's sliding-window prefill (`sliding_prefill` chooses)."""
-    if _active.get() == "flex":
+    if _active == "flex":
         return sliding_attention_flex(q, k, v, positions, window, n_meta)
     return sliding_attention_blocked(q, k, v, positions, window, n_meta)

@@ -18,7 +18,6 @@ twins). The model uses them where `ops.decode_kernels("triton")` says so.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
 from collections.abc import Iterator
@@ -31,7 +30,9 @@ from torch import Tensor
 from hymba_bench.errors import HymbaBenchError
 
 DECODE_KERNELS = ("torch", "triton")
-_active: contextvars.ContextVar[str] = contextvars.ContextVar("decode_kernels", default="torch")
+# the kernels decode steps use (`decode_kernels` sets it): a plain module global, which a
+# compiled step reads as a constant and guards on (a ContextVar would break its graph)
+_active = "torch"
 
 
 def interpreted() -> bool:
@@ -57,16 +58,17 @@ def decode_kernels(kind: str) -> Iterator[None]:
                               param="decode_kernels")
     if kind == "triton" and (why := unavailable_reason()) is not None:
         raise HymbaBenchError(why, param="decode_kernels")
-    token = _active.set(kind)
+    global _active
+    previous, _active = _active, kind
     try:
         yield
     finally:
-        _active.reset(token)
+        _active = previous
 
 
 def use_triton(t: Tensor) -> bool:
     """Whether a decode op on `t` takes its Triton kernel."""
-    return _active.get() == "triton" and (t.is_cuda or interpreted())
+    return _active == "triton" and (t.is_cuda or interpreted())
 
 
 # ----------------------------------------------------------------------------- references

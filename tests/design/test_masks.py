@@ -71,12 +71,11 @@ def test_negative_positions_are_empty_slots() -> None:
 def test_blocked_sliding_prefill_equals_full_mask(window: int, meta: int, length: int,
                                                   seed: int) -> None:
     from hymba_bench import ops
-    from hymba_bench.model.attention import _sliding_prefill
 
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(1, 4, length, 8, generator=g)
     k, v = torch.randn(1, 2, length, 8, generator=g), torch.randn(1, 2, length, 16, generator=g)
     pos = torch.arange(length)
     expected = ops.attention_ref(q, k, v, visible(pos, pos, window, meta))
-    torch.testing.assert_close(_sliding_prefill(q, k, v, pos, window, meta), expected,
+    torch.testing.assert_close(ops.sliding_attention_blocked(q, k, v, pos, window, meta), expected,
                                rtol=1e-4, atol=1e-5)
