@@ -9,7 +9,7 @@ import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from hymba_bench.executors import ExecutorOptions
 from hymba_bench.files import FileError
 from hymba_bench.results.records import RunDir
 from hymba_bench.settings import BenchOverrides
+
+if TYPE_CHECKING:
+    from hymba_bench.runner import RunOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -158,6 +161,17 @@ def with_checkpoints(selection: str | None, checkpoints: list[Path] | None, defa
     if selection is None:
         selection = "" if given else default
     return ",".join(x for x in [selection, *given] if x)
+
+
+def run_options(selection: str, variant_file: list[Path] | None, device: str,
+                **fields: Any) -> RunOptions:
+    """The library's options for a run of the designs `selection` names (a checkpoint among
+    them joins the design files), on `device` (auto: resolved), with the run's other `fields`."""
+    from hymba_bench.runner import RunOptions, select_variants
+
+    files = list(variant_file or [])
+    return RunOptions(variants=select_variants(selection, files), variant_files=files,
+                      device=pick_device(device), **fields)
 
 
 @contextmanager

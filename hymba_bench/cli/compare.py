@@ -18,7 +18,7 @@ from hymba_bench.cli.common import (
     console,
     executor_options,
     keeping,
-    pick_device,
+    run_options,
     with_checkpoints,
 )
 from hymba_bench.executors import ExecutorOptions
@@ -47,14 +47,12 @@ def compare(
     """Measure designs in one run and print them side by side, as ratios to the first."""
     from hymba_bench.cli.progress import RunProgress
     from hymba_bench.cli.render import print_table
-    from hymba_bench.runner import RunOptions, select_variants
     from hymba_bench.runner import compare as run_compare
 
-    files = variant_file or []
-    names = select_variants(with_checkpoints(",".join(designs or []), checkpoint, ""), files)
-    opts = RunOptions(variants=names, profile=profile, out=out, skip={"accuracy"}, resume=resume,
-                      device=pick_device(device), variant_files=files, bench=bench,
-                      executor=engine)
+    opts = run_options(with_checkpoints(",".join(designs or []), checkpoint, ""), variant_file,
+                       device, profile=profile, out=out, skip={"accuracy"}, resume=resume,
+                       bench=bench, executor=engine)
+    names = opts.variants
     with keeping(RunDir(out)), RunProgress(console, len(names), 2,
                                            stage_names=["cache", "throughput"]) as progress:
         run_dir, built = run_compare(opts, progress)

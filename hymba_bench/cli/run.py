@@ -19,7 +19,7 @@ from hymba_bench.cli.common import (
     console,
     executor_options,
     keeping,
-    pick_device,
+    run_options,
     split,
     with_checkpoints,
 )
@@ -64,20 +64,18 @@ def run(
 
     from hymba_bench.cli.progress import RunProgress
     from hymba_bench.cli.render import print_run
-    from hymba_bench.runner import STAGES, RunOptions, select_variants
+    from hymba_bench.runner import STAGES
     from hymba_bench.runner import run as run_all
     from hymba_bench.workers import default_workers
 
-    files = variant_file or []
-    chosen = select_variants(with_checkpoints(variants, checkpoint, "all"), files)
-    dev = pick_device(device)
-    engine = dataclasses.replace(engine, workers=workers or default_workers(dev, len(chosen)))
-    opts = RunOptions(variants=chosen, profile=profile, out=out, skip=set(split(skip)),
-                      resume=resume, device=dev, variant_files=files, bench=bench,
-                      train=BudgetOverrides(steps=train_steps, seeds=seeds), data_dir=data_dir,
-                      log_samples=log_samples, executor=engine)
+    opts = run_options(with_checkpoints(variants, checkpoint, "all"), variant_file, device,
+                       profile=profile, out=out, skip=set(split(skip)), resume=resume,
+                       bench=bench, train=BudgetOverrides(steps=train_steps, seeds=seeds),
+                       data_dir=data_dir, log_samples=log_samples, executor=engine)
+    opts.executor = dataclasses.replace(
+        engine, workers=workers or default_workers(opts.device, len(opts.variants)))
     stages = [s for s in STAGES if s not in opts.skip]
-    with keeping(RunDir(out)), RunProgress(console, len(chosen), len(stages),
+    with keeping(RunDir(out)), RunProgress(console, len(opts.variants), len(stages),
                                            stage_names=stages) as progress:
         run_dir = run_all(opts, progress)
     print_run(run_dir, console)

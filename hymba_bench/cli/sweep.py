@@ -18,7 +18,7 @@ from hymba_bench.cli.common import (
     console,
     executor_options,
     keeping,
-    pick_device,
+    run_options,
     with_checkpoints,
 )
 from hymba_bench.executors import ExecutorOptions
@@ -52,16 +52,12 @@ def sweep(
     from hymba_bench.bench.sweep import parse_seq_lens
     from hymba_bench.bench.sweep import sweep as run_sweep
     from hymba_bench.cli.progress import RunProgress
-    from hymba_bench.runner import RunOptions, select_variants
 
-    files = variant_file or []
-    chosen = select_variants(with_checkpoints(variants, checkpoint, DEFAULT), files)
+    opts = run_options(with_checkpoints(variants, checkpoint, DEFAULT), variant_file, device,
+                       profile=profile, out=out, resume=resume, bench=bench, executor=engine)
     lengths = parse_seq_lens(seq_lens)
-    opts = RunOptions(variants=chosen, profile=profile, out=out, resume=resume,
-                      device=pick_device(device), variant_files=files, bench=bench,
-                      executor=engine)
     with keeping(RunDir(out, "sweep")), \
-            RunProgress(console, len(chosen), len(lengths), unit="contexts") as progress:
+            RunProgress(console, len(opts.variants), len(lengths), unit="contexts") as progress:
         paths = run_sweep(opts, lengths, progress)
     for path in paths:
         console.print(f"wrote {path}")
