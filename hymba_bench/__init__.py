@@ -106,18 +106,16 @@ def _options(variants: str | list[str], profile: str, out: str | Path, skip: Ite
              options: dict[str, Any]) -> RunOptions:
     from hymba_bench.executors import ExecutorOptions
     from hymba_bench.runner import RunOptions, select_variants
-    from hymba_bench.settings import BenchOverrides, BudgetOverrides
 
     files = [Path(f) for f in variant_files or []]
     names = select_variants(variants if isinstance(variants, str) else ",".join(variants), files)
-    typed: dict[str, Any] = {"bench": BenchOverrides.of(options.pop("bench", None), "bench"),
-                             "train": BudgetOverrides.of(options.pop("train", None), "train")}
     engine = ExecutorOptions.of(options.pop("executor", None))
     # the engine's settings may also come as keywords of their own (`workers=2`, `ray_address=`)
     loose = {k: options.pop(k) for k in [k for k in options if hasattr(engine, k)]}
-    typed["executor"] = dataclasses.replace(engine, **loose)
+    # RunOptions takes `bench` and `train` as dicts of their fields too
     return RunOptions(variants=names, profile=profile, out=Path(out), skip=set(skip), resume=resume,
-                      device=device, variant_files=files, **typed, **options)
+                      device=device, variant_files=files,
+                      executor=dataclasses.replace(engine, **loose), **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,6 +32,12 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
+def expect_one_of(value: object, choices: tuple[str, ...], param: str) -> None:
+    """A setting that names one of `choices`, or a one-line error naming them."""
+    if value not in choices:
+        raise HymbaBenchError(f"expected one of {', '.join(choices)}, got {value!r}", param=param)
+
+
 class ConfigError(HymbaBenchError):
     """A configuration that cannot be built; the message names the key and what was expected."""
 

@@ -32,7 +32,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,14 @@ class ExecutorOptions:
     @classmethod
     def of(cls, value: ExecutorOptions | str | dict[str, Any] | None) -> ExecutorOptions:
         """A library caller's executor: the options, an engine's name, or a dict of fields."""
-        if isinstance(value, ExecutorOptions):
-            return value
-        given = {"name": value} if isinstance(value, str) else dict(value or {})
-        known = [f.name for f in fields(cls)]
-        for key in sorted(set(given) - set(known)):
-            raise HymbaBenchError(f"unknown setting {key!r} (known: {', '.join(known)})",
-                                  param="executor")
-        return cls(**given)
+        from hymba_bench.settings import option_group
+
+        return option_group(cls, {"name": value} if isinstance(value, str) else value, "executor")
+
+    def side_by_side(self, device: str) -> int:
+        """Designs of a `per_process` stage run at once: a process each on the CPU (local)."""
+        local = self.name == "local" and device.startswith("cpu")
+        return max(1, self.workers) if local else 1
 
 
 def _reason(exc: BaseException) -> str:
@@ -345,9 +345,8 @@ def make_executor(options: ExecutorOptions, out: Path, device: str = "cpu") -> E
     """The executor `options` name, its engine checked installed before any work; `out`: the run
     directory (Slurm's job files go under it)."""
     if options.name == "local":
-        if options.workers > 1 and device.startswith("cpu"):
-            return PoolExecutor(options.workers)
-        return LocalExecutor()
+        workers = options.side_by_side(device)
+        return PoolExecutor(workers) if workers > 1 else LocalExecutor()
     if options.name == "ray":
         _optional("ray", "ray")
         return RayExecutor(options.ray_address)

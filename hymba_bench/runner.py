@@ -184,7 +184,7 @@ def plan_stages(opts: RunOptions, resolved: list[ResolvedVariant],
         accuracy.check(resolved)
         usual = train_budget(profile)
         if budget.steps * budget.seeds > LONG_BUDGET * usual.steps * usual.seeds:
-            seconds, how = accuracy.estimate(resolved, _side_by_side(opts))
+            seconds, how = accuracy.estimate(resolved, opts.executor.side_by_side(opts.device))
             report.log(f"{'warning: ' if seconds > 3600 else ''}the accuracy stage will train for "
                        f"about {_duration(seconds)} ({how})")
         stages.append(accuracy)
@@ -280,12 +280,6 @@ def dispatch(executor: Executor, stage: Stage, jobs: list[Job], results: Results
         finish = [Job(j.design, j.wanted, records.of(j.name)) for j in jobs if j.name not in failed]
         execute(stage, finish, results, stamp, Silent())
     return failures
-
-
-def _side_by_side(opts: RunOptions) -> int:
-    """Designs the accuracy stage trains at once (a process each: only on the CPU)."""
-    local = opts.executor.name == "local" and opts.device.startswith("cpu")
-    return max(1, opts.executor.workers) if local else 1
 
 
 def _tables_if_measured(run_dir: RunDir, records: RecordSet) -> None:

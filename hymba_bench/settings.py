@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hymba_bench.design.registry import Profile
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.errors import HymbaBenchError, expect_one_of
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +79,21 @@ class EvalBudget:
     commonsense_items: int | None
 
 
+GroupT = TypeVar("GroupT")
+
+
+def option_group(cls: type[GroupT], values: GroupT | dict[str, Any] | None, param: str) -> GroupT:
+    """`values` as the dataclass `cls` of an option group (a library caller may give a dict of
+    its fields); an unknown key raises, naming the known ones."""
+    if isinstance(values, cls):
+        return values
+    given: dict[str, Any] = dict(values) if isinstance(values, dict) else {}
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in sorted(set(given) - set(known)):
+        raise HymbaBenchError(f"unknown setting {key!r} (known: {', '.join(known)})", param=param)
+    return cls(**given)
+
+
 OverridesT = TypeVar("OverridesT", bound="Overrides")
 
 
@@ -93,13 +108,7 @@ class Overrides:
     def of(cls: type[OverridesT], values: OverridesT | dict[str, Any] | None,
            param: str) -> OverridesT:
         """`values` as overrides (a library caller may give a dict); an unknown key raises."""
-        if isinstance(values, cls):
-            return values
-        given: dict[str, Any] = dict(values) if isinstance(values, dict) else {}
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in sorted(set(given) - set(known)):
-            raise HymbaBenchError(f"unknown setting {key!r} (known: {', '.join(known)})", param=param)
-        return cls(**given)
+        return option_group(cls, values, param)
 
 
 @dataclass(frozen=True)
@@ -173,22 +182,14 @@ def bench_settings(profile: Profile, device: torch.device | str,
     if kind not in profile.bench:
         raise HymbaBenchError(f"{profile.path}: bench: no {kind} block (throughput settings)")
     s = _build(BenchSettings, profile.bench[kind], f"{profile.path}: bench.{kind}", overrides)
-    if s.decode not in DECODE_MODES:
-        raise HymbaBenchError(f"expected one of {', '.join(DECODE_MODES)}, got {s.decode!r}",
-                              param="decode")
     from hymba_bench.ops.sliding import SLIDING_PREFILL
-    from hymba_bench.ops.triton_decode import DECODE_KERNELS, interpreted, unavailable_reason
+    from hymba_bench.ops.triton_decode import DECODE_KERNELS, unavailable_reason
 
-    if s.sliding_prefill not in SLIDING_PREFILL:
-        raise HymbaBenchError(f"expected one of {', '.join(SLIDING_PREFILL)}, got "
-                              f"{s.sliding_prefill!r}", param="sliding_prefill")
-    if s.decode_kernels not in DECODE_KERNELS:
-        raise HymbaBenchError(f"expected one of {', '.join(DECODE_KERNELS)}, got "
-                              f"{s.decode_kernels!r}", param="decode_kernels")
+    expect_one_of(s.decode, DECODE_MODES, "decode")
+    expect_one_of(s.sliding_prefill, SLIDING_PREFILL, "sliding_prefill")
+    expect_one_of(s.decode_kernels, DECODE_KERNELS, "decode_kernels")
     if s.decode_kernels == "triton":
-        why = unavailable_reason()
-        if why is None and kind == "cpu" and not interpreted():
-            why = "on the CPU the Triton kernels run only under its interpreter (TRITON_INTERPRET=1)"
+        why = unavailable_reason(kind)
         if why is not None:
             raise HymbaBenchError(why, param="decode_kernels")
         if s.decode == "compiled":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import sys
@@ -256,8 +257,6 @@ def evaluate_variant(variant: str, profile: str, suites: list[str], *,
     outcome = evaluate(lm, suites, limit=limit, metadata=metadata, output_path=out,
                        log_samples=log_samples, on_task=on_task)
     if summary_path is not None:
-        import json
-
         summary = {"variant": variant, "profile": profile,
                    "checkpoint": str(checkpoint) if checkpoint else None, "suites": suites,
                    "limit": limit, "items": items, "seed": seed, "values": outcome.values,

@@ -41,6 +41,8 @@ from hymba_bench.bench.timing import CpuLoad, Timing, measure, synchronize, time
 from hymba_bench.design.config import ModelConfig
 from hymba_bench.errors import HymbaBenchError
 from hymba_bench.model.cache import InferenceCache, cache_bytes, state_elements
+from hymba_bench.ops.sliding import sliding_prefill
+from hymba_bench.ops.triton_decode import decode_kernels
 from hymba_bench.settings import DECODE_MODES, BenchSettings
 
 if TYPE_CHECKING:
@@ -254,7 +256,6 @@ def decode_room(settings: BenchSettings) -> int:
 
 def _with_kernels(kind: str, fn: Callable[[], None]) -> Callable[[], None]:
     """`fn` run with the decode kernels `kind` (an eager step dispatches at each call)."""
-    from hymba_bench.ops.triton_decode import decode_kernels
 
     def run() -> None:
         with decode_kernels(kind):
@@ -269,8 +270,6 @@ def prepare_decode(model: HybridLM, settings: BenchSettings, batch: int,
     """Fill the cache (from `prefilled`, the prefill benchmark's warmed-up batch-1 cache, when
     it holds the same prompt), build the step in `settings.decode` (auto: measured) with the
     kernels `settings.decode_kernels` names, warm it up."""
-    from hymba_bench.ops.triton_decode import decode_kernels
-
     with decode_kernels(settings.decode_kernels):  # a graph captures the kernels it names
         return _prepare_decode(model, settings, batch, prefilled)
 
@@ -369,8 +368,6 @@ class PreparedPrefill:
 
     @torch.inference_mode()
     def once(self) -> float:
-        from hymba_bench.ops.sliding import sliding_prefill
-
         with sliding_prefill(self.settings.sliding_prefill):
             return time_call(lambda: self.model(self.ids, self.cache), self.ids.device,
                              self.cache.reset)

@@ -96,16 +96,17 @@ def option_group(target: str, options: dict[str, tuple[Any, Any]],
 
     def decorate(fn: F) -> F:
         hints = typing.get_type_hints(fn, include_extras=True)
+        declared = inspect.signature(fn).parameters
+        if target not in declared:
+            raise TypeError(f"{fn.__name__}: no parameter {target!r}")
         params: list[inspect.Parameter] = []
-        for p in inspect.signature(fn).parameters.values():
+        for p in declared.values():
             if p.name != target:
                 params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
                 continue
             params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                          default=default, annotation=annotation)
                        for name, (annotation, default) in options.items()]
-        if len(params) != len(inspect.signature(fn).parameters) - 1 + len(options):
-            raise TypeError(f"{fn.__name__}: no parameter {target!r}")
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
@@ -150,7 +151,7 @@ def pick_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def with_checkpoints(selection: str | None, checkpoints: list[Path] | None, default: str) -> str:
+def _with_checkpoints(selection: str | None, checkpoints: list[Path] | None, default: str) -> str:
     """A design selection with the --checkpoint directories appended; without a selection, the
     checkpoints alone, or `default` when there are none."""
     given = [str(p) for p in checkpoints or []]
@@ -163,15 +164,16 @@ def with_checkpoints(selection: str | None, checkpoints: list[Path] | None, defa
     return ",".join(x for x in [selection, *given] if x)
 
 
-def run_options(selection: str, variant_file: list[Path] | None, device: str,
-                **fields: Any) -> RunOptions:
-    """The library's options for a run of the designs `selection` names (a checkpoint among
-    them joins the design files), on `device` (auto: resolved), with the run's other `fields`."""
+def run_options(selection: str | None, checkpoint: list[Path] | None, default: str,
+                variant_file: list[Path] | None, device: str, **fields: Any) -> RunOptions:
+    """The library's options for a run of the designs `selection` names (`default` without
+    one) and the `--checkpoint` directories (they join the design files), on `device` (auto:
+    resolved), with the run's other `fields`."""
     from hymba_bench.runner import RunOptions, select_variants
 
     files = list(variant_file or [])
-    return RunOptions(variants=select_variants(selection, files), variant_files=files,
-                      device=pick_device(device), **fields)
+    names = select_variants(_with_checkpoints(selection, checkpoint, default), files)
+    return RunOptions(variants=names, variant_files=files, device=pick_device(device), **fields)
 
 
 @contextmanager

@@ -19,7 +19,6 @@ from hymba_bench.cli.common import (
     executor_options,
     keeping,
     run_options,
-    with_checkpoints,
 )
 from hymba_bench.executors import ExecutorOptions
 from hymba_bench.results.records import RunDir
@@ -49,8 +48,8 @@ def compare(
     from hymba_bench.cli.render import print_table
     from hymba_bench.runner import compare as run_compare
 
-    opts = run_options(with_checkpoints(",".join(designs or []), checkpoint, ""), variant_file,
-                       device, profile=profile, out=out, skip={"accuracy"}, resume=resume,
+    opts = run_options(",".join(designs or []), checkpoint, "", variant_file, device,
+                       profile=profile, out=out, skip={"accuracy"}, resume=resume,
                        bench=bench, executor=engine)
     names = opts.variants
     with keeping(RunDir(out)), RunProgress(console, len(names), 2,

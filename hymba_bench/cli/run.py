@@ -21,7 +21,6 @@ from hymba_bench.cli.common import (
     keeping,
     run_options,
     split,
-    with_checkpoints,
 )
 from hymba_bench.executors import ExecutorOptions
 from hymba_bench.results.records import RunDir
@@ -68,7 +67,7 @@ def run(
     from hymba_bench.runner import run as run_all
     from hymba_bench.workers import default_workers
 
-    opts = run_options(with_checkpoints(variants, checkpoint, "all"), variant_file, device,
+    opts = run_options(variants, checkpoint, "all", variant_file, device,
                        profile=profile, out=out, skip=set(split(skip)), resume=resume,
                        bench=bench, train=BudgetOverrides(steps=train_steps, seeds=seeds),
                        data_dir=data_dir, log_samples=log_samples, executor=engine)

@@ -19,7 +19,6 @@ from hymba_bench.cli.common import (
     executor_options,
     keeping,
     run_options,
-    with_checkpoints,
 )
 from hymba_bench.executors import ExecutorOptions
 from hymba_bench.results.records import RunDir
@@ -53,7 +52,7 @@ def sweep(
     from hymba_bench.bench.sweep import sweep as run_sweep
     from hymba_bench.cli.progress import RunProgress
 
-    opts = run_options(with_checkpoints(variants, checkpoint, DEFAULT), variant_file, device,
+    opts = run_options(variants, checkpoint, DEFAULT, variant_file, device,
                        profile=profile, out=out, resume=resume, bench=bench, executor=engine)
     lengths = parse_seq_lens(seq_lens)
     with keeping(RunDir(out, "sweep")), \

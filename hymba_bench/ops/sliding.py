@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from hymba_bench.design.masks import sees, visible
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.errors import expect_one_of
 from hymba_bench.ops.attention import attention, attention_ref
 
 SLIDING_PREFILL = ("blocked", "flex")
@@ -37,9 +37,7 @@ _active = "blocked"
 @contextlib.contextmanager
 def sliding_prefill(backend: str) -> Iterator[None]:
     """Within the block, sliding-window prefill runs through `backend` (`SLIDING_PREFILL`)."""
-    if backend not in SLIDING_PREFILL:
-        raise HymbaBenchError(f"expected one of {', '.join(SLIDING_PREFILL)}, got {backend!r}",
-                              param="sliding_prefill")
+    expect_one_of(backend, SLIDING_PREFILL, "sliding_prefill")
     global _active
     previous, _active = _active, backend
     try:

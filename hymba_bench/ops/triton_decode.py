@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from hymba_bench.errors import HymbaBenchError
+from hymba_bench.errors import HymbaBenchError, expect_one_of
 
 DECODE_KERNELS = ("torch", "triton")
 # the kernels decode steps use (`decode_kernels` sets it): a plain module global, which a
@@ -39,13 +38,18 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def unavailable_reason() -> str | None:
-    """Why the Triton kernels cannot run here, or None."""
+def unavailable_reason(device_type: str | None = None) -> str | None:
+    """Why the Triton kernels cannot run here (on `device_type`, cpu or cuda, when given), or
+    None."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed (pip install triton)"
-    if not torch.cuda.is_available() and not interpreted():
+    if interpreted():
+        return None
+    if device_type == "cpu":
+        return "on the CPU the Triton kernels run only under its interpreter (TRITON_INTERPRET=1)"
+    if not torch.cuda.is_available():
         return "Triton kernels need a CUDA device, or TRITON_INTERPRET=1 to run on the CPU"
     return None
 
@@ -53,9 +57,7 @@ def unavailable_reason() -> str | None:
 @contextlib.contextmanager
 def decode_kernels(kind: str) -> Iterator[None]:
     """Within the block, decode steps use `kind`'s fused kernels where there are some."""
-    if kind not in DECODE_KERNELS:
-        raise HymbaBenchError(f"expected one of {', '.join(DECODE_KERNELS)}, got {kind!r}",
-                              param="decode_kernels")
+    expect_one_of(kind, DECODE_KERNELS, "decode_kernels")
     if kind == "triton" and (why := unavailable_reason()) is not None:
         raise HymbaBenchError(why, param="decode_kernels")
     global _active
@@ -75,23 +77,20 @@ def use_triton(t: Tensor) -> bool:
 
 
 def fused_norms_ref(a: Tensor, s: Tensor, wa: Tensor, ws: Tensor, eps: float) -> Tensor:
-    """(RMSNorm(a) * wa + RMSNorm(s) * ws) / 2 over the last dimension, in float32."""
-    def norm(x: Tensor, w: Tensor) -> Tensor:
-        xf = x.float()
-        return xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps) * w.float()
+    """(RMSNorm(a) * wa + RMSNorm(s) * ws) / 2 over the last dimension, in float32 (the norms'
+    own twin, `norm.rms_norm_ref`, on float32 inputs)."""
+    from hymba_bench.ops.norm import rms_norm_ref
 
-    return ((norm(a, wa) + norm(s, ws)) / 2).to(a.dtype)
+    return ((rms_norm_ref(a.float(), wa, eps) + rms_norm_ref(s.float(), ws, eps)) / 2).to(a.dtype)
 
 
 def conv_update_ref(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None,
                     silu: bool) -> Tensor:
-    """x: (B, D), conv_state: (B, D, K-1) updated in place, weight (D, K) -> (B, D)."""
-    window = torch.cat([conv_state.float(), x.float()[..., None]], dim=-1)  # (B, D, K)
-    out = (window * weight.float()[None]).sum(-1)
-    if bias is not None:
-        out = out + bias.float()
-    conv_state.copy_(window[:, :, 1:])
-    return (F.silu(out) if silu else out).to(x.dtype)
+    """x: (B, D), conv_state: (B, D, K-1) updated in place, weight (D, K) -> (B, D): the torch
+    step the kernel stands in for (`conv.causal_conv1d_update`)."""
+    from hymba_bench.ops.conv import causal_conv1d_update
+
+    return causal_conv1d_update(x, conv_state, weight, bias, "silu" if silu else None)
 
 
 def state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,

@@ -337,6 +337,7 @@ def compare_table(records: RecordSet, designs: list[str]) -> Table:
                 if text:
                     reasons[f"{EMPTY} {name} {metric}: {text}"] = None
     sources: dict[str, str] = {}
+    ratio_columns: list[str] = []
     ratios = ("decode_tok_s", "prefill_tok_s", "cache_bytes")  # also as a ratio to the first
     for name in designs:
         row: dict[str, Any] = {"Design": name}
@@ -350,15 +351,17 @@ def compare_table(records: RecordSet, designs: list[str]) -> Table:
                 ratio = f"{column.split(' (')[0]} vs {first}"
                 row[ratio] = value / base if base else math.nan
                 sources[ratio] = metric
+                if ratio not in ratio_columns:
+                    ratio_columns.append(ratio)
         rows.append(row)
     table = Table(pd.DataFrame(rows), [*reasons, *_conventions(records)], [], sources=sources,
-                  formats={c: "ratio" for c in sources if " vs " in c})
+                  formats=dict.fromkeys(ratio_columns, "ratio"))
     row_of = {name: i for i, name in enumerate(designs)}
     _flag_unstable(table, records, row_of)
     if first in row_of:  # a ratio to an unstable first design is as unstable as it is
-        for column, metric in sources.items():
-            r = records.get(first, metric)
-            if " vs " in column and r is not None and r.get("unstable"):
+        for column in ratio_columns:
+            r = records.get(first, sources[column])
+            if r is not None and r.get("unstable"):
                 table.flagged.update((i, column) for i in row_of.values())
     return table
 
@@ -428,9 +431,9 @@ def extended_table(records: RecordSet) -> Table:
     sources = {**{c: m.name for c, m in SHOWN.items()}, "Commonsense SE": "commonsense_pct",
                "Recall SE": "recall_pct", "Recall seed SD": "recall_pct",
                "Decode vs Llama": "decode_tok_s", "Cache vs Llama": "cache_mb"}
-    formats: dict[str, Format] = {"Seeds": "count", "Paper throughput (tok/s)": "number",
-                                  "Paper cache (MB)": "mb"}
-    formats.update({c: "ratio" for c in rows[0] if " vs " in c} if rows else {})
+    formats: dict[str, Format] = {"Seeds": "count", "Paper cache (MB)": "mb"}
+    formats.update(dict.fromkeys(("Decode vs Llama", "Cache vs Llama", "Paper throughput vs Llama",
+                                  "Paper cache vs Llama"), "ratio"))
     table = Table(pd.DataFrame(rows), notes, [], sources=sources, formats=formats)
     row_of = {name: i for i, name in enumerate(designs)}
     _flag_unstable(table, records, row_of)
