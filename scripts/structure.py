@@ -1,6 +1,8 @@
 """The package's shape, for a structural change's closing note: modules, import circles, the
-longest functions. `python scripts/structure.py [REPO]` (`--json` for a machine-readable form);
-REPO defaults to this checkout, another lets a change be compared with its parent's worktree."""
+longest functions, `Any` in signatures. `python scripts/structure.py [REPO] [--only PREFIXES]
+[--json]`: REPO defaults to this checkout (another lets a change be compared with its parent's
+worktree); `--only hymba_bench.runner,hymba_bench.cli` lists the longest functions of those
+modules only."""
 
 from __future__ import annotations
 
@@ -94,16 +96,32 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def longest_functions(paths: dict[str, Path], top: int = 5) -> list[tuple[str, int]]:
+def longest_functions(paths: dict[str, Path], top: int = 6,
+                      only: tuple[str, ...] = ()) -> list[tuple[str, int]]:
     sizes = []
     for name, path in paths.items():
+        if only and not name.startswith(only):
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno:
                 sizes.append((f"{name}.{node.name}", node.end_lineno - node.lineno + 1))
     return sorted(sizes, key=lambda s: -s[1])[:top]
 
 
-def report(repo: Path = REPO) -> dict[str, object]:
+def any_in_signatures(paths: dict[str, Path]) -> int:
+    """Parameters and returns annotated `Any`."""
+    count = 0
+    for path in paths.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args
+                notes = [a.annotation for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+                count += sum(1 for n in [*notes, node.returns]
+                             if n is not None and ast.unparse(n) == "Any")
+    return count
+
+
+def report(repo: Path = REPO, only: tuple[str, ...] = ()) -> dict[str, object]:
     paths = modules(repo)
     known = set(paths)
     eager = {n: imports(n, p, known, lazy=False) for n, p in paths.items()}
@@ -112,12 +130,19 @@ def report(repo: Path = REPO) -> dict[str, object]:
             "lines": sum(len(p.read_text().splitlines()) for p in paths.values()),
             "circles_module_level": circles(eager),
             "circles_with_function_imports": circles(every),
-            "longest_functions": longest_functions(paths)}
+            "longest_functions": longest_functions(paths, only=only),
+            "any_in_signatures": any_in_signatures(paths)}
 
 
 if __name__ == "__main__":
-    given = [a for a in sys.argv[1:] if not a.startswith("-")]
-    data = report(Path(given[0]) if given else REPO)
+    argv = sys.argv[1:]
+    only = ()
+    if "--only" in argv:
+        at = argv.index("--only")
+        only = tuple(argv[at + 1].split(","))
+        del argv[at:at + 2]
+    given = [a for a in argv if not a.startswith("-")]
+    data = report(Path(given[0]) if given else REPO, only)
     if "--json" in sys.argv:
         print(json.dumps(data, indent=2))
     else:
